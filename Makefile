@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11+ and git, offline but for PyPI):
+#   make repro   create .venv if missing, install, run the whole DVC pipeline
+#   make test    create .venv if missing, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: repro test bench lock clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# dvc needs a git repository with a commit; a fresh clone has both.
+repro: $(STAMP)
+	test -d .dvc || $(BIN)/dvc init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_train.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_infer.py
+
+# Re-pin every dependency (needs uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

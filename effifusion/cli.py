@@ -1,0 +1,98 @@
+"""`effifusion` command line: the commands users run outside the DVC pipeline.
+
+Each subcommand imports its module lazily so `effifusion --help` stays fast. Errors the user can
+fix (EffiFusionError) are printed as one line naming the file and problem, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _preset(args: argparse.Namespace) -> None:
+    from .config import apply_preset
+
+    params = apply_preset(args.name, args.params)
+    print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, "
+          f"C={params['model']['channels']}, {params['model']['num_tsblocks']} TS-Conformer blocks)")
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from .summary import summarize
+
+    print(json.dumps(summarize(params_path=args.params, checkpoint=args.checkpoint), indent=2))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from .metrics import score_dirs
+
+    means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers)
+    print(json.dumps(means, indent=2))
+
+
+def _enhance(args: argparse.Namespace) -> None:
+    from .enhance import enhance_paths
+
+    enhance_paths(args.inputs, args.output, model=args.model, chunk_s=args.chunk_s, device=args.device)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import sweep_report
+
+    summary = sweep_report(out_dir=args.out, experiment=args.experiment, register=args.register)
+    print(json.dumps(summary, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effifusion", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (demo | paper)")
+    s.add_argument("name")
+    s.add_argument("--params", default="params.yaml")
+    s.set_defaults(func=_preset)
+
+    s = sub.add_parser("summary", help="parameter, sparsity and MAC counts as JSON")
+    s.add_argument("--params", default="params.yaml", help="params file describing the model")
+    s.add_argument("--checkpoint", default=None, help="a trained generator checkpoint (.pt) instead")
+    s.set_defaults(func=_summary)
+
+    s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")
+    s.add_argument("--clean", required=True, help="folder of clean references")
+    s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
+    s.add_argument("--out", default=None, help="write per-file rows to this CSV")
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.set_defaults(func=_score)
+
+    s = sub.add_parser("enhance", help="enhance WAV files or folders with the exported model")
+    s.add_argument("inputs", nargs="+", help="WAV files or folders")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--model", default="models/onnx/effifusion.onnx", help=".onnx model or generator .pt")
+    s.add_argument("--chunk-s", type=float, default=10.0, help="chunk length for long recordings")
+    s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
+    s.set_defaults(func=_enhance)
+
+    s = sub.add_parser("report", help="compare the runs of a pruning sweep (Markdown + PNG, logged to MLflow)")
+    s.add_argument("--out", default="reports/sweep", help="output folder")
+    s.add_argument("--experiment", default=None, help="MLflow experiment (default: params.yaml's)")
+    s.add_argument("--register", action="store_true", help="register the best run's ONNX model")
+    s.set_defaults(func=_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import EffiFusionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EffiFusionError as exc:
+        print(f"effifusion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
