@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -87,3 +87,17 @@ def apply_preset(name_or_path: str, params_path: str | os.PathLike = PARAMS_FILE
     tmp.write_text(preset_path.read_text())
     os.replace(tmp, params_path)
     return preset
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); a user-fixable EffiFusionError becomes one line on stderr and exit 2."""
+    import sys
+
+    from .errors import EffiFusionError
+
+    try:
+        main()
+    except EffiFusionError as exc:
+        stage = Path(sys.argv[0]).stem
+        print(f"stage {stage}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

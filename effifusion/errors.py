@@ -14,7 +14,8 @@ class DataError(EffiFusionError):
 
 
 class DownloadError(EffiFusionError):
-    """A download failed (network, checksum, archive) and left nothing behind."""
+    """A download failed (network, checksum, archive) and left nothing half-written at its destination
+    (a partial download is kept as ``.part`` so the next run resumes)."""
 
 
 class ConfigError(EffiFusionError):

@@ -1,0 +1,35 @@
+"""Stage download: build data/raw from the corpus chosen by params.yaml ``corpus.name``.
+
+demo             -> the built-in synthetic corpus (no network)
+voicebank_demand -> the VoiceBank+DEMAND zips and the unseen DEMAND noises (cached in data/downloads)
+Both write the same layout, so later stages cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effifusion.config import load_params, run_stage
+from effifusion.errors import ConfigError
+
+RAW_DIR = Path("data/raw")
+CORPORA = ("demo", "voicebank_demand")
+
+
+def main() -> None:
+    params = load_params()
+    name = params["corpus"]["name"]
+    if name == "demo":
+        from effifusion.demo_corpus import generate_demo_corpus
+
+        generate_demo_corpus(RAW_DIR, params["corpus"]["demo"], seed=params["seed"])
+    elif name == "voicebank_demand":
+        from effifusion.voicebank import fetch_voicebank_demand
+
+        fetch_voicebank_demand(RAW_DIR, params["download"])
+    else:
+        raise ConfigError(f"params.yaml corpus.name = {name!r}: expected one of {', '.join(CORPORA)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
