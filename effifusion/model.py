@@ -35,7 +35,7 @@ def paper_model_cfg() -> dict[str, Any]:
     """The paper's generator: C = 64, 4 dense layers, 4 TS-Conformer blocks, 4 heads (presets/paper.yaml)."""
     return {
         "channels": 64, "dense_depth": 4, "num_tsblocks": 4, "num_heads": 4, "ffn_mult": 4,
-        "conv_kernel": 31, "attn_dropout": 0.2, "ffn_dropout": 0.0, "depthwise_separable": True,
+        "conv_kernel": 31, "attn_dropout": 0.2, "ffn_dropout": 0.2, "depthwise_separable": True,
         "residual_dual_norm": True, "beta": 2.0,
     }
 
