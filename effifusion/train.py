@@ -385,8 +385,12 @@ def run_training(
     if track and dist.is_main:
         from . import tracking
 
-        run_ctx = tracking.start_run(stage, params, run_id=state["run_id"],
-                                     extra_tags={"init_from": str(init_dir)} if init_dir else None)
+        tags = {}
+        if init_dir is not None:
+            tags["init_from"] = str(init_dir)
+            if (init_dir / tracking.RUN_REF).is_file():  # ties the runs of one sweep to their dense model
+                tags["dense_run_id"] = tracking.read_run_ref(init_dir)["run_id"]
+        run_ctx = tracking.start_run(stage, params, run_id=state["run_id"], extra_tags=tags)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_ctx as run, pesq:
