@@ -52,9 +52,10 @@ class DenseLayer(nn.Module):
         kernel = (3, 3)
         padding = (dilation, 1)  # "same" for kernel 3 with dilation (d, 1) along time
         self.depthwise_separable = depthwise_separable
+        self.dilation = dilation
         if depthwise_separable:
-            self.depthwise_conv = nn.Conv2d(in_channels, in_channels, kernel, dilation=(dilation, 1),
-                                            padding=padding, groups=in_channels)
+            # dilation is applied by interleaving frames in _depthwise, so the module is undilated
+            self.depthwise_conv = nn.Conv2d(in_channels, in_channels, kernel, padding=(1, 1), groups=in_channels)
             self.pointwise_conv = nn.Conv2d(in_channels, channels, (1, 1))
         else:
             self.conv = nn.Conv2d(in_channels, channels, kernel, dilation=(dilation, 1), padding=padding)
@@ -69,22 +70,22 @@ class DenseLayer(nn.Module):
         return self.act(self.norm(x))
 
     def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
-        """The dilated depthwise conv; on CPU computed as an undilated conv over interleaved frames.
+        """Depthwise 3×3 conv dilated by d along time, as an undilated conv over interleaved frames.
 
-        PyTorch's CPU backward of dilated depthwise convolutions takes a slow generic path (7x
-        slower at dilation 8 than at 1, measured). Frames t = q·d + r for each phase r form a
-        sequence on which the dilated kernel is an ordinary one, so folding r into the batch gives
-        the same result exactly; CUDA (cuDNN) handles dilation natively and keeps the direct call.
+        Frames t = q·d + r of each phase r form a sequence on which the dilated kernel is an
+        ordinary one, so folding r into the batch gives the dilated result exactly (T is zero-padded
+        to a multiple of d, as the conv's own padding would). Why: PyTorch's CPU backward of dilated
+        depthwise convolutions takes a slow generic path (7x slower at dilation 8 than at 1,
+        measured), and calling the module itself keeps its forward hooks (pruning masks) working.
         """
-        conv = self.depthwise_conv
-        d = conv.dilation[0]
-        if d == 1 or x.is_cuda or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return conv(x)
+        d = self.dilation
+        if d == 1:
+            return self.depthwise_conv(x)
         b, c, t, f = x.shape
-        q = -(-t // d)  # frames per phase, after zero-padding T up to a multiple of d
+        q = (t + d - 1) // d
         x = nn.functional.pad(x, (0, 0, 0, q * d - t))
         x = x.reshape(b, c, q, d, f).permute(0, 3, 1, 2, 4).reshape(b * d, c, q, f)
-        y = nn.functional.conv2d(x, conv.weight, conv.bias, padding=(1, conv.padding[1]), groups=conv.groups)
+        y = self.depthwise_conv(x)
         y = y.reshape(b, d, c, q, f).permute(0, 2, 3, 1, 4).reshape(b, c, q * d, f)
         return y[:, :, :t]
 

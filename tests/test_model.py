@@ -102,7 +102,13 @@ def test_depthwise_separable_layers() -> None:
     model = build_generator(tiny_cfg(depthwise_separable=True), AUDIO)
     layer = model.encoder.dense_block.layers[2]
     assert layer.depthwise_conv.groups == layer.depthwise_conv.in_channels == 24
-    assert layer.depthwise_conv.dilation == (4, 1) and layer.pointwise_conv.kernel_size == (1, 1)
+    assert layer.dilation == 4 and layer.pointwise_conv.kernel_size == (1, 1)
+    # the interleaved-frames computation equals a depthwise conv dilated by 4 along time
+    conv = layer.depthwise_conv
+    for t in (1, 9, 40):
+        x = torch.randn(2, 24, t, 13)
+        ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=(4, 1), dilation=(4, 1), groups=24)
+        torch.testing.assert_close(layer._depthwise(x), ref)
     dense = build_generator(tiny_cfg(depthwise_separable=False), AUDIO)
     assert dense.encoder.dense_block.layers[3].conv.in_channels == 32
     assert dense.encoder.dense_block.layers[3].conv.dilation == (8, 1)
