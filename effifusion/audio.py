@@ -117,6 +117,13 @@ def stft_mag_phase(
         center=True, pad_mode="reflect", normalized=False, return_complex=True,
     )
     spec = torch.view_as_real(spec)
+    # Frames centred on a reflection point (the first; the last when N - 1 is a multiple of the hop)
+    # are even-symmetric, so their spectrum is real. Zero the rounding noise in their imaginary
+    # parts: otherwise it decides whether atan2 gives +pi or -pi on negative real bins, and the
+    # model's input would depend on the FFT implementation (the ONNX graph's DFT differs from torch's).
+    centres = torch.arange(spec.shape[-2], device=wav.device) * hop_length
+    reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
+    spec = torch.stack((spec[..., 0], torch.where(reflected, torch.zeros_like(spec[..., 1]), spec[..., 1])), -1)
     mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
     pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
     mag = mag.pow(compress_factor)

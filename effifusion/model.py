@@ -77,10 +77,18 @@ class DenseLayer(nn.Module):
         to a multiple of d, as the conv's own padding would). Why: PyTorch's CPU backward of dilated
         depthwise convolutions takes a slow generic path (7x slower at dilation 8 than at 1,
         measured), and calling the module itself keeps its forward hooks (pruning masks) working.
+        On CUDA and while a graph is captured (torch.compile, ONNX export) the direct dilated conv
+        is used instead.
         """
         d = self.dilation
+        conv = self.depthwise_conv
         if d == 1:
-            return self.depthwise_conv(x)
+            return conv(x)
+        if x.is_cuda or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            # cuDNN handles dilation natively; graph capture wants static shapes, not the reshape.
+            # The weight is taken as the pruning hook would make it (weight_orig * weight_mask).
+            weight = conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_orig") else conv.weight
+            return nn.functional.conv2d(x, weight, conv.bias, padding=(d, 1), dilation=(d, 1), groups=conv.groups)
         b, c, t, f = x.shape
         q = (t + d - 1) // d
         x = nn.functional.pad(x, (0, 0, 0, q * d - t))

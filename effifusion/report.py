@@ -65,7 +65,7 @@ def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
 
 
 def plot_sweep(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    plt = reporting._plt()
+    plt = reporting.pyplot()
     x = [100 * (r["conv_sparsity"] if r["conv_sparsity"] is not None else r["prune.amount"]) for r in rows]
     fig, axes = plt.subplots(1, len(QUALITY), figsize=(4 * len(QUALITY), 3.4))
     for ax, q in zip(axes, QUALITY):
@@ -78,7 +78,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle("Quality against sparsity")
-    quality = reporting._save(fig, out_dir / "sweep_quality.png")
+    quality = reporting.save_figure(fig, out_dir / "sweep_quality.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, key, title in zip(axes, ("params_nonzero", "onnx_zip_kib", "rtf_onnx"),
@@ -87,7 +87,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.set_title(title)
         ax.set_xlabel("conv weights pruned (%)")
         ax.grid(alpha=0.3)
-    cost = reporting._save(fig, out_dir / "sweep_cost.png")
+    cost = reporting.save_figure(fig, out_dir / "sweep_cost.png")
     return [quality, cost]
 
 
@@ -116,7 +116,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
         f"(run `{best['run']}`).", "",
         "![quality](sweep_quality.png)", "", "![cost](sweep_cost.png)", "",
     ]
-    reporting._atomic_write_text(out_dir / "sweep.md", "\n".join(md))
+    reporting.write_text(out_dir / "sweep.md", "\n".join(md))
 
     tracking.setup(experiment)
     with mlflow.start_run(run_name=f"sweep-report-{len(rows)}pts") as run:

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -33,7 +33,7 @@ def write_json(path: Path, data: Any) -> None:
             return clean(v.item())
         return v
 
-    _atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")
+    write_text(path, json.dumps(clean(data), indent=2) + "\n")
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
@@ -43,7 +43,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     w.writeheader()
     for r in rows:
         w.writerow({k: _fmt(r.get(k)) for k in columns})
-    _atomic_write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -71,7 +71,8 @@ def _fmt(v: Any, digits: int = 6) -> Any:
 # Figures
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (stages run headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +83,7 @@ def _plt():
 
 def training_figures(state: dict[str, Any], out_dir: Path, stage: str) -> list[Path]:
     """Loss curves, validation PESQ and (prune stage) sparsity against step, as PNGs."""
-    plt = _plt()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     hist = state["history"]
@@ -98,7 +99,7 @@ def training_figures(state: dict[str, Any], out_dir: Path, stage: str) -> list[P
             ax.set_title(f"{stage}: {title}")
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-        paths.append(_save(fig, out_dir / f"{stage}_losses.png"))
+        paths.append(save_figure(fig, out_dir / f"{stage}_losses.png"))
     if state["val"] or state["sparsity"]:
         fig, ax = plt.subplots(figsize=(6, 3.8))
         if state["val"]:
@@ -112,13 +113,13 @@ def training_figures(state: dict[str, Any], out_dir: Path, stage: str) -> list[P
         ax.set_xlabel("step")
         ax.set_title(f"{stage}: validation")
         ax.grid(alpha=0.3)
-        paths.append(_save(fig, out_dir / f"{stage}_validation.png"))
+        paths.append(save_figure(fig, out_dir / f"{stage}_validation.png"))
     return paths
 
 
 def spectrogram_figure(signals: dict[str, np.ndarray], sr: int, path: Path, title: str = "") -> Path:
     """Side-by-side log spectrograms (e.g. noisy / enhanced / clean) on one colour scale."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(signals), figsize=(4 * len(signals), 3.2), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, (name, x) in zip(axes, signals.items()):
@@ -130,7 +131,7 @@ def spectrogram_figure(signals: dict[str, np.ndarray], sr: int, path: Path, titl
     axes[0].set_ylabel("Hz")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def audio_examples(items: Sequence[tuple[str, Any, Any]], outputs: dict[str, np.ndarray], sr: int,
@@ -152,11 +153,12 @@ def audio_examples(items: Sequence[tuple[str, Any, Any]], outputs: dict[str, np.
     return paths
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a figure as PNG atomically and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     os.replace(tmp, path)
     return path
