@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="WAV files or folders")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--model", default="models/onnx/effifusion.onnx", help=".onnx model or generator .pt")
-    s.add_argument("--chunk-s", type=float, default=10.0, help="chunk length for long recordings")
+    s.add_argument("--chunk-s", type=float, default=4.0,
+                   help="chunk length in s for long recordings (attention memory grows with its square)")
     s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
     s.set_defaults(func=_enhance)
 

@@ -6,8 +6,10 @@ overlapping chunks joined by a raised-cosine cross-fade, resampled back and writ
 block to a temporary file that replaces the output at the end. Memory stays bounded by the chunk
 length whatever the file's duration, rate or channel count; each channel is enhanced on its own.
 
-Attention in the TS-Conformer is global over a chunk, so its memory grows with the square of the
-chunk length (REFERENCE §7): 10 s chunks need about 1.6 GB for the time-attention scores.
+Attention in the TS-Conformer is global over a chunk, so memory grows with the square of the chunk
+length (REFERENCE §7; the scores do not depend on the channel count C). Measured peak for one chunk
+(bench/bench_infer.py, demo and paper configs): 10 s chunks 8.6-9.4 GB in ONNX Runtime, 4.2 GB in
+PyTorch; 4 s chunks 1.4-1.8 GB and 0.8-1.2 GB, at the same or lower compute per second of audio.
 
 Silent input (peak below ``audio.SILENCE_PEAK``, -80 dBFS) is legitimate in a recording and there is
 nothing to enhance: silent files and silent channels are written unchanged, with a warning.
@@ -59,13 +61,13 @@ class Enhancer:
             raise ValueError("waveform contains NaN or infinite samples")
         return self._run_batch(np.ascontiguousarray(wav[None]))[0]
 
-    def stream(self, chunk_s: float = 10.0, overlap_s: float = 1.0,
+    def stream(self, chunk_s: float = 4.0, overlap_s: float = 1.0,
                on_chunk: Callable[[], None] | None = None) -> "ChunkedStream":
         """A push/flush stream enhancing one channel in cross-faded chunks (see ChunkedStream)."""
         chunk, overlap = chunk_geometry(chunk_s, overlap_s, self.sample_rate)
         return ChunkedStream(self.enhance, chunk, overlap, on_chunk)
 
-    def enhance_long(self, wav: np.ndarray, chunk_s: float = 10.0, overlap_s: float = 1.0) -> np.ndarray:
+    def enhance_long(self, wav: np.ndarray, chunk_s: float = 4.0, overlap_s: float = 1.0) -> np.ndarray:
         """[N] → [N] in chunks of ``chunk_s`` overlapping by ``overlap_s``; short input in one piece."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
@@ -349,7 +351,7 @@ def _warn(message: str) -> None:
     tqdm.write(f"effifusion enhance: warning: {message}", file=sys.stderr)
 
 
-def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 10.0, overlap_s: float = 1.0,
+def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 4.0, overlap_s: float = 1.0,
                  progress: bool = True) -> Path:
     """Enhance one audio file into ``dst`` (same rate, channels, length; subtype kept where writable)."""
     src, dst = Path(src), Path(dst)
@@ -486,7 +488,7 @@ def _collect(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def enhance_paths(inputs: list[str], output: str, model: str, chunk_s: float = 10.0, device: str = "cpu"
+def enhance_paths(inputs: list[str], output: str, model: str, chunk_s: float = 4.0, device: str = "cpu"
                   ) -> list[Path]:
     """Enhance files and folders (recursively, *.wav) into ``output``; return the written paths.
 
