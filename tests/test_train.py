@@ -146,3 +146,16 @@ def test_training_run_is_logged_to_mlflow(prepared, tmp_path, monkeypatch):
     assert any(p.endswith("train_losses.png") for p in figures)
     examples = [a.path for a in client.list_artifacts(run.info.run_id, "val_examples")]
     assert any(p.endswith("_enhanced.wav") for p in examples) and any(p.endswith(".png") for p in examples)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stage", ["train", "prune"])
+def test_gpu_training_with_bf16_and_compile(prepared, tmp_path, stage):
+    params = tiny_params(train__device="cuda", train__amp="bf16", train__compile=True, train__pesq_workers=2)
+    if stage == "prune":
+        _run(tiny_params(train__epochs=1, train__device="cuda"), "train", prepared, tmp_path)
+    m = _run(params, stage, prepared, tmp_path)
+    assert m["steps"] > 0 and m["g_total"] == m["g_total"]  # finite
+    if stage == "prune":
+        assert m["conv_sparsity"] == pytest.approx(0.3, abs=1e-3)
