@@ -41,7 +41,8 @@ def _enhance(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from .report import sweep_report
 
-    summary = sweep_report(out_dir=args.out, experiment=args.experiment, register=args.register)
+    summary = sweep_report(out_dir=args.out, experiment=args.experiment, register=args.register,
+                           dense_run_id=args.dense_run)
     print(json.dumps(summary, indent=2))
 
 
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="reports/sweep", help="output folder")
     s.add_argument("--experiment", default=None, help="MLflow experiment (default: params.yaml's)")
     s.add_argument("--register", action="store_true", help="register the best run's ONNX model")
+    s.add_argument("--dense-run", default=None,
+                   help="MLflow run id of the dense model whose sweep to report (default: the newest one's)")
     s.set_defaults(func=_report)
     return p
 

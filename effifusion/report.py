@@ -138,8 +138,10 @@ def register_best(run_id: str, name: str = REGISTERED_MODEL) -> dict[str, Any]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    models = [m for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
-                                                     output_format="list") if m.name == "onnx_model"]
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    models = [m for m in models if m.name == "onnx"]  # the name export.log_to_mlflow gives it
     if not models:
         raise DataError(f"run {run_id} has no logged ONNX model (did the export stage run?)")
     version = mlflow.register_model(f"models:/{models[0].model_id}", name)

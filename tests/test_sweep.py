@@ -140,11 +140,14 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     assert "evaluate.json" in json.dumps(exp_show)
 
     report_dir = repo / "reports" / "sweep"
-    proc = subprocess.run([str(VENV_BIN / "effifusion"), "report", "--out", str(report_dir)], cwd=repo,
+    proc = subprocess.run([str(VENV_BIN / "effifusion"), "report", "--out", str(report_dir), "--register"], cwd=repo,
                           env={**_env(), "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["runs"] == 3  # the two queued ratios and the workspace's own 0.3, same dense model
+    assert summary["registered"] == {"name": "effifusion-gan", "version": 1}
+    version = client.get_model_version("effifusion-gan", "1")
+    assert version.tags["source_run_id"] == summary["best"]["run_id"]
     rows = list(csv.DictReader((report_dir / "sweep.csv").open()))
     assert sorted(float(r["prune.amount"]) for r in rows) == [0.2, 0.3, 0.5]
     assert "| 0.2 |" in (report_dir / "sweep.md").read_text() and "| 0.5 |" in (report_dir / "sweep.md").read_text()
