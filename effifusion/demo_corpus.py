@@ -13,8 +13,6 @@ output is identical on every run and independent of generation order.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,7 +24,7 @@ from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
 from .audio import write_wav
 from .errors import ConfigError
-from .mixing import active_speech_level, item_seed, mix_at_snr, replace_dir
+from .mixing import active_speech_level, atomic_dir, item_seed, mix_at_snr
 
 TRAIN_NOISES = [
     "kitchen", "meeting", "cafeteria", "restaurant", "station", "car", "metro", "traffic", "ssn", "babble",
@@ -587,11 +585,9 @@ def generate_demo_corpus(raw_dir: Path, cfg: dict, seed: int) -> dict:
          test_spk, int(_get(cfg, "test_utterances_per_speaker")), TEST_NOISES, TEST_SNRS, "{:e}"),
     ]
 
-    tmp = raw_dir.parent / f".{raw_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "logfiles").mkdir(parents=True)
-    counts = {}
-    try:
+    with atomic_dir(raw_dir) as tmp:
+        (tmp / "logfiles").mkdir()
+        counts = {}
         talkers = make_talkers(sr, np.random.default_rng(item_seed(seed, "talkers", sr)))
         for name, clean_dir, noisy_dir, log_name, speakers, per_spk, noises, snrs, snr_fmt in splits:
             conditions = balanced_conditions(noises, snrs, len(speakers) * per_spk,
@@ -634,10 +630,6 @@ def generate_demo_corpus(raw_dir: Path, cfg: dict, seed: int) -> dict:
             "config": cfg,
         }
         (tmp / "corpus.json").write_text(json.dumps(corpus, indent=2) + "\n")
-        replace_dir(tmp, raw_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**corpus, "seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -29,7 +29,7 @@ from .audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from .data import read_manifest
 from .errors import AudioError, ConfigError, DataError
 from .metrics import METRICS, score_files
-from .mixing import replace_dir
+from .mixing import atomic_dir
 
 SETS = ("test", "unseen")
 SYSTEMS = ("noisy", "pytorch", "onnx")  # "noisy" = the unprocessed input, the baseline row
@@ -90,15 +90,8 @@ def evaluate(
     metrics["seconds"] = {"enhance": round(enhance_s, 2), "score": round(score_s, 2),
                           "total": round(time.perf_counter() - start, 2)}
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         write_reports(tmp, rows, metrics, items, enhanced_dir, int(cfg["num_spectrograms"]), sr)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     reporting.write_json(Path(metrics_path), metrics)
     if track:
         _log_to_mlflow(params, torch_model.parent, metrics, out_dir)

@@ -16,7 +16,9 @@ import multiprocessing
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
@@ -193,10 +195,8 @@ def mix_unseen(
     _NOISE_CACHE.clear()  # in-process runs: never reuse a noise file read by an earlier call
     items = _plan_items(test_rows, noises, snrs, per_cell, seed, prepared_dir, out_dir, noise_paths,
                         sample_rate)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "noisy").mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "noisy").mkdir()
         results = run_parallel(_mix_item, [dict(it, out_root=str(tmp)) for it in items], workers,
                                 desc="mix_unseen", unit="file")
         results.sort(key=lambda r: r["utt"])
@@ -205,10 +205,6 @@ def mix_unseen(
         report = _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate, workers,
                                 seconds)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -368,6 +364,24 @@ def run_parallel(fn, items: list, workers: int, desc: str, unit: str) -> list:
     with ctx.Pool(min(workers, len(items)), initializer=_init_worker) as pool:
         it = pool.imap_unordered(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers))))
         return list(tqdm(it, total=len(items), desc=desc, unit=unit, dynamic_ncols=True))
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and swap it in for ``final`` only if the block succeeds.
+
+    On any error the temporary folder is deleted and ``final`` (an older output) is left as it was.
+    """
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

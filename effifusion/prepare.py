@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 
 from .audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 from .errors import AudioError, ConfigError, DataError, EffiFusionError
-from .mixing import replace_dir, run_parallel
+from .mixing import atomic_dir, run_parallel
 
 # split name -> (clean folder, noisy folder, log file) inside the raw corpus
 RAW_SPLITS = {
@@ -89,10 +87,7 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
         raise DataError(f"{first['message']}{more}; set prepare.skip_bad_files: true to list bad pairs in "
                         f"report.json and go on")
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         items = []
         for p in pairs:
             split = "val" if p["split"] == "train" and p["speaker"] in val_speakers else p["split"]
@@ -129,10 +124,6 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
             "files_per_s": round(files / seconds, 2) if seconds > 0 else None,
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

@@ -38,7 +38,7 @@ from . import audio as A
 from .data import PairDataset, make_loader
 from .discriminator import build_discriminator
 from .errors import ConfigError, DataError
-from .losses import LOSS_TERMS, discriminator_loss, generator_losses, pesq_to_target
+from .losses import discriminator_loss, generator_losses, pesq_to_target
 from .model import build_generator, load_checkpoint_file, save_generator
 from .pesq_pool import PesqPool
 from .pruning import DynamicPruner, count_nonzero, qualified_names, select_prunable
@@ -255,11 +255,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    m = getattr(m, "_orig_mod", m)  # torch.compile
-    return getattr(m, "module", m)  # DDP
 
 
 def run_training(
