@@ -130,6 +130,10 @@ class PairDataset(Dataset):
         if self.segment_samples is None:
             utt = self.rows[index]["utt"]
             return torch.from_numpy(clean * gain), torch.from_numpy(noisy * gain), utt, gain
+        return self.crop(index, clean, noisy, gain)
+
+    def crop(self, index: int, clean: np.ndarray, noisy: np.ndarray, gain: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``index``'s crop of this epoch from (clean, noisy), both scaled by ``gain``, zero-padded."""
         seg = self.segment_samples
         start = self.crop_start(index, len(noisy))
         out_clean = np.zeros(seg, dtype=np.float32)
@@ -138,6 +142,24 @@ class PairDataset(Dataset):
         out_clean[:n] = clean[start:start + n] * gain
         out_noisy[:n] = noisy[start:start + n] * gain
         return torch.from_numpy(out_clean), torch.from_numpy(out_noisy)
+
+
+def spread_over_speakers(rows: list[dict[str, Any]], count: int) -> list[int]:
+    """Indices of ``count`` rows taken round-robin over speakers (manifest order within each).
+
+    Why: validation on the first N rows of a manifest sorted by speaker sees one speaker only;
+    taking turns gives every held-out speaker the same weight in model selection.
+    """
+    by_speaker: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_speaker.setdefault(row["speaker"], []).append(i)
+    queues = [list(v) for v in by_speaker.values()]
+    picked: list[int] = []
+    while len(picked) < min(count, len(rows)):
+        for q in queues:
+            if q and len(picked) < count:
+                picked.append(q.pop(0))
+    return sorted(picked)
 
 
 class EpochSampler(Sampler[int]):

@@ -35,7 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import audio as A
-from .data import PairDataset, make_loader
+from .augment import DynamicMixDataset, check_augment_cfg
+from .data import PairDataset, make_loader, spread_over_speakers
 from .discriminator import build_discriminator
 from .errors import ConfigError, DataError
 from .losses import discriminator_loss, generator_losses, pesq_to_target
@@ -77,6 +78,19 @@ def pick_device(name: str, dist: Dist) -> torch.device:
     if name != "cpu":
         raise ConfigError(f"params.yaml train.device: {name!r} must be auto, cpu or cuda")
     return torch.device("cpu")
+
+
+def cpu_threads(tcfg: dict[str, Any], dist: Dist) -> int:
+    """Torch threads per process on CPU: ``train.threads``, or 0 = this process's share of the cores.
+
+    The PESQ workers are not subtracted: they are busy a small fraction of each step, and leaving a
+    core idle for them cost more than it saved (demo model, 2 cores: 1.9 s/step with 1 thread,
+    1.2 s/step with 2 threads beside one PESQ worker; REFERENCE §10 / closing note of issue 8).
+    """
+    threads = int(tcfg["threads"])
+    if threads > 0:
+        return threads
+    return max(1, len(os.sched_getaffinity(0)) // dist.world_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -268,12 +282,14 @@ def run_training(
     plots_dir: Path,
     resume_dir: Path = Path("checkpoints"),
     stop_after_steps: int | None = None,
+    stop_after_s: float | None = None,
     track: bool = True,
 ) -> dict[str, Any]:
     """Train (stage "train") or prune-fine-tune (stage "prune") and write models, metrics, plots.
 
-    ``stop_after_steps`` ends the run early as an interruption would (tests of resume use it);
-    the resume checkpoint is then kept. ``track=False`` skips MLflow (benchmarks).
+    ``stop_after_steps`` / ``stop_after_s`` (wall-clock seconds) end the run early as an
+    interruption would (tests of resume and the learning-curve benchmark use them); the resume
+    checkpoint is then kept. ``track=False`` skips MLflow (benchmarks).
     """
     if stage not in ("train", "prune"):
         raise ValueError(f"stage must be 'train' or 'prune', got {stage!r}")
@@ -292,19 +308,18 @@ def run_training(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:
-        # leave the PESQ workers their cores: oversubscribed OpenMP threads spin and wait on each
-        # other (measured on 2 cores with one busy: 1.5 s/step with 1 thread, 8-12 s with 2)
-        cores = len(os.sched_getaffinity(0)) // dist.world_size
-        torch.set_num_threads(max(1, cores - int(tcfg["pesq_workers"])))
+        torch.set_num_threads(cpu_threads(tcfg, dist))
     seed_everything(seed)
 
     # Data
-    train_set = PairDataset(prepared_dir / "train.csv", segment_samples=int(round(tcfg["segment_s"] * sr)),
-                            seed=seed)
+    augment = check_augment_cfg(tcfg["augment"])
+    train_set: Any = PairDataset(prepared_dir / "train.csv", segment_samples=int(round(tcfg["segment_s"] * sr)),
+                                 seed=seed)
+    if augment["enabled"]:
+        train_set = DynamicMixDataset(train_set, augment, sr)
     val_set = PairDataset(prepared_dir / "val.csv", segment_samples=None, seed=seed)
-    n_val = min(int(tcfg["val_utterances"]), len(val_set))
     val_items = []
-    for i in range(n_val):
+    for i in spread_over_speakers(val_set.rows, int(tcfg["val_utterances"])):
         item = val_set[i]
         val_items.append((item[2], item[0], item[1]))
     batch_size = int(tcfg["batch_size"])
@@ -401,7 +416,7 @@ def run_training(
             discriminator=discriminator, pruner=pruner, train_set=train_set, val_items=val_items,
             sched=(sched_g, sched_d), optims=(opt_g, opt_d), device=device, dist=dist, epochs=epochs,
             steps_per_epoch=steps_per_epoch, total_steps=total_steps, resume_file=resume_file, chash=chash,
-            stop_after_steps=stop_after_steps, run=run,
+            stop_after_steps=stop_after_steps, stop_after_s=stop_after_s, run=run,
         )
         if result["interrupted"]:
             return result
@@ -418,7 +433,7 @@ def run_training(
 
 
 def _loop(*, stage, params, state, step_fn, generator, discriminator, pruner, train_set, val_items, sched, optims,
-          device, dist, epochs, steps_per_epoch, total_steps, resume_file, chash, stop_after_steps, run):
+          device, dist, epochs, steps_per_epoch, total_steps, resume_file, chash, stop_after_steps, stop_after_s, run):
     tcfg = params["train"]
     seed = int(params["seed"])
     val_every = max(1, int(tcfg["val_every_steps"]))
@@ -483,8 +498,9 @@ def _loop(*, stage, params, state, step_fn, generator, discriminator, pruner, tr
             bar.update(1)
             bar.set_postfix(g=f"{losses['g_total']:.3f}", d=f"{losses['d_loss']:.3f}", refresh=False)
             if dist.is_main and (state["step"] % val_every == 0 or state["step"] == total_steps):
-                val_pesq, _ = validate(generator, val_items, device, step_fn.pesq)
-                state["val"].append({"step": state["step"], "val_pesq": val_pesq})
+                val_pesq, val_out = validate(generator, val_items, device, step_fn.pesq)
+                state["val"].append({"step": state["step"], "val_pesq": val_pesq,
+                                     "elapsed_s": round(time.perf_counter() - t_start, 2)})
                 pending_log.append((state["step"], {"val_pesq": val_pesq}))
                 # in the prune stage only models at their final sparsity compete for "best"
                 at_target = pruner is None or pruner.target >= pruner.final_amount
@@ -494,12 +510,15 @@ def _loop(*, stage, params, state, step_fn, generator, discriminator, pruner, tr
                                                          for k, v in generator.state_dict().items()},
                                            "discriminator": {k: v.detach().cpu().clone()
                                                              for k, v in discriminator.state_dict().items()},
-                                           "step": state["step"]}
+                                           "step": state["step"],
+                                           # the examples logged at the end: no second validation pass
+                                           "val_outputs": {u: val_out[u] for u, _, _ in val_items[:3]}}
                 bar.write(f"[{stage}] step {state['step']}: val PESQ {val_pesq:.3f} (best {state['best_val']:.3f})")
             if state["step"] % ckpt_every == 0:
                 flush_logs()
                 save_resume()
-            if stop_after_steps is not None and steps_run >= stop_after_steps:
+            if ((stop_after_steps is not None and steps_run >= stop_after_steps)
+                    or (stop_after_s is not None and time.perf_counter() - t_start >= stop_after_s)):
                 flush_logs()
                 save_resume()
                 bar.close()
@@ -551,7 +570,10 @@ def _finish(stage, params, state, generator, discriminator, pruner, val_items, d
                           "val_pesq": state["best_val"] if best else None, "run_id": state["run_id"]})
     _atomic_torch_save(discriminator.state_dict(), out_dir / "discriminator.pt")
 
-    final_val, outputs = validate(generator, val_items, device, pesq)
+    if best is not None:  # the validation that chose these weights already scored them
+        final_val, outputs = state["best_val"], best["val_outputs"]
+    else:
+        final_val, outputs = validate(generator, val_items, device, pesq)
     last = state["history"][-1] if state["history"] else {}
     metrics = {
         "val_pesq": final_val,

@@ -159,3 +159,21 @@ def test_gpu_training_with_bf16_and_compile(prepared, tmp_path, stage):
     assert m["steps"] > 0 and m["g_total"] == m["g_total"]  # finite
     if stage == "prune":
         assert m["conv_sparsity"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_short_training_run_enhances_held_out_speech(tmp_path):
+    """The real train stage, a few minutes' worth of the demo recipe at tiny size: validation PESQ
+    (held-out speakers, whole utterances) ends above the noisy input's, not just a falling loss."""
+    import numpy as np
+
+    from effifusion.data import PairDataset, spread_over_speakers
+    from effifusion.metrics import pesq_wb
+
+    prepared = make_prepared(tmp_path / "prepared", n_train=16, n_val=4, seconds=1.5, snr_db=5.0)
+    params = tiny_params(train__epochs=8, train__val_every_steps=16, train__segment_s=1.0)
+    val = PairDataset(prepared / "val.csv", None, seed=0)
+    picked = spread_over_speakers(val.rows, params["train"]["val_utterances"])
+    noisy = np.mean([pesq_wb(val[i][0].numpy(), val[i][1].numpy()) for i in picked])
+    m = _run(params, "train", prepared, tmp_path)
+    # measured: noisy 1.0x, model 1.5x after 64 steps (CPU, lr 4e-3)
+    assert m["val_pesq"] > noisy + 0.15, (m["val_pesq"], noisy)
