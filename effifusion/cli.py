@@ -28,7 +28,8 @@ def _summary(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from .metrics import score_dirs
 
-    means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers)
+    means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
+                       convention=args.convention)
     print(json.dumps(means, indent=2))
 
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
     s.add_argument("--out", default=None, help="write per-file rows to this CSV")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--convention", choices=("matlab", "published"), default="matlab",
+                   help="CSIG/CBAK/COVL as Loizou's MATLAB code computes them (default), or as the "
+                        "CMGAN/MP-SENet Python port does on float input, like published tables "
+                        "(reported as csig_published, ...)")
     s.set_defaults(func=_score)
 
     s = sub.add_parser("enhance", help="enhance WAV files or folders with the exported model")

@@ -7,6 +7,11 @@ DVC output because it is as big as the test set) and scored against its clean re
 with the noisy input. The metrics JSON holds the means a paper's results table reports, the gains
 over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-time factors; the
 report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
+
+CSIG, CBAK and COVL are in the MATLAB convention (Loizou's compute_metrics) under their plain names;
+the same measures as the CMGAN/MP-SENet evaluation scripts compute them (the convention of
+published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``csig_published``,
+``cbak_published`` and ``covl_published`` (effifusion.metrics, "published" convention).
 """
 
 from __future__ import annotations
@@ -28,13 +33,25 @@ from . import reporting
 from .audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from .data import read_manifest
 from .errors import AudioError, ConfigError, DataError
-from .metrics import METRICS, score_files
+from .metrics import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
 from .mixing import atomic_dir
 
 SETS = ("test", "unseen")
 SYSTEMS = ("noisy", "pytorch", "onnx")  # "noisy" = the unprocessed input, the baseline row
 ENHANCED_SYSTEMS = ("pytorch", "onnx")
+PUBLISHED = "published"
+PUBLISHED_METRICS = tuple(f"{m}_{PUBLISHED}" for m in COMPOSITES)  # csig_published, ...
+ALL_METRICS = (*METRICS, *PUBLISHED_METRICS)
 METRIC_LABELS = {m: m.upper() for m in METRICS}
+PUBLISHED_LABELS = {f"{m}_{PUBLISHED}": m.upper() for m in COMPOSITES}
+CONVENTIONS_NOTE = {  # evaluate.json's "conventions": which numbers follow which composite convention
+    "csig/cbak/covl": CONVENTION_NOTES["matlab"],
+    "*_published": CONVENTION_NOTES[PUBLISHED],
+}
+MATLAB_CAPTION = ("CSIG, CBAK, COVL: MATLAB convention (Loizou's compute_metrics; what the Python port "
+                  "gives on int16-scale samples).")
+PUBLISHED_CAPTION = ("CSIG, CBAK, COVL: published convention (the CMGAN/MP-SENet Python port on float "
+                     "samples, as their evaluation scripts call it; compare these with papers' tables).")
 SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
@@ -83,7 +100,7 @@ def evaluate(
     rows = score_all(items, enhanced_dir, cfg["workers"], clipped)
     score_s = time.perf_counter() - t0 - enhance_s
 
-    metrics = summarize_scores(rows)
+    metrics = {"conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
     device = cfg["device"] if cfg["device"] == "cpu" else f"{cfg['device']} (ONNX: cpu)"
     metrics["rtf"] = {**rtf, "input_seconds": float(cfg["rtf_seconds"]), "threads": 1, "device": device}
     metrics["model"] = _model_summary(torch_model, onnx_model)
@@ -230,16 +247,20 @@ def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str]],
 
 def score_all(items: list[dict[str, Any]], enhanced_dir: Path, workers: int,
               clipped: dict[str, int]) -> list[dict[str, Any]]:
-    """Per-utterance rows {set, system, utt, noise, snr_db, metrics, clipped_samples} for every system."""
+    """Per-utterance rows {set, system, utt, noise, snr_db, metrics, clipped_samples} for every system.
+
+    The metrics are METRICS (composites in the MATLAB convention) and PUBLISHED_METRICS, from one pass.
+    """
     pairs, keys = [], []
     for it in items:
         for system in SYSTEMS:
             path = it["noisy"] if system == "noisy" else enhanced_path(enhanced_dir, system, it)
             pairs.append((f"{it['set']}/{system}/{it['utt']}", it["clean"], path))
             keys.append((it, system, path))
-    scores = score_files(pairs, workers=workers, desc="score")
+    scores = score_files(pairs, workers=workers, desc="score", extra_conventions=(PUBLISHED,))
     return [{"set": it["set"], "system": system, "utt": it["utt"], "noise": it["noise"],
-             "snr_db": it["snr_db"], **{m: s[m] for m in METRICS}, "clipped_samples": clipped.get(str(path))}
+             "snr_db": it["snr_db"], **{m: s[m] for m in ALL_METRICS},
+             "clipped_samples": clipped.get(str(path))}
             for (it, system, path), s in zip(keys, scores)]
 
 
@@ -251,25 +272,34 @@ def _mean(rows: list[dict[str, Any]], metric: str) -> float:
     return float(np.mean([r[metric] for r in rows]))
 
 
+def _metrics_in(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """METRICS, plus the published-convention composites when every row has them."""
+    return ALL_METRICS if rows and all(m in r for r in rows for m in PUBLISHED_METRICS) else METRICS
+
+
 def summarize_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per set: n, per-system means, PyTorch-minus-noisy gains and ONNX-minus-PyTorch differences.
 
-    ``rows`` are per-utterance rows {set, system, utt, <metrics>}. The ONNX differences are means of
-    per-utterance differences, plus the largest per-utterance |ΔPESQ| (``pesq_max_abs``).
+    ``rows`` are per-utterance rows {set, system, utt, <metrics>}, optionally with the
+    published-convention composites (``csig_published``, ...), which are then summarised alike.
+    The ONNX differences are means of per-utterance differences, plus the largest per-utterance
+    |ΔPESQ| (``pesq_max_abs``).
     """
     out: dict[str, Any] = {}
+    metric_keys = _metrics_in(rows)
     for set_name in SETS:
         by_system = {s: sorted((r for r in rows if r["set"] == set_name and r["system"] == s),
                                key=lambda r: r["utt"]) for s in SYSTEMS}
         if not by_system["noisy"]:
             continue
-        means = {s: {m: _mean(by_system[s], m) for m in METRICS} for s in SYSTEMS}
-        diff = {m: [o[m] - p[m] for o, p in zip(by_system["onnx"], by_system["pytorch"])] for m in METRICS}
+        means = {s: {m: _mean(by_system[s], m) for m in metric_keys} for s in SYSTEMS}
+        pairs = list(zip(by_system["onnx"], by_system["pytorch"]))
+        diff = {m: [o[m] - p[m] for o, p in pairs] for m in metric_keys}
         out[set_name] = {
             "n": len(by_system["noisy"]),
             **means,
-            "improvement": {m: means["pytorch"][m] - means["noisy"][m] for m in METRICS},
-            "onnx_minus_pytorch": {**{m: float(np.mean(diff[m])) for m in METRICS},
+            "improvement": {m: means["pytorch"][m] - means["noisy"][m] for m in metric_keys},
+            "onnx_minus_pytorch": {**{m: float(np.mean(diff[m])) for m in metric_keys},
                                    "pesq_max_abs": float(np.max(np.abs(diff["pesq"])))},
         }
     return out
@@ -282,9 +312,11 @@ def _snr_key(snr: float) -> str:
 def condition_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean metrics per set × noise × SNR (plus "all"-noise rows per SNR and one all/all row per set).
 
-    Columns: set, noise, snr_db, n, then ``<system>_<metric>`` for every system and metric.
+    Columns: set, noise, snr_db, n, then ``<system>_<metric>`` for every system and metric (the
+    published-convention composites too when the rows have them: ``noisy_csig_published``, ...).
     """
     table = []
+    metric_keys = _metrics_in(rows)
     for set_name in SETS:
         set_rows = [r for r in rows if r["set"] == set_name]
         if not set_rows:
@@ -303,7 +335,7 @@ def condition_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    "n": sum(r["system"] == "noisy" for r in sel)}
             for system in SYSTEMS:
                 sys_rows = [r for r in sel if r["system"] == system]
-                row.update({f"{system}_{m}": _mean(sys_rows, m) for m in METRICS})
+                row.update({f"{system}_{m}": _mean(sys_rows, m) for m in metric_keys})
             table.append(row)
     return table
 
@@ -316,7 +348,7 @@ def write_reports(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, 
                   items: list[dict[str, Any]], enhanced_dir: Path, num_spectrograms: int, sr: int) -> None:
     """per_utterance.csv, by_condition.{csv,md}, summary.md, SNR plots and spectrograms into ``out_dir``."""
     reporting.write_csv(out_dir / "per_utterance.csv", rows,
-                        ["set", "system", "utt", "noise", "snr_db", *METRICS, "clipped_samples"])
+                        ["set", "system", "utt", "noise", "snr_db", *_metrics_in(rows), "clipped_samples"])
     table = condition_table(rows)
     reporting.write_csv(out_dir / "by_condition.csv", table)
     reporting.write_text(out_dir / "by_condition.md", condition_markdown(table))
@@ -360,7 +392,8 @@ def _fmt(value: float, metric: str) -> str:
 
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
-    """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI per set."""
+    """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI per set (MATLAB
+    convention), then, when present, the composites in the published convention."""
     lines = ["# Evaluation", ""]
     model = metrics.get("model", {})
     if model:
@@ -372,12 +405,20 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         if set_name not in metrics:
             continue
         res = metrics[set_name]
-        lines += [f"## {SET_TITLES[set_name]}: {res['n']} files", ""]
+        lines += [f"## {SET_TITLES[set_name]}: {res['n']} files", "", MATLAB_CAPTION, ""]
         table = [{"system": SYSTEM_LABELS[s], **{METRIC_LABELS[m]: _fmt(res[s][m], m) for m in METRICS}}
                  for s in SYSTEMS]
         table.append({"system": "gain (PyTorch − noisy)",
                       **{METRIC_LABELS[m]: f"{res['improvement'][m]:+.2f}" for m in METRICS}})
         lines += [reporting.markdown_table(table, columns).rstrip(), ""]
+        if all(m in res["noisy"] for m in PUBLISHED_METRICS):
+            labels = PUBLISHED_LABELS
+            published = [{"system": SYSTEM_LABELS[s], **{labels[m]: _fmt(res[s][m], m) for m in labels}}
+                         for s in SYSTEMS]
+            published.append({"system": "gain (PyTorch − noisy)",
+                              **{labels[m]: f"{res['improvement'][m]:+.2f}" for m in labels}})
+            table_md = reporting.markdown_table(published, ["system", *labels.values()]).rstrip()
+            lines += [PUBLISHED_CAPTION, "", table_md, ""]
         d = res["onnx_minus_pytorch"]
         lines += [f"ONNX − PyTorch: mean ΔPESQ {d['pesq']:+.4f}, largest per-file |ΔPESQ| "
                   f"{d['pesq_max_abs']:.4f}, mean ΔSTOI {d['stoi']:+.5f}.", ""]
@@ -390,15 +431,16 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
 
 
 def condition_markdown(table: list[dict[str, Any]]) -> str:
-    """Per set, one row per noise × SNR: each metric as "noisy → PyTorch"."""
+    """Per set, one row per noise × SNR: each metric as "noisy → PyTorch" (composites: MATLAB)."""
     lines = ["# Results by condition", "",
              "Each cell: mean over the condition's files, noisy input → PyTorch model output "
-             "(ONNX means are in by_condition.csv).", ""]
+             "(ONNX means, and the composites in the published convention as "
+             "`<system>_csig_published`, ..., are in by_condition.csv).", ""]
     for set_name in SETS:
         rows = [r for r in table if r["set"] == set_name]
         if not rows:
             continue
-        lines += [f"## {SET_TITLES[set_name]}", ""]
+        lines += [f"## {SET_TITLES[set_name]}", "", MATLAB_CAPTION, ""]
         shown = [{"noise": r["noise"], "SNR (dB)": r["snr_db"], "n": r["n"],
                   **{METRIC_LABELS[m]: f"{_fmt(r[f'noisy_{m}'], m)} → {_fmt(r[f'pytorch_{m}'], m)}"
                      for m in METRICS}}
@@ -453,7 +495,8 @@ def _model_summary(torch_model: Path, onnx_model: Path) -> dict[str, Any]:
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat MLflow names: test_pesq (PyTorch), test_noisy_pesq, test_onnx_pesq, test_improvement_pesq,
-    test_onnx_minus_torch_pesq, onnx_minus_torch_pesq_max_abs, rtf_torch, rtf_onnx, test_n, ..."""
+    test_onnx_minus_torch_pesq, onnx_minus_torch_pesq_max_abs, rtf_torch, rtf_onnx, test_n, ...;
+    the published-convention composites likewise: test_csig_published, test_noisy_csig_published, ..."""
     flat: dict[str, float] = {}
     max_abs = []
     for set_name in SETS:
@@ -461,7 +504,7 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             continue
         res = metrics[set_name]
         flat[f"{set_name}_n"] = float(res["n"])
-        for m in METRICS:
+        for m in [k for k in ALL_METRICS if k in res["pytorch"]]:
             flat[f"{set_name}_{m}"] = res["pytorch"][m]
             flat[f"{set_name}_noisy_{m}"] = res["noisy"][m]
             flat[f"{set_name}_onnx_{m}"] = res["onnx"][m]

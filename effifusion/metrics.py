@@ -4,6 +4,19 @@ Every VoiceBank+DEMAND paper reports these through Loizou's `composite.m` (in it
 port, "compute_metrics"), so the composite measures here follow that algorithm detail for detail
 (REFERENCE §5) - its window, frame count, energy floors and 95 % trimming - written with framed
 numpy arrays instead of per-frame loops. The fixture TSVs under ../shared/fixtures pin the numbers.
+
+CSIG, CBAK and COVL come in two conventions (``convention=``), from the same frames:
+
+- ``"matlab"`` (the default): Loizou's MATLAB code, which is what the Python port gives on
+  int16-scale samples.
+- ``"published"``: the Python port as the CMGAN and MP-SENet evaluation scripts call it, on float
+  samples in [-1, 1]. Its WSS divides each frame by 32768 before flooring the critical-band
+  energies at 1e-10, so quiet bands hit the floor; CSIG comes out about 0.09 and CBAK/COVL about
+  0.08 higher (up to 0.3 on a file). Published VoiceBank+DEMAND tables were made this way.
+
+That WSS floor is the only place the sample scale enters (LLR is a ratio of quadratic forms in
+the same frame, SSNR a ratio of energies; PESQ and STOI are unaffected), so the two conventions
+differ only in ``_WSS_POWER_SCALE``. Signals are float samples in [-1, 1] in both.
 """
 
 from __future__ import annotations
@@ -24,9 +37,16 @@ from scipy.signal import firls, resample_poly
 from scipy.signal.windows import kaiser
 
 from .audio import SILENCE_PEAK, read_wav
-from .errors import AudioError, DataError, EffiFusionError
+from .errors import AudioError, ConfigError, DataError, EffiFusionError
 
 METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
+COMPOSITES = ("csig", "cbak", "covl")  # the measures whose value depends on the convention
+CONVENTIONS = ("matlab", "published")
+DEFAULT_CONVENTION = "matlab"
+CONVENTION_NOTES = {
+    "matlab": "matlab (Loizou compute_metrics, int16 scale)",
+    "published": "CMGAN/MP-SENet Python port on float input",
+}
 PESQ_SAMPLE_RATE = 16_000
 MIN_DURATION_S = 0.25          # PESQ needs at least a quarter second of speech
 MAX_TRIM_SAMPLES = 1600        # length mismatch trimmed silently up to this (0.1 s at 16 kHz) ...
@@ -40,6 +60,9 @@ SSNR_MIN_DB, SSNR_MAX_DB = -10.0, 35.0
 EPS = float(np.finfo(np.float64).eps)
 WSS_K_MAX, WSS_K_LOC_MAX = 20.0, 1.0
 WSS_ENERGY_FLOOR = 1e-10
+# Factor on the band energies of [-1, 1] frames before the floor: the port's WSS divides each frame
+# by 32768 (meant for int16 input), which on float input scales energies by 2**-30 (exactly).
+_WSS_POWER_SCALE = {"matlab": 1.0, "published": 1.0 / 32768.0 ** 2}
 CRITICAL_BAND_CENTRES_HZ = np.array([
     50.0, 120.0, 190.0, 260.0, 330.0, 400.0, 470.0, 540.0, 617.372, 703.378, 798.717, 904.128, 1020.38,
     1148.30, 1288.72, 1442.54, 1610.70, 1794.16, 1993.93, 2211.08, 2446.71, 2701.97, 2978.04, 3276.17,
@@ -182,13 +205,19 @@ def _nearest_peaks(energy: np.ndarray, slope: np.ndarray) -> np.ndarray:
     return np.take_along_axis(energy, np.where(slope > 0, right - 1, left + 1), axis=1)
 
 
-def _wss(c: np.ndarray, e: np.ndarray, sr: int) -> np.ndarray:
+def _band_power(frames: np.ndarray, sr: int) -> np.ndarray:
+    """[n_frames, 25] critical-band energies (power spectrum through the Gaussian filters)."""
     filters, n_fft = _critical_band_filters(sr)
-    half = n_fft // 2
+    power = np.abs(np.fft.rfft(frames, n_fft, axis=1)[:, : n_fft // 2]) ** 2
+    return power @ filters.T
 
-    def band_db(frames: np.ndarray) -> np.ndarray:
-        power = np.abs(np.fft.rfft(frames, n_fft, axis=1)[:, :half]) ** 2
-        return 10.0 * np.log10(np.maximum(power @ filters.T, WSS_ENERGY_FLOOR))
+
+def _wss_from_bands(b_clean: np.ndarray, b_enh: np.ndarray, convention: str) -> np.ndarray:
+    """Per-frame WSS from band energies; ``convention`` sets the energy scale under the 1e-10 floor."""
+    scale = _WSS_POWER_SCALE[convention]
+
+    def band_db(bands: np.ndarray) -> np.ndarray:
+        return 10.0 * np.log10(np.maximum(bands * scale, WSS_ENERGY_FLOOR))
 
     def weights(energy: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         low = energy[:, :-1]
@@ -196,11 +225,38 @@ def _wss(c: np.ndarray, e: np.ndarray, sr: int) -> np.ndarray:
         w_loc = WSS_K_LOC_MAX / (WSS_K_LOC_MAX + peaks - low)
         return w_max * w_loc
 
-    e_clean, e_enh = band_db(c), band_db(e)
+    e_clean, e_enh = band_db(b_clean), band_db(b_enh)
     s_clean, s_enh = np.diff(e_clean, axis=1), np.diff(e_enh, axis=1)
     w_clean = weights(e_clean, _nearest_peaks(e_clean, s_clean))
     w = (w_clean + weights(e_enh, _nearest_peaks(e_enh, s_enh))) / 2.0
     return np.sum(w * (s_clean - s_enh) ** 2, axis=1) / np.sum(w, axis=1)
+
+
+def _wss(c: np.ndarray, e: np.ndarray, sr: int, convention: str = DEFAULT_CONVENTION) -> np.ndarray:
+    return _wss_from_bands(_band_power(c, sr), _band_power(e, sr), convention)
+
+
+def check_convention(convention: object) -> str:
+    """``convention`` if it is one of CONVENTIONS, else ConfigError naming the valid ones."""
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown metrics convention {convention!r}: use one of "
+                          f"{', '.join(CONVENTIONS)} (default {DEFAULT_CONVENTION})")
+    return str(convention)
+
+
+def _check_extra(convention: str, extra_conventions: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    check_convention(convention)
+    if isinstance(extra_conventions, str):  # a bare "published" would otherwise iterate its letters
+        extra_conventions = (extra_conventions,)
+    return tuple(dict.fromkeys(check_convention(c) for c in extra_conventions if c != convention))
+
+
+def convention_key(metric: str, convention: str) -> str:
+    """Name of ``metric`` in ``convention`` where results of both sit side by side: ``csig_published``.
+
+    The MATLAB convention keeps the plain names, and so do PESQ, SSNR and STOI, which have only one.
+    """
+    return metric if convention == "matlab" or metric not in COMPOSITES else f"{metric}_{convention}"
 
 
 def ssnr_frames(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE) -> np.ndarray:
@@ -213,24 +269,51 @@ def llr_frames(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RA
     return _llr(_hann_frames(clean, sr), _hann_frames(enhanced, sr), sr)
 
 
-def wss_frames(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE) -> np.ndarray:
+def wss_frames(
+    clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE, convention: str = DEFAULT_CONVENTION
+) -> np.ndarray:
     """Per-frame weighted spectral slope distance (Klatt 1982; normalised by the weights, as composite.m)."""
-    return _wss(_hann_frames(clean, sr), _hann_frames(enhanced, sr), sr)
+    check_convention(convention)
+    return _wss(_hann_frames(clean, sr), _hann_frames(enhanced, sr), sr, convention)
 
 
 def composite(
-    clean: np.ndarray, enhanced: np.ndarray, pesq: float, sr: int = PESQ_SAMPLE_RATE
+    clean: np.ndarray, enhanced: np.ndarray, pesq: float, sr: int = PESQ_SAMPLE_RATE,
+    convention: str = DEFAULT_CONVENTION,
 ) -> dict[str, float]:
-    """CSIG, CBAK, COVL (each clipped to [1, 5]) and SSNR of equal-length signals, given their PESQ."""
+    """CSIG, CBAK, COVL (each clipped to [1, 5]) and SSNR of equal-length signals, given their PESQ.
+
+    ``convention`` "matlab" (Loizou's MATLAB code) or "published" (the CMGAN/MP-SENet Python port
+    on float input, see the module docstring); signals are float samples in [-1, 1] either way.
+    """
+    return composite_conventions(clean, enhanced, pesq, sr, (check_convention(convention),))[convention]
+
+
+def composite_conventions(
+    clean: np.ndarray, enhanced: np.ndarray, pesq: float, sr: int = PESQ_SAMPLE_RATE,
+    conventions: tuple[str, ...] = CONVENTIONS,
+) -> dict[str, dict[str, float]]:
+    """``composite`` in several conventions at once: {convention: {csig, cbak, covl, ssnr}}.
+
+    Frames, spectra, band energies, LLR and SSNR are computed once; each convention only redoes
+    the WSS distance from the shared band energies.
+    """
+    for convention in conventions:
+        check_convention(convention)
     c = _hann_frames(np.asarray(clean, dtype=np.float64), sr)
     e = _hann_frames(np.asarray(enhanced, dtype=np.float64), sr)
     llr = _mean_of_best(_llr(c, e, sr))
-    wss = _mean_of_best(_wss(c, e, sr))
     ssnr = float(np.mean(_ssnr(c, e)))
-    csig = 3.093 - 1.029 * llr + 0.603 * pesq - 0.009 * wss
-    cbak = 1.634 + 0.478 * pesq - 0.007 * wss + 0.063 * ssnr
-    covl = 1.594 + 0.805 * pesq - 0.512 * llr - 0.007 * wss
-    return {"csig": _clip_mos(csig), "cbak": _clip_mos(cbak), "covl": _clip_mos(covl), "ssnr": ssnr}
+    b_clean, b_enh = _band_power(c, sr), _band_power(e, sr)
+    out = {}
+    for convention in dict.fromkeys(conventions):
+        wss = _mean_of_best(_wss_from_bands(b_clean, b_enh, convention))
+        csig = 3.093 - 1.029 * llr + 0.603 * pesq - 0.009 * wss
+        cbak = 1.634 + 0.478 * pesq - 0.007 * wss + 0.063 * ssnr
+        covl = 1.594 + 0.805 * pesq - 0.512 * llr - 0.007 * wss
+        out[convention] = {"csig": _clip_mos(csig), "cbak": _clip_mos(cbak), "covl": _clip_mos(covl),
+                           "ssnr": ssnr}
+    return out
 
 
 def _clip_mos(value: float) -> float:
@@ -304,13 +387,19 @@ def _as_float_pair(
 def score_pair(
     clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE,
     names: tuple[str, str] = ("clean", "enhanced"),
+    convention: str = DEFAULT_CONVENTION,
+    extra_conventions: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """PESQ (wide-band), CSIG, CBAK, COVL, SSNR and STOI of ``enhanced`` against ``clean``.
 
     Both must be finite 1-D signals at 16 kHz. Lengths that differ by at most 1600 samples or 1 %
     (codec and resampler padding) are trimmed to the shorter; larger differences, a silent signal
     or less than 0.25 s raise AudioError, whose message calls the two signals by ``names``.
+
+    CSIG, CBAK and COVL are in ``convention`` ("matlab" or "published"); each of
+    ``extra_conventions`` adds them as ``csig_<convention>``, ... from the same frames.
     """
+    extra = _check_extra(convention, extra_conventions)
     if sr != PESQ_SAMPLE_RATE:
         raise AudioError(f"{names[1]}: metrics need {PESQ_SAMPLE_RATE} Hz audio (wide-band PESQ), got {sr} "
                          "Hz: resample first (effifusion.audio.resample)")
@@ -326,8 +415,18 @@ def score_pair(
         stoi = stoi_score(c, e, sr)
     except AudioError as exc:
         raise AudioError(f"{names[1]} vs {names[0]}: {exc}") from None
-    scores = {"pesq": pesq, **composite(c, e, pesq, sr), "stoi": stoi}
-    return {k: scores[k] for k in METRICS}
+    measures = composite_conventions(c, e, pesq, sr, (convention, *extra))
+    scores = {"pesq": pesq, **measures[convention], "stoi": stoi}
+    out = {k: scores[k] for k in METRICS}
+    for other in extra:
+        out.update({f"{m}_{other}": measures[other][m] for m in COMPOSITES})
+    return out
+
+
+def score_keys(convention: str = DEFAULT_CONVENTION, extra_conventions: tuple[str, ...] = ()) -> list[str]:
+    """The metric keys of a score_pair / score_files row for these arguments, in order."""
+    extra = _check_extra(convention, extra_conventions)
+    return [*METRICS, *(f"{m}_{other}" for other in extra for m in COMPOSITES)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,21 +446,22 @@ def _limit_threads() -> None:
     threadpool_limits(1)
 
 
-def _score_file(job: tuple[str, str, str]) -> dict:
+def _score_file(job: tuple[str, str, str, str, tuple[str, ...]]) -> dict:
     """One row for score_files; failures become an ``error`` field instead of an exception."""
-    utt, clean_path, enhanced_path = job
+    utt, clean_path, enhanced_path, convention, extra = job
     try:
         clean, sr = read_wav(clean_path)
         enhanced, sr_enhanced = read_wav(enhanced_path)
         if sr_enhanced != sr:
             raise AudioError(f"{enhanced_path}: sample rate is {sr_enhanced} Hz but its clean reference "
                              f"{clean_path} is {sr} Hz")
-        return {"utt": utt, **score_pair(clean, enhanced, sr, names=(clean_path, enhanced_path))}
+        return {"utt": utt, **score_pair(clean, enhanced, sr, names=(clean_path, enhanced_path),
+                                         convention=convention, extra_conventions=extra)}
     except EffiFusionError as exc:
         error = str(exc)
     except Exception as exc:  # keep the other files' results; reported with the failures at the end
         error = f"{enhanced_path}: {type(exc).__name__}: {exc}"
-    return {"utt": utt, **{k: float("nan") for k in METRICS}, "error": error}
+    return {"utt": utt, **{k: float("nan") for k in score_keys(convention, extra)}, "error": error}
 
 
 def score_files(
@@ -370,14 +470,19 @@ def score_files(
     progress: bool = True,
     desc: str = "scoring",
     allow_errors: bool = False,
+    convention: str = DEFAULT_CONVENTION,
+    extra_conventions: tuple[str, ...] = (),
 ) -> list[dict]:
     """Score (utt, clean WAV, enhanced WAV) triples in worker processes; rows in input order.
 
-    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi"}; a file that cannot be scored
-    gets NaN metrics and an "error" message. Unless ``allow_errors``, AudioError lists those files
-    after all others are done. Workers are spawned (safe beside torch) with one thread each.
+    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi"}, the composites in
+    ``convention``, plus "csig_<c>", "cbak_<c>", "covl_<c>" for each of ``extra_conventions``
+    (see score_pair); a file that cannot be scored gets NaN metrics and an "error" message. Unless
+    ``allow_errors``, AudioError lists those files after all others are done. Workers are spawned
+    (safe beside torch) with one thread each.
     """
-    jobs = [(str(utt), str(clean), str(enhanced)) for utt, clean, enhanced in pairs]
+    extra = _check_extra(convention, extra_conventions)
+    jobs = [(str(utt), str(clean), str(enhanced), convention, extra) for utt, clean, enhanced in pairs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     bar = dict(total=len(jobs), desc=desc, unit="file", disable=not progress)
     from tqdm import tqdm
@@ -409,10 +514,14 @@ def _wav_names(folder: Path) -> dict[str, Path]:
 
 
 def write_rows_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Per-file rows as CSV, written atomically; an ``error`` column only when some file failed."""
+    """Per-file rows as CSV, written atomically; an ``error`` column only when some file failed.
+
+    Columns: utt, then the rows' metric keys in first-seen order, then error.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["utt", *METRICS] + (["error"] if any("error" in row for row in rows) else [])
+    keys = dict.fromkeys(k for row in rows for k in row if k not in ("utt", "error"))
+    columns = ["utt", *keys] + (["error"] if any("error" in row for row in rows) else [])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
@@ -430,14 +539,18 @@ def score_dirs(
     enhanced_dir: str | os.PathLike,
     out_csv: str | os.PathLike | None = None,
     workers: int | None = None,
+    convention: str = DEFAULT_CONVENTION,
 ) -> dict:
     """Score every enhanced WAV against the clean WAV of the same file name (``effifusion score``).
 
-    Files present on only one side are left out and reported. Returns {"n", "means" (per metric),
-    "unmatched_enhanced" (names without a clean reference), "missing_enhanced" (count of clean
-    files without an output)}; per-file rows go to ``out_csv`` when given (written also when some
-    files fail, before the AudioError that lists them).
+    Files present on only one side are left out and reported. Returns {"n", "convention",
+    "convention_note" (what it means), "means" (per metric), "unmatched_enhanced" (names without a clean
+    reference), "missing_enhanced" (count of clean files without an output)}; per-file rows go to
+    ``out_csv`` when given (written also when some files fail, before the AudioError that lists them).
+    Composites in the "published" convention are named csig_published, cbak_published,
+    covl_published in the means and the CSV (convention_key), so they cannot pass for MATLAB ones.
     """
+    check_convention(convention)
     clean_dir, enhanced_dir = Path(clean_dir), Path(enhanced_dir)
     clean, enhanced = _wav_names(clean_dir), _wav_names(enhanced_dir)
     common = sorted(clean.keys() & enhanced.keys())
@@ -445,13 +558,17 @@ def score_dirs(
         raise DataError(f"no WAV file names in common between {enhanced_dir} ({len(enhanced)} WAVs) and the "
                         f"clean references in {clean_dir} ({len(clean)} WAVs)")
     pairs = [(Path(name).stem, clean[name], enhanced[name]) for name in common]
-    rows = score_files(pairs, workers=workers, allow_errors=True)
+    rows = score_files(pairs, workers=workers, allow_errors=True, convention=convention)
+    rows = [{convention_key(k, convention) if k in METRICS else k: v for k, v in row.items()} for row in rows]
+    keys = [convention_key(m, convention) for m in METRICS]
     if out_csv is not None:
         write_rows_csv(out_csv, rows)
     _raise_failures(rows, f" (rows with the errors in {out_csv})" if out_csv is not None else "")
     return {
         "n": len(rows),
-        "means": {k: float(np.mean([row[k] for row in rows])) for k in METRICS},
+        "convention": convention,
+        "convention_note": f"csig/cbak/covl: {CONVENTION_NOTES[convention]}",
+        "means": {k: float(np.mean([row[k] for row in rows])) for k in keys},
         "unmatched_enhanced": sorted(enhanced.keys() - clean.keys()),
         "missing_enhanced": len(clean.keys() - enhanced.keys()),
     }

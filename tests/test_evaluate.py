@@ -168,11 +168,15 @@ def test_metrics_json_structure(evaluated) -> None:
     for set_name in ("test", "unseen"):
         res = metrics[set_name]
         for system in ("noisy", "pytorch", "onnx", "improvement", "onnx_minus_pytorch"):
-            assert set(METRICS) <= set(res[system]), (set_name, system)
+            assert set(METRICS) | set(ev.PUBLISHED_METRICS) <= set(res[system]), (set_name, system)
             assert all(isinstance(v, float) and math.isfinite(v) for v in res[system].values())
         for m in METRICS:
             assert res["improvement"][m] == pytest.approx(res["pytorch"][m] - res["noisy"][m])
         assert 1.0 <= res["pytorch"]["pesq"] <= 4.65 and 0.0 <= res["pytorch"]["stoi"] <= 1.0
+        for m in ("csig", "cbak", "covl"):  # the port's 1e-10 floor on float input only ever adds
+            assert res["noisy"][f"{m}_published"] >= res["noisy"][m]
+    assert metrics["conventions"] == {"csig/cbak/covl": "matlab (Loizou compute_metrics, int16 scale)",
+                                      "*_published": "CMGAN/MP-SENet Python port on float input"}
     rtf = metrics["rtf"]
     assert rtf["pytorch"] > 0 and rtf["onnx"] > 0 and rtf["input_seconds"] == 0.5 and rtf["threads"] == 1
     assert metrics["model"]["params_total"] >= metrics["model"]["params_nonzero"] > 0
@@ -189,10 +193,10 @@ def test_noisy_metrics_equal_score_pair(evaluated) -> None:
         for row in rows:
             clean, _ = sf.read(str(manifest.parent / row["clean"]), dtype="float32")
             noisy, _ = sf.read(str(manifest.parent / row["noisy"]), dtype="float32")
-            scores.append(score_pair(clean, noisy))
+            scores.append(score_pair(clean, noisy, extra_conventions=("published",)))
         if utts:
             assert sorted(r["utt"] for r in rows) == utts
-        for m in METRICS:
+        for m in (*METRICS, *ev.PUBLISHED_METRICS):
             expected = float(np.mean([s[m] for s in scores]))
             got = evaluated["metrics"][set_name]["noisy"][m]
             assert got == pytest.approx(expected, abs=1e-9), (set_name, m)
@@ -233,9 +237,15 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert float(overall["pytorch_stoi"]) == pytest.approx(expected, abs=1e-5)
     md = (out / "by_condition.md").read_text()
     assert "NPARK" in md and "→" in md
+    assert md.count(ev.MATLAB_CAPTION) == 2  # every table names its composite convention
+    assert "pytorch_csig_published" in table[0] and "csig_published" in rows[0]
     summary = (out / "summary.md").read_text()
     assert f"{evaluated['metrics']['test']['noisy']['pesq']:.2f}" in summary
     assert "| ONNX |" in summary and "Real-time factor" in summary
+    assert summary.count(ev.MATLAB_CAPTION) == summary.count(ev.PUBLISHED_CAPTION) == 2
+    assert summary.count("\n| system |") == 4  # two tables per set, each right after its caption
+    published = f"{evaluated['metrics']['test']['pytorch']['csig_published']:.2f}"
+    assert published in summary.split(ev.PUBLISHED_CAPTION)[1]
 
 
 def test_plots_are_pngs(evaluated) -> None:
@@ -262,6 +272,8 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     assert logged["unseen_improvement_pesq"] == pytest.approx(m["unseen"]["improvement"]["pesq"])
     assert logged["test_onnx_minus_torch_pesq"] == pytest.approx(m["test"]["onnx_minus_pytorch"]["pesq"])
     assert logged["rtf_torch"] == pytest.approx(m["rtf"]["pytorch"])
+    assert logged["test_csig_published"] == pytest.approx(m["test"]["pytorch"]["csig_published"])
+    assert logged["unseen_noisy_covl_published"] == pytest.approx(m["unseen"]["noisy"]["covl_published"])
     assert logged["rtf_onnx"] == pytest.approx(m["rtf"]["onnx"])
     names = {Path(a.path).name for a in client.list_artifacts(evaluated["run_id"], "evaluation")}
     assert {"summary.md", "per_utterance.csv", "by_condition.csv", "unseen_pesq_by_snr.png"} <= names

@@ -14,7 +14,7 @@ from scipy.linalg import solve_toeplitz
 
 from effifusion import metrics
 from effifusion.cli import main
-from effifusion.errors import AudioError, DataError
+from effifusion.errors import AudioError, ConfigError, DataError
 from conftest import fixtures_or_skip
 
 TSV_COLUMNS = {
@@ -37,22 +37,24 @@ def voicebank():
 
 @pytest.fixture(scope="module")
 def scored(voicebank):
-    """Both fixture sets scored once, in parallel: {(folder, utt): row}."""
+    """Both fixture sets scored once, in parallel, in both conventions: {(folder, utt): row}."""
     pairs, keys = [], []
     for folder in ("noisy", "enhanced_cmgan"):
         for path in sorted((voicebank / folder).glob("*.wav")):
             pairs.append((path.stem, voicebank / "clean" / path.name, path))
             keys.append((folder, path.stem))
-    rows = metrics.score_files(pairs, workers=2, progress=False)
+    rows = metrics.score_files(pairs, workers=2, progress=False, extra_conventions=("published",))
     assert [row["utt"] for row in rows] == [utt for _, utt in keys]  # input order kept
     return dict(zip(keys, rows))
 
 
-@pytest.mark.parametrize("folder,tsv", [
-    ("noisy", "reference_metrics_noisy.tsv"),
-    ("enhanced_cmgan", "reference_metrics_enhanced_cmgan.tsv"),
+@pytest.mark.parametrize("folder,tsv,convention", [
+    ("noisy", "reference_metrics_noisy.tsv", "matlab"),
+    ("enhanced_cmgan", "reference_metrics_enhanced_cmgan.tsv", "matlab"),
+    ("noisy", "reference_metrics_noisy_published_script.tsv", "published"),
+    ("enhanced_cmgan", "reference_metrics_enhanced_cmgan_published_script.tsv", "published"),
 ])
-def test_every_file_matches_reference(scored, voicebank, folder, tsv):
+def test_every_file_matches_reference(scored, voicebank, folder, tsv, convention):
     with open(voicebank / tsv) as f:
         reference = list(csv.DictReader(f, delimiter="\t"))
     assert len(reference) == 25
@@ -60,7 +62,8 @@ def test_every_file_matches_reference(scored, voicebank, folder, tsv):
     for ref in reference:
         row = scored[(folder, ref["utt"])]
         for column, key in TSV_COLUMNS.items():
-            err = abs(row[key] - float(ref[column]))
+            name = f"{key}_{convention}" if convention != "matlab" and key in metrics.COMPOSITES else key
+            err = abs(row[name] - float(ref[column]))
             if err > worst[key][0]:
                 worst[key] = (err, ref["utt"])
     too_far = {k: v for k, v in worst.items() if v[0] > TOLERANCE[k]}
@@ -122,6 +125,52 @@ def test_no_speech_for_stoi_is_an_error_not_a_number(speech):
     # 0.3 s passes PESQ's minimum but gives STOI fewer than 30 frames: pystoi alone would return 1e-5
     with pytest.raises(AudioError, match="STOI"):
         metrics.score_pair(speech[8000:12800], speech[8000:12800])
+
+
+def test_published_convention_is_higher_by_the_documented_offsets(scored):
+    """Published minus MATLAB on the 25 noisy files: CSIG +0.0948, CBAK and COVL +0.0755 (fixture TSVs)."""
+    rows = [row for (folder, _), row in scored.items() if folder == "noisy"]
+    offsets = {m: np.array([row[f"{m}_published"] - row[m] for row in rows]) for m in metrics.COMPOSITES}
+    assert np.mean(offsets["csig"]) == pytest.approx(0.0948, abs=1e-3)
+    assert np.mean(offsets["cbak"]) == pytest.approx(0.0755, abs=1e-3)
+    assert np.mean(offsets["covl"]) == pytest.approx(0.0755, abs=1e-3)
+    assert all(np.all(v >= 0) for v in offsets.values())  # the floor only ever flattens quiet valleys
+
+
+def test_conventions_share_everything_but_the_composites(voicebank):
+    clean = _read(voicebank / "clean" / "p232_052.wav")
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    matlab = metrics.score_pair(clean, noisy)
+    published = metrics.score_pair(clean, noisy, convention="published")
+    both = metrics.score_pair(clean, noisy, extra_conventions=("published",))
+    assert list(both) == [*metrics.METRICS, "csig_published", "cbak_published", "covl_published"]
+    assert both == {**matlab, **{f"{m}_published": published[m] for m in metrics.COMPOSITES}}
+    assert metrics.score_pair(clean, noisy, convention="matlab") == matlab  # the default
+    for key in ("pesq", "ssnr", "stoi"):
+        assert published[key] == matlab[key]
+    assert all(published[m] > matlab[m] for m in metrics.COMPOSITES)
+    # the published convention is the MATLAB one with WSS's band energies scaled by 32768**-2: the
+    # same as MATLAB on samples 32768 times smaller (LLR and SSNR depend on the scale only via eps)
+    quiet = metrics.composite(clean / 32768, noisy / 32768, pesq=matlab["pesq"])
+    for m in metrics.COMPOSITES:
+        assert quiet[m] == pytest.approx(published[m], abs=1e-6)
+    wss = metrics.wss_frames(clean, noisy, convention="published")
+    assert wss.shape == metrics.wss_frames(clean, noisy).shape
+
+
+@pytest.mark.parametrize("bad", ["MATLAB", "cmgan", "", None])
+def test_unknown_convention_is_a_clean_error(bad):
+    signal = np.zeros(16000)
+    with pytest.raises(ConfigError) as exc:
+        metrics.composite(signal, signal, pesq=2.0, convention=bad)
+    expected = f"unknown metrics convention {bad!r}: use one of matlab, published (default matlab)"
+    assert str(exc.value) == expected
+    for call in (lambda: metrics.score_pair(signal, signal, convention=bad),
+                 lambda: metrics.score_pair(signal, signal, extra_conventions=(bad,)),
+                 lambda: metrics.score_files([], convention=bad),
+                 lambda: metrics.score_dirs("nowhere", "nowhere", convention=bad)):
+        with pytest.raises(ConfigError, match="unknown metrics convention"):
+            call()
 
 
 def _peaks_loop(energy: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -218,5 +267,31 @@ def test_cli_score_prints_json(voicebank, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 1 and set(summary["means"]) == set(metrics.METRICS)
     assert out.is_file()
+    assert summary["convention"] == "matlab" and "matlab" in summary["convention_note"]
     assert main(["score", "--clean", str(tmp_path / "nope"), "--enhanced", str(enh)]) == 2
     assert "nope: folder not found" in capsys.readouterr().err
+
+
+def test_cli_score_published_convention(voicebank, tmp_path, capsys):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:1], SHORT_UTTS[:1])
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--out", str(out), "--workers", "1"]
+    assert main([*argv, "--convention", "published"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["convention"] == "published" and "CMGAN/MP-SENet" in summary["convention_note"]
+    labelled = ["pesq", "csig_published", "cbak_published", "covl_published", "ssnr", "stoi"]
+    assert list(summary["means"]) == labelled  # never a bare "csig" that could pass for MATLAB's
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["utt", *labelled]
+    with open(voicebank / "reference_metrics_noisy_published_script.tsv") as f:
+        ref = next(r for r in csv.DictReader(f, delimiter="\t") if r["utt"] == SHORT_UTTS[0])
+    for column in ("CSIG", "CBAK", "COVL"):
+        assert summary["means"][f"{column.lower()}_published"] == pytest.approx(float(ref[column]), abs=1e-3)
+
+    with pytest.raises(SystemExit) as exc:  # argparse refuses other names before any work
+        main([*argv, "--convention", "pysepm"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'pysepm'" in err and "matlab" in err and "published" in err
+    assert list(metrics.CONVENTIONS) == ["matlab", "published"]  # the CLI's choices, kept in step
