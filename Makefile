@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test bench lock clean-venv
+.PHONY: repro test bench gpu-check lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_train.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_infer.py
+
+# Paper-size training step on one CUDA GPU, <= 8 minutes: fp32 / bf16 / bf16 + torch.compile steps/s,
+# PESQ wait, peak memory, falling losses, torchrun + NCCL + DDP. Prints one line and exits 0 without CUDA.
+gpu-check: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Re-pin every dependency (needs uv: pip install uv).
 lock:

@@ -12,57 +12,31 @@ Compare configurations by the ratios printed in one run; absolute figures vary w
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import synthetic_speech  # noqa: E402
-from effifusion.config import load_params  # noqa: E402
-from effifusion.discriminator import build_discriminator  # noqa: E402
-from effifusion.model import build_generator  # noqa: E402
-from effifusion.pesq_pool import PesqPool  # noqa: E402
-from effifusion.train import GanStep  # noqa: E402
-
-
-def batch(batch_size: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    clean = np.stack([synthetic_speech(samples / 16000, seed + i) for i in range(batch_size)])
-    noisy = clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
-    g = np.sqrt(samples / (noisy**2).sum(-1, keepdims=True))
-    return torch.from_numpy(clean * g), torch.from_numpy(noisy * g)
+from benchlib import (ROOT, PesqPool, build_models, load_preset, make_step, peak_mib, reset_peak,
+                      reset_timings, synthetic_batch)
 
 
 def bench(params: dict, device: torch.device, steps: int, batch_size: int, segment_s: float, pesq_workers: int,
           amp: bool) -> dict:
-    torch.manual_seed(0)
-    g = build_generator(params["model"], params["audio"]).to(device)
-    d = build_discriminator(params["discriminator"]).to(device)
-    opt_g = torch.optim.AdamW(g.parameters(), lr=5e-4, betas=(0.8, 0.99))
-    opt_d = torch.optim.AdamW(d.parameters(), lr=5e-4, betas=(0.8, 0.99))
-    clean, noisy = batch(batch_size, int(segment_s * 16000), 0)
+    g, d, opt_g, opt_d = build_models(params, device, seed=0, lr=5e-4)
+    clean, noisy = synthetic_batch(batch_size, int(segment_s * 16000), 0)
     clean, noisy = clean.to(device), noisy.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     with PesqPool(pesq_workers) as pool:
-        step = GanStep(g, d, opt_g, opt_d, params["audio"], dict(params["train"]["loss_weights"]), pool, amp=amp)
+        step = make_step(params, g, d, opt_g, opt_d, pool, amp=amp)
         for _ in range(2):  # warm-up (allocator, pool start-up)
             step(clean, noisy)
-        for k in step.timings:
-            step.timings[k] = 0.0
+        reset_timings(step)
         t0 = time.perf_counter()
         for _ in range(steps):
             step(clean, noisy)
         wall = time.perf_counter() - t0
     t = step.timings
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_mib(device)
     return {
         "device": device.type + ("+bf16" if amp else ""),
         "samples/s": batch_size * steps / wall,
@@ -84,7 +58,7 @@ def main() -> None:
     ap.add_argument("--pesq-workers", type=int, default=None, help="default: train.pesq_workers")
     ap.add_argument("--cpu-only", action="store_true")
     args = ap.parse_args()
-    params = load_params(ROOT / "presets" / f"{args.preset}.yaml" if args.preset else args.params)
+    params = load_preset(args.preset, args.params)
     tc = params["train"]
     bs = args.batch or int(tc["batch_size"])
     seg = args.segment_s or float(tc["segment_s"])
