@@ -161,19 +161,54 @@ def test_gpu_training_with_bf16_and_compile(prepared, tmp_path, stage):
         assert m["conv_sparsity"] == pytest.approx(0.3, abs=1e-3)
 
 
+def _demo_prepared(root: Path, n_train: int, n_val: int, snr_db: float) -> Path:
+    """A tiny data/prepared of the demo corpus's synthetic speakers and noises, mixed at 16 kHz."""
+    import csv
+
+    import numpy as np
+
+    from effifusion.audio import write_wav
+    from effifusion.demo_corpus import make_noise, make_speaker, make_talkers, make_utterance
+    from effifusion.mixing import mix_at_snr
+
+    sr, rng = 16000, np.random.default_rng(0)
+    talkers = make_talkers(sr, rng, count=2)
+    for split, n, speakers, noises in (("train", n_train, ["p001", "p002"], ["car", "ssn", "kitchen"]),
+                                       ("val", n_val, ["p003", "p004"], ["car", "ssn", "kitchen"])):
+        rows = []
+        for i in range(n):
+            spk_name = speakers[i % 2]
+            spk = make_speaker(np.random.default_rng(int(spk_name[1:])))
+            utt = f"{spk_name}_{split}{i:03d}"
+            clean = make_utterance(int(1.6 * sr), sr, spk, rng)
+            noise = make_noise(noises[i % 3], len(clean), sr, rng, talkers)
+            noisy, _ = mix_at_snr(clean, noise, snr_db, sr)
+            peak = max(1.0, np.abs(noisy).max() / 0.9)
+            write_wav(root / split / "clean" / f"{utt}.wav", clean / peak, sr)
+            write_wav(root / split / "noisy" / f"{utt}.wav", noisy / peak, sr)
+            rows.append({"utt": utt, "speaker": spk_name, "clean": f"{split}/clean/{utt}.wav",
+                         "noisy": f"{split}/noisy/{utt}.wav", "noise": noises[i % 3], "snr_db": snr_db,
+                         "num_samples": len(clean)})
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return root
+
+
 def test_short_training_run_enhances_held_out_speech(tmp_path):
-    """The real train stage, a few minutes' worth of the demo recipe at tiny size: validation PESQ
-    (held-out speakers, whole utterances) ends above the noisy input's, not just a falling loss."""
+    """The real train stage with the demo recipe at tiny size: validation PESQ (held-out speakers,
+    whole utterances) ends above the noisy input's, not just a falling loss on one batch."""
     import numpy as np
 
     from effifusion.data import PairDataset, spread_over_speakers
     from effifusion.metrics import pesq_wb
 
-    prepared = make_prepared(tmp_path / "prepared", n_train=16, n_val=4, seconds=1.5, snr_db=5.0)
-    params = tiny_params(train__epochs=8, train__val_every_steps=16, train__segment_s=1.0)
+    prepared = _demo_prepared(tmp_path / "prepared", n_train=16, n_val=4, snr_db=5.0)
+    params = tiny_params(train__epochs=8, train__val_every_steps=32, train__segment_s=1.0, model__channels=16)
     val = PairDataset(prepared / "val.csv", None, seed=0)
     picked = spread_over_speakers(val.rows, params["train"]["val_utterances"])
     noisy = np.mean([pesq_wb(val[i][0].numpy(), val[i][1].numpy()) for i in picked])
     m = _run(params, "train", prepared, tmp_path)
-    # measured: noisy 1.0x, model 1.5x after 64 steps (CPU, lr 4e-3)
-    assert m["val_pesq"] > noisy + 0.15, (m["val_pesq"], noisy)
+    # measured: noisy 1.34 -> model 1.97 after 64 steps (about 110 s on 2 cores)
+    assert m["val_pesq"] > noisy + 0.1, (m["val_pesq"], noisy)
