@@ -40,7 +40,7 @@ def set_value(params: dict, assignment: str) -> None:
 
 def noisy_pesq(prepared: Path, params: dict) -> float:
     """Validation PESQ of the unprocessed input on the same utterances the training validates on."""
-    from effifusion.data import PairDataset, spread_over_speakers
+    from effifusion.data import validation_items
     from effifusion.pesq_pool import PesqPool
     from effifusion.train import validate
 
@@ -48,9 +48,7 @@ def noisy_pesq(prepared: Path, params: dict) -> float:
         def enhance(self, wav: torch.Tensor) -> torch.Tensor:
             return wav
 
-    val = PairDataset(prepared / "val.csv", None, seed=int(params["seed"]))
-    items = [(val[i][2], val[i][0], val[i][1])
-             for i in spread_over_speakers(val.rows, int(params["train"]["val_utterances"]))]
+    items = validation_items(prepared / "val.csv", int(params["train"]["val_utterances"]), int(params["seed"]))
     with PesqPool(1) as pool:
         return validate(Identity(), items, torch.device("cpu"), pool)[0]
 

@@ -107,10 +107,6 @@ class DynamicMixDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
-    @property
-    def epoch(self) -> int:
-        return self.base.epoch
-
     def noise(self, j: int) -> np.ndarray:
         """The noise of training pair ``j``: exactly its noisy minus clean signal."""
         clean, noisy, _ = self.base._cache[j]

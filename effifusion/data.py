@@ -162,6 +162,12 @@ def spread_over_speakers(rows: list[dict[str, Any]], count: int) -> list[int]:
     return sorted(picked)
 
 
+def validation_items(manifest: Path, count: int, seed: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(utt, clean, noisy) whole utterances, RMS-normalised, ``count`` of them spread over speakers."""
+    val_set = PairDataset(manifest, segment_samples=None, seed=seed)
+    return [(item[2], item[0], item[1]) for item in (val_set[i] for i in spread_over_speakers(val_set.rows, count))]
+
+
 class EpochSampler(Sampler[int]):
     """Indices of one epoch for one process, minus the first ``skip`` of them.
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from . import audio as A
 from .augment import DynamicMixDataset, check_augment_cfg
-from .data import PairDataset, make_loader, spread_over_speakers
+from .data import PairDataset, make_loader, validation_items
 from .discriminator import build_discriminator
 from .errors import ConfigError, DataError
 from .losses import discriminator_loss, generator_losses, pesq_to_target
@@ -317,11 +317,7 @@ def run_training(
                                  seed=seed)
     if augment["enabled"]:
         train_set = DynamicMixDataset(train_set, augment, sr)
-    val_set = PairDataset(prepared_dir / "val.csv", segment_samples=None, seed=seed)
-    val_items = []
-    for i in spread_over_speakers(val_set.rows, int(tcfg["val_utterances"])):
-        item = val_set[i]
-        val_items.append((item[2], item[0], item[1]))
+    val_items = validation_items(prepared_dir / "val.csv", int(tcfg["val_utterances"]), seed)
     batch_size = int(tcfg["batch_size"])
     steps_per_epoch = len(train_set) // (batch_size * dist.world_size)
     if max_steps_epoch > 0:

@@ -54,11 +54,7 @@ def synthetic_speech(seconds: float, seed: int, sr: int = 16000):
 
 def make_prepared(root: Path, n_train: int = 8, n_val: int = 2, seconds: float = 1.2, snr_db: float = 5.0) -> Path:
     """A tiny data/prepared (layout of effifusion.prepare) of synthetic speech in white noise."""
-    import csv
-
     import numpy as np
-
-    from effifusion.audio import write_wav
 
     root = Path(root)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
@@ -69,13 +65,25 @@ def make_prepared(root: Path, n_train: int = 8, n_val: int = 2, seconds: float =
             rng = np.random.default_rng(i)
             noise = rng.standard_normal(len(clean)).astype(np.float32)
             noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
-            write_wav(root / split / "clean" / f"{utt}.wav", clean, 16000)
-            write_wav(root / split / "noisy" / f"{utt}.wav", clean + noise, 16000)
-            rows.append({"utt": utt, "speaker": utt.split("_")[0], "clean": f"{split}/clean/{utt}.wav",
-                         "noisy": f"{split}/noisy/{utt}.wav", "noise": "white", "snr_db": snr_db,
-                         "num_samples": len(clean)})
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+            rows.append(write_pair(root, split, utt, clean, clean + noise, "white", snr_db))
+        write_manifest(root / f"{split}.csv", rows)
     return root
+
+
+def write_pair(root: Path, split: str, utt: str, clean, noisy, noise: str, snr_db: float) -> dict:
+    """Write one prepared pair (16 kHz WAVs) and return its manifest row."""
+    from effifusion.audio import write_wav
+
+    write_wav(root / split / "clean" / f"{utt}.wav", clean, 16000)
+    write_wav(root / split / "noisy" / f"{utt}.wav", noisy, 16000)
+    return {"utt": utt, "speaker": utt.split("_")[0], "clean": f"{split}/clean/{utt}.wav",
+            "noisy": f"{split}/noisy/{utt}.wav", "noise": noise, "snr_db": snr_db, "num_samples": len(clean)}
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
