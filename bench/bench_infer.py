@@ -9,7 +9,7 @@ resident size once the model is loaded) is its own. Inputs longer than ``--chunk
 as `effifusion enhance`) go through ``Enhancer.enhance_long`` with 1 s overlap; shorter ones in one
 piece. Each measurement starts with an untimed warm-up run of one chunk (ONNX Runtime's arena and
 kernel choice). The real-time factor is the best of ``--repeats`` runs (seconds of compute per
-second of audio); the MAC rate divides the analytic MAC count (effifusion.summary, summed over the
+second of audio); the MAC rate divides the analytic MAC count (effifusion.models.summary, summed over the
 chunks actually run) by that time. Unstructured sparsity is not exploited by either runtime
 (REFERENCE §3): zeros cost the same as other weights. Results are printed as Markdown tables.
 """
@@ -40,10 +40,10 @@ def rss_bytes() -> int:
 def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints one JSON line."""
 
-    from effifusion.enhance import ChunkedStream, chunk_geometry, load_enhancer
-    from effifusion.export import parity_signal
-    from effifusion.model import load_generator
-    from effifusion.summary import count_macs, frames_for
+    from effifusion.inference.enhance import ChunkedStream, chunk_geometry, load_enhancer
+    from effifusion.inference.export import parity_signal
+    from effifusion.models.effifusion_gan.generator import load_generator
+    from effifusion.models.summary import count_macs, frames_for
 
     if args.backend == "pytorch":
         import torch
@@ -91,10 +91,10 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, dic
     import onnx
     import torch
 
-    from effifusion.config import load_params
-    from effifusion.export import onnx_model
-    from effifusion.model import build_generator, load_generator, save_generator
-    from effifusion.summary import parameter_counts
+    from effifusion.core.config import load_params
+    from effifusion.inference.export import onnx_model
+    from effifusion.models.effifusion_gan.generator import build_generator, load_generator, save_generator
+    from effifusion.models.summary import parameter_counts
 
     params = load_params(args.params)
     if args.checkpoint:
@@ -142,7 +142,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from effifusion.reporting import markdown_table
+    from effifusion.core.files import markdown_table
 
     lengths = [1.0, 10.0] if args.quick else [1.0, 10.0, 60.0]
     cores = os.cpu_count() or 1

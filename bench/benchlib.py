@@ -1,7 +1,7 @@
 """Pieces the training benchmarks share: synthetic batches, model + optimizers, a GanStep, peak memory.
 
 Imported by bench/bench_train.py and bench/gpu_check.py (both run as scripts, so this folder is on
-sys.path). Synthetic speech-like batches come from tests/conftest.py (no dataset needed); the step
+sys.path). Synthetic speech-like batches come from tests/helpers.py (no dataset needed); the step
 is the training stages' own GanStep.
 """
 
@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import synthetic_speech  # noqa: E402
-from effifusion.config import load_params  # noqa: E402
-from effifusion.discriminator import build_discriminator  # noqa: E402
-from effifusion.model import build_generator  # noqa: E402
-from effifusion.pesq_pool import PesqPool  # noqa: E402
-from effifusion.train import GanStep  # noqa: E402
+from helpers import synthetic_speech  # noqa: E402
+from effifusion.core.config import load_params  # noqa: E402
+from effifusion.models.discriminator import build_discriminator  # noqa: E402
+from effifusion.models.effifusion_gan.generator import build_generator  # noqa: E402
+from effifusion.training.pesq_pool import PesqPool  # noqa: E402
+from effifusion.training.trainer import GanStep  # noqa: E402
 
 __all__ = ["ROOT", "PesqPool", "GanStep", "load_preset", "synthetic_batch", "build_models", "make_step",
            "reset_timings", "reset_peak", "peak_mib"]

@@ -293,7 +293,7 @@ def child_main(args: argparse.Namespace) -> int:
 
 
 def gpu_info(params: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    from effifusion.model import build_generator
+    from effifusion.models.effifusion_gan.generator import build_generator
 
     g = build_generator(params["model"], params["audio"])
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),

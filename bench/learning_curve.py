@@ -4,7 +4,7 @@
     python bench/learning_curve.py --preset paper --minutes 60     # any preset, on its own device
     python bench/learning_curve.py --minutes 5 --set train.augment.enabled=false --tag no-augment
 
-Runs the train stage's own code (effifusion.train.run_training, MLflow off) on the prepared data
+Runs the train stage's own code (effifusion.training.trainer.run_training, MLflow off) on the prepared data
 for a fixed wall-clock budget, validating every ``--val-every`` steps on the held-out speakers,
 and writes ``bench/results/learning_curve_<tag>.csv`` and ``.png`` (two panels: PESQ vs steps and
 vs minutes, with the noisy input's PESQ as a dashed line). Wall-clock includes validation.
@@ -40,9 +40,9 @@ def set_value(params: dict, assignment: str) -> None:
 
 def noisy_pesq(prepared: Path, params: dict) -> float:
     """Validation PESQ of the unprocessed input on the same utterances the training validates on."""
-    from effifusion.data import validation_items
-    from effifusion.pesq_pool import PesqPool
-    from effifusion.train import validate
+    from effifusion.data.datasets import validation_items
+    from effifusion.training.pesq_pool import PesqPool
+    from effifusion.training.trainer import validate
 
     class Identity(torch.nn.Module):
         def enhance(self, wav: torch.Tensor) -> torch.Tensor:
@@ -85,8 +85,8 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from effifusion.config import load_params
-    from effifusion.train import run_training
+    from effifusion.core.config import load_params
+    from effifusion.training.trainer import run_training
 
     params = load_params(ROOT / "presets" / f"{args.preset}.yaml" if args.preset else ROOT / "params.yaml")
     for assignment in args.set:

@@ -12,7 +12,7 @@ import sys
 
 
 def _preset(args: argparse.Namespace) -> None:
-    from .config import apply_preset
+    from effifusion.core.config import apply_preset
 
     params = apply_preset(args.name, args.params)
     print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, "
@@ -20,13 +20,13 @@ def _preset(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from .summary import summarize
+    from effifusion.models.summary import summarize
 
     print(json.dumps(summarize(params_path=args.params, checkpoint=args.checkpoint), indent=2))
 
 
 def _score(args: argparse.Namespace) -> None:
-    from .metrics import score_dirs
+    from effifusion.evaluation.metrics import score_dirs
 
     means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
                        convention=args.convention)
@@ -34,13 +34,13 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from .enhance import enhance_paths
+    from effifusion.inference.enhance import enhance_paths
 
     enhance_paths(args.inputs, args.output, model=args.model, chunk_s=args.chunk_s, device=args.device)
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import sweep_report
+    from effifusion.evaluation.report import sweep_report
 
     summary = sweep_report(out_dir=args.out, experiment=args.experiment, register=args.register,
                            dense_run_id=args.dense_run)
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import EffiFusionError
+    from effifusion.core.errors import EffiFusionError
 
     args = build_parser().parse_args(argv)
     try:

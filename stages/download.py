@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from effifusion.config import load_params, run_stage
-from effifusion.errors import ConfigError
+from effifusion.core.config import load_params, run_stage
+from effifusion.core.errors import ConfigError
 
 RAW_DIR = Path("data/raw")
 CORPORA = ("demo", "voicebank_demand")
@@ -20,11 +20,11 @@ def main() -> None:
     params = load_params()
     name = params["corpus"]["name"]
     if name == "demo":
-        from effifusion.demo_corpus import generate_demo_corpus
+        from effifusion.data.demo_corpus import generate_demo_corpus
 
         generate_demo_corpus(RAW_DIR, params["corpus"]["demo"], seed=params["seed"])
     elif name == "voicebank_demand":
-        from effifusion.voicebank import fetch_voicebank_demand
+        from effifusion.data.voicebank import fetch_voicebank_demand
 
         fetch_voicebank_demand(RAW_DIR, params["download"])
     else:

@@ -1,7 +1,7 @@
 """Stage `evaluate`: the pruned generator and its ONNX export on the test set and unseen noises."""
 
-from effifusion.config import load_params, run_stage
-from effifusion.evaluate import evaluate
+from effifusion.core.config import load_params, run_stage
+from effifusion.evaluation.evaluate import evaluate
 
 
 def main() -> None:

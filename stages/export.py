@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from effifusion import tracking
-from effifusion.config import load_params, run_stage
-from effifusion.export import ONNX_FILE, export_onnx, log_to_mlflow
-from effifusion.reporting import write_json
+from effifusion.tracking import runs as tracking
+from effifusion.core.config import load_params, run_stage
+from effifusion.inference.export import ONNX_FILE, export_onnx, log_to_mlflow
+from effifusion.core.files import write_json
 
 
 def main() -> None:

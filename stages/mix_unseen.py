@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from effifusion.config import load_params, run_stage
-from effifusion.mixing import mix_unseen
+from effifusion.core.config import load_params, run_stage
+from effifusion.data.mixing import mix_unseen
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from effifusion.config import load_params, run_stage
-from effifusion.prepare import prepare_corpus
+from effifusion.core.config import load_params, run_stage
+from effifusion.data.prepare import prepare_corpus
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from effifusion.config import load_params, run_stage
-from effifusion.train import run_training
+from effifusion.core.config import load_params, run_stage
+from effifusion.training.trainer import run_training
 
 
 def main() -> None:

@@ -1,0 +1,102 @@
+"""params.yaml access: the one source of settings (no config layer on top of it).
+
+Stages read their section with ``load_params()[name]``. Presets in ``presets/`` are partial
+params files; ``apply_preset`` merges one into params.yaml so the file always holds every value
+a run used, and records the preset's name under ``preset``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from effifusion.core.errors import ConfigError
+from effifusion.core.files import write_text
+
+PARAMS_FILE = "params.yaml"
+
+
+def repo_root() -> Path:
+    """The repository root: DVC_ROOT inside DVC runs (also queued experiments), else by search."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").is_file() or (d / ".git").exists():
+            return d
+    return here
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """Short stable hash of resolved params (tags MLflow runs so equal configs are findable)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (MLflow params, DVC's -S names)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_preset(name_or_path: str, params_path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """Copy ``presets/<name>.yaml`` (or a path) over params.yaml and return its params.
+
+    Presets are complete params files, comments included, so params.yaml always shows every
+    value a run used. A preset whose keys differ from params.yaml's is refused: it would drop
+    or add settings silently.
+    """
+    preset_path = Path(name_or_path)
+    if not preset_path.is_file():
+        preset_path = repo_root() / "presets" / f"{name_or_path}.yaml"
+    if not preset_path.is_file():
+        available = sorted(p.stem for p in (repo_root() / "presets").glob("*.yaml"))
+        raise ConfigError(f"preset {name_or_path!r} not found (available: {', '.join(available)})")
+    preset = load_params(preset_path)
+    params_path = Path(params_path)
+    if params_path.is_file():
+        current = set(flatten(load_params(params_path)))
+        wanted = set(flatten(preset))
+        if current != wanted:
+            diff = sorted(current ^ wanted)
+            raise ConfigError(f"{preset_path}: keys differ from {params_path}: {', '.join(diff[:10])}")
+    write_text(params_path, preset_path.read_text())
+    return preset
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); a user-fixable EffiFusionError becomes one line on stderr and exit 2."""
+    import sys
+
+    from effifusion.core.errors import EffiFusionError
+
+    try:
+        main()
+    except EffiFusionError as exc:
+        stage = Path(sys.argv[0]).stem
+        print(f"stage {stage}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

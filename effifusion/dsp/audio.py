@@ -1,0 +1,140 @@
+"""Audio I/O, resampling and the STFT front end shared by every stage.
+
+WAV files are read and written with soundfile (torchaudio's I/O moved to torchcodec); every
+read is validated so a bad file fails with its name and the problem, not deep inside a model.
+Writes go to a temporary file first and are renamed into place, so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from effifusion.core.files import atomic_path
+from effifusion.core.errors import AudioError
+
+SAMPLE_RATE = 16_000
+SILENCE_PEAK = 1e-4  # |x| below this everywhere counts as silent (-80 dBFS)
+
+# The one resampler of the project (REFERENCE §4: resamplers disagree by ~0.006 PESQ, so fix one).
+# torchaudio's windowed-sinc with a Kaiser window, the "kaiser_best" settings.
+RESAMPLING = {
+    "library": "torchaudio.functional.resample",
+    "resampling_method": "sinc_interp_kaiser",
+    "lowpass_filter_width": 64,
+    "rolloff": 0.9475937167399596,
+    "beta": 14.769656459379492,
+}
+
+
+def read_wav(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int | None = None,
+    mono: bool = True,
+    allow_silent: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Read a WAV as float32 in [-1, 1]; shape [n] when mono else [n, channels].
+
+    Raises AudioError naming the file when it is unreadable, empty, not finite, silent,
+    has more than one channel while ``mono`` is asked for, or has another rate than ``sample_rate``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"{path}: not a readable audio file ({exc})") from None
+    if sample_rate is not None and sr != sample_rate:
+        raise AudioError(f"{path}: sample rate is {sr} Hz, expected {sample_rate} Hz")
+    if audio.shape[0] == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if mono:
+        if audio.shape[1] != 1:
+            raise AudioError(f"{path}: has {audio.shape[1]} channels, expected mono")
+        audio = audio[:, 0]
+    check_audio(audio, path, allow_silent=allow_silent)
+    return audio, sr
+
+
+def check_audio(audio: np.ndarray, name: str | os.PathLike, *, allow_silent: bool = False) -> None:
+    """Raise AudioError if ``audio`` holds NaN/inf or (unless allowed) is silent."""
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    if not allow_silent and float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        raise AudioError(f"{name}: is silent (peak below {SILENCE_PEAK:g})")
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Write a WAV atomically (temp file in the same folder, then rename)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if subtype.startswith("PCM"):
+        audio = np.clip(audio, -1.0, 1.0)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio, sample_rate, subtype=subtype, format="WAV")
+
+
+def resample(audio: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Resample along the first axis with the project's fixed resampler (see RESAMPLING)."""
+    if orig_sr == new_sr:
+        return np.asarray(audio, dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(audio, dtype=np.float32).T))
+    y = _torchaudio_resample(x, orig_sr, new_sr)
+    return y.numpy().T.copy()
+
+
+def _torchaudio_resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    import torchaudio.functional as AF  # imported lazily: only resampling needs torchaudio
+
+    kw = {k: v for k, v in RESAMPLING.items() if k != "library"}
+    return AF.resample(x, orig_sr, new_sr, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# STFT front end (MP-SENet convention: tensors are [B, F, T]; magnitude is power-law compressed)
+
+
+def stft_mag_phase(
+    wav: torch.Tensor, n_fft: int = 400, hop_length: int = 100, win_length: int = 400, compress_factor: float = 0.3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Waveform [B, N] -> (compressed magnitude, phase, compressed complex [B, F, T, 2])."""
+    window = torch.hann_window(win_length, device=wav.device, dtype=wav.dtype)
+    spec = torch.stft(
+        wav, n_fft, hop_length=hop_length, win_length=win_length, window=window,
+        center=True, pad_mode="reflect", normalized=False, return_complex=True,
+    )
+    spec = torch.view_as_real(spec)
+    # Frames centred on a reflection point (the first; the last when N - 1 is a multiple of the hop)
+    # are even-symmetric, so their spectrum is real. Zero the rounding noise in their imaginary
+    # parts: otherwise it decides whether atan2 gives +pi or -pi on negative real bins, and the
+    # model's input would depend on the FFT implementation (the ONNX graph's DFT differs from torch's).
+    centres = torch.arange(spec.shape[-2], device=wav.device) * hop_length
+    reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
+    spec = torch.stack((spec[..., 0], torch.where(reflected, torch.zeros_like(spec[..., 1]), spec[..., 1])), -1)
+    mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
+    pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
+    mag = mag.pow(compress_factor)
+    com = torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
+    return mag, pha, com
+
+
+def istft_mag_phase(
+    mag: torch.Tensor, pha: torch.Tensor, n_fft: int = 400, hop_length: int = 100, win_length: int = 400,
+    compress_factor: float = 0.3, length: int | None = None,
+) -> torch.Tensor:
+    """(compressed magnitude, phase) [B, F, T] -> waveform [B, N]."""
+    mag = mag.pow(1.0 / compress_factor)
+    spec = torch.complex(mag * torch.cos(pha), mag * torch.sin(pha))
+    window = torch.hann_window(win_length, device=mag.device, dtype=mag.dtype)
+    return torch.istft(spec, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, length=length)
+
+
+def rms_gain(noisy: torch.Tensor) -> torch.Tensor:
+    """Per-utterance gain g = sqrt(N / sum(noisy^2)) over the last axis (keepdim)."""
+    n = noisy.shape[-1]
+    return torch.sqrt(n / (noisy.pow(2).sum(-1, keepdim=True) + 1e-12))

@@ -1,0 +1,530 @@
+"""Stage `evaluate`: the pruned generator and its ONNX export on the test set and on unseen noises.
+
+Every noisy file of ``data/prepared/test.csv`` (VoiceBank test noises) and ``data/unseen/unseen.csv``
+(DEMAND environments VoiceBank never used) is enhanced by both models in worker processes, written
+as 16-bit WAV under ``data/enhanced/{pytorch,onnx}/{test,unseen}/`` (kept for listening, outside the
+DVC output because it is as big as the test set) and scored against its clean reference together
+with the noisy input. The metrics JSON holds the means a paper's results table reports, the gains
+over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-time factors; the
+report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
+
+CSIG, CBAK and COVL are in the MATLAB convention (Loizou's compute_metrics) under their plain names;
+the same measures as the CMGAN/MP-SENet evaluation scripts compute them (the convention of
+published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``csig_published``,
+``cbak_published`` and ``covl_published`` (effifusion.evaluation.metrics, "published" convention).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from effifusion.core import files
+from effifusion.tracking import figures
+from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
+from effifusion.data.datasets import read_manifest
+from effifusion.core.errors import AudioError, ConfigError, DataError
+from effifusion.evaluation.metrics import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
+from effifusion.core.files import atomic_dir
+
+SETS = ("test", "unseen")
+SYSTEMS = ("noisy", "pytorch", "onnx")  # "noisy" = the unprocessed input, the baseline row
+ENHANCED_SYSTEMS = ("pytorch", "onnx")
+PUBLISHED = "published"
+PUBLISHED_METRICS = tuple(f"{m}_{PUBLISHED}" for m in COMPOSITES)  # csig_published, ...
+ALL_METRICS = (*METRICS, *PUBLISHED_METRICS)
+METRIC_LABELS = {m: m.upper() for m in METRICS}
+PUBLISHED_LABELS = {f"{m}_{PUBLISHED}": m.upper() for m in COMPOSITES}
+CONVENTIONS_NOTE = {  # evaluate.json's "conventions": which numbers follow which composite convention
+    "csig/cbak/covl": CONVENTION_NOTES["matlab"],
+    "*_published": CONVENTION_NOTES[PUBLISHED],
+}
+MATLAB_CAPTION = ("CSIG, CBAK, COVL: MATLAB convention (Loizou's compute_metrics; what the Python port "
+                  "gives on int16-scale samples).")
+PUBLISHED_CAPTION = ("CSIG, CBAK, COVL: published convention (the CMGAN/MP-SENet Python port on float "
+                     "samples, as their evaluation scripts call it; compare these with papers' tables).")
+SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
+SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
+RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
+CFG_KEYS = ("workers", "device", "num_spectrograms", "rtf_seconds")
+
+
+def evaluate(
+    params: dict[str, Any],
+    *,
+    prepared_dir: Path = Path("data/prepared"),
+    unseen_dir: Path = Path("data/unseen"),
+    torch_model: Path = Path("models/pruned/generator.pt"),
+    onnx_model: Path = Path("models/onnx/effifusion.onnx"),
+    out_dir: Path = Path("reports/evaluate"),
+    metrics_path: Path = Path("metrics/evaluate.json"),
+    enhanced_dir: Path = Path("data/enhanced"),
+    track: bool = True,
+) -> dict[str, Any]:
+    """Enhance, score and report both sets with both models; return the metrics written to ``metrics_path``.
+
+    ``track`` logs the metrics and the report files (under ``evaluation/``) into the MLflow run recorded
+    in ``torch_model``'s folder (the prune stage's run). DataError names a missing manifest or model
+    and the stage that produces it; ConfigError a bad ``evaluate`` setting.
+    """
+    start = time.perf_counter()
+    cfg = _check_cfg(params.get("evaluate"))
+    sr = int(params["audio"]["sample_rate"])
+    if sr != SAMPLE_RATE:
+        raise ConfigError(f"audio.sample_rate: {sr} Hz, but wide-band PESQ scores {SAMPLE_RATE} Hz audio")
+    torch_model, onnx_model = Path(torch_model), Path(onnx_model)
+    _require_file(torch_model, "pruned generator checkpoint", "prune")
+    _require_file(onnx_model, "ONNX model", "export")
+    if track:  # fail now, not after the work: the run to log into is the one that trained the model
+        from effifusion.tracking.runs import read_run_ref
+
+        read_run_ref(torch_model.parent)
+    items = load_items(Path(prepared_dir), Path(unseen_dir))
+    enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
+
+    # ONNX Runtime runs on the CPU here (effifusion.inference.enhance); evaluate.device applies to the checkpoint
+    models = {"pytorch": (str(torch_model), cfg["device"]), "onnx": (str(onnx_model), "cpu")}
+    rtf_signal = _rtf_signal(items[0]["noisy"], float(cfg["rtf_seconds"]), sr)
+    t0 = time.perf_counter()
+    clipped, rtf = enhance_all(items, models, enhanced_dir, cfg["workers"], rtf_signal, sr)
+    enhance_s = time.perf_counter() - t0
+    rows = score_all(items, enhanced_dir, cfg["workers"], clipped)
+    score_s = time.perf_counter() - t0 - enhance_s
+
+    metrics = {"conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
+    device = cfg["device"] if cfg["device"] == "cpu" else f"{cfg['device']} (ONNX: cpu)"
+    metrics["rtf"] = {**rtf, "input_seconds": float(cfg["rtf_seconds"]), "threads": 1, "device": device}
+    metrics["model"] = _model_summary(torch_model, onnx_model)
+    metrics["seconds"] = {"enhance": round(enhance_s, 2), "score": round(score_s, 2),
+                          "total": round(time.perf_counter() - start, 2)}
+
+    with atomic_dir(out_dir) as tmp:
+        write_reports(tmp, rows, metrics, items, enhanced_dir, int(cfg["num_spectrograms"]), sr)
+    files.write_json(Path(metrics_path), metrics)
+    if track:
+        _log_to_mlflow(params, torch_model.parent, metrics, out_dir)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def _check_cfg(cfg: Any) -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise ConfigError("params.yaml: section evaluate is missing or not a mapping")
+    for key in CFG_KEYS:
+        if key not in cfg:
+            raise ConfigError(f"params.yaml: evaluate.{key} is missing (needed: {', '.join(CFG_KEYS)})")
+    workers, n_spec, seconds = cfg["workers"], cfg["num_spectrograms"], cfg["rtf_seconds"]
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"evaluate.workers: {workers!r} is not valid (a positive integer)")
+    if not isinstance(n_spec, int) or isinstance(n_spec, bool) or n_spec < 0:
+        raise ConfigError(f"evaluate.num_spectrograms: {n_spec!r} is not valid (an integer >= 0)")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.1 <= seconds <= 600:
+        raise ConfigError(f"evaluate.rtf_seconds: {seconds!r} is not valid (seconds between 0.1 and 600)")
+    device = cfg["device"]
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise ConfigError(f"evaluate.device: {device!r} is not valid (auto | cpu | cuda)")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {**cfg, "device": device}
+
+
+def _require_file(path: Path, what: str, stage: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found (produced by the {stage} stage: run `dvc repro {stage}`)")
+
+
+def load_items(prepared_dir: Path, unseen_dir: Path) -> list[dict[str, Any]]:
+    """The utterances to evaluate: {set, utt, noise, snr_db, clean, noisy} from both manifests."""
+    sources = {"test": (prepared_dir / "test.csv", "prepare"),
+               "unseen": (unseen_dir / "unseen.csv", "mix_unseen")}
+    items = []
+    for set_name, (manifest, stage) in sources.items():
+        if not manifest.is_file():
+            raise DataError(f"{manifest}: {set_name} manifest not found (produced by the {stage} stage: "
+                            f"run `dvc repro {stage}`)")
+        items += [{"set": set_name, "utt": r["utt"], "noise": r["noise"] or "unknown", "snr_db": r["snr_db"],
+                   "clean": r["clean"], "noisy": r["noisy"]} for r in read_manifest(manifest)]
+    return items
+
+
+def _rtf_signal(noisy_path: Path, seconds: float, sr: int) -> np.ndarray:
+    """``seconds`` of real noisy speech (a test file, repeated when shorter) to time the models on."""
+    wav, _ = read_wav(noisy_path, sample_rate=sr)
+    n = int(round(seconds * sr))
+    return np.tile(wav, math.ceil(n / len(wav)))[:n].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# worker processes: each loads each model once, one thread
+
+
+_MODELS: dict[str, tuple[str, str]] = {}
+_ENHANCERS: dict[str, Any] = {}
+
+
+def _init_worker(models: dict[str, tuple[str, str]]) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    _MODELS.update(models)
+
+
+def _enhancer(system: str) -> Any:
+    if system not in _ENHANCERS:
+        from effifusion.inference.enhance import load_enhancer
+
+        path, device = _MODELS[system]
+        _ENHANCERS[system] = load_enhancer(path, device=device, threads=1)
+    return _ENHANCERS[system]
+
+
+def _enhance_file(job: tuple[str, str, str]) -> dict[str, int]:
+    """Enhance one noisy WAV with ``system``'s model and write the 16-bit result."""
+    system, noisy_path, out_path = job
+    wav, sr = read_wav(noisy_path, sample_rate=SAMPLE_RATE)
+    est = np.asarray(_enhancer(system).enhance_long(wav), dtype=np.float32)
+    if est.shape != wav.shape:
+        raise AudioError(f"{noisy_path}: the {system} model returned {est.shape[0]} samples for "
+                         f"{wav.shape[0]}")
+    check_audio(est, f"{noisy_path} enhanced by the {system} model {_MODELS[system][0]}")
+    write_wav(out_path, est, sr)
+    return {"clipped_samples": int(np.count_nonzero(np.abs(est) > 1.0))}
+
+
+def _measure_rtf(system: str, signal: np.ndarray, sr: int) -> float:
+    """Real-time factor = compute seconds / audio seconds (median of RTF_REPEATS runs after a warm-up)."""
+    enhancer = _enhancer(system)
+    enhancer.enhance_long(signal)
+    times = []
+    for _ in range(RTF_REPEATS):
+        t0 = time.perf_counter()
+        enhancer.enhance_long(signal)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / (len(signal) / sr)
+
+
+def enhanced_path(enhanced_dir: Path, system: str, item: dict[str, Any]) -> Path:
+    return enhanced_dir / system / item["set"] / f"{item['utt']}.wav"
+
+
+def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str]], enhanced_dir: Path,
+                workers: int, rtf_signal: np.ndarray, sr: int) -> tuple[dict[str, int], dict[str, float]]:
+    """Enhance every item with every model in ``workers`` processes, then time each model alone.
+
+    Returns ({enhanced WAV path: clipped sample count}, {system: real-time factor}).
+    """
+    jobs = []
+    for system in ENHANCED_SYSTEMS:
+        for set_name in SETS:
+            # no stale files from older runs
+            shutil.rmtree(enhanced_dir / system / set_name, ignore_errors=True)
+        jobs += [(system, str(it["noisy"]), str(enhanced_path(enhanced_dir, system, it))) for it in items]
+    ctx = get_context("spawn")  # forking a process that already ran torch's thread pool can hang
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(models,)) as pool:
+        chunk = max(1, min(8, math.ceil(len(jobs) / (4 * workers))))
+        done = list(tqdm(pool.map(_enhance_file, jobs, chunksize=chunk), total=len(jobs), desc="enhance",
+                         unit="file", dynamic_ncols=True))
+        # the pool is idle now: each measurement runs alone on one core, one thread
+        rtf = {s: pool.submit(_measure_rtf, s, rtf_signal, sr).result() for s in ENHANCED_SYSTEMS}
+    return {job[2]: r["clipped_samples"] for job, r in zip(jobs, done)}, rtf
+
+
+def score_all(items: list[dict[str, Any]], enhanced_dir: Path, workers: int,
+              clipped: dict[str, int]) -> list[dict[str, Any]]:
+    """Per-utterance rows {set, system, utt, noise, snr_db, metrics, clipped_samples} for every system.
+
+    The metrics are METRICS (composites in the MATLAB convention) and PUBLISHED_METRICS, from one pass.
+    """
+    pairs, keys = [], []
+    for it in items:
+        for system in SYSTEMS:
+            path = it["noisy"] if system == "noisy" else enhanced_path(enhanced_dir, system, it)
+            pairs.append((f"{it['set']}/{system}/{it['utt']}", it["clean"], path))
+            keys.append((it, system, path))
+    scores = score_files(pairs, workers=workers, desc="score", extra_conventions=(PUBLISHED,))
+    return [{"set": it["set"], "system": system, "utt": it["utt"], "noise": it["noise"],
+             "snr_db": it["snr_db"], **{m: s[m] for m in ALL_METRICS},
+             "clipped_samples": clipped.get(str(path))}
+            for (it, system, path), s in zip(keys, scores)]
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+
+
+def _mean(rows: list[dict[str, Any]], metric: str) -> float:
+    return float(np.mean([r[metric] for r in rows]))
+
+
+def _metrics_in(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """METRICS, plus the published-convention composites when every row has them."""
+    return ALL_METRICS if rows and all(m in r for r in rows for m in PUBLISHED_METRICS) else METRICS
+
+
+def summarize_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per set: n, per-system means, PyTorch-minus-noisy gains and ONNX-minus-PyTorch differences.
+
+    ``rows`` are per-utterance rows {set, system, utt, <metrics>}, optionally with the
+    published-convention composites (``csig_published``, ...), which are then summarised alike.
+    The ONNX differences are means of per-utterance differences, plus the largest per-utterance
+    |ΔPESQ| (``pesq_max_abs``).
+    """
+    out: dict[str, Any] = {}
+    metric_keys = _metrics_in(rows)
+    for set_name in SETS:
+        by_system = {s: sorted((r for r in rows if r["set"] == set_name and r["system"] == s),
+                               key=lambda r: r["utt"]) for s in SYSTEMS}
+        if not by_system["noisy"]:
+            continue
+        means = {s: {m: _mean(by_system[s], m) for m in metric_keys} for s in SYSTEMS}
+        pairs = list(zip(by_system["onnx"], by_system["pytorch"]))
+        diff = {m: [o[m] - p[m] for o, p in pairs] for m in metric_keys}
+        out[set_name] = {
+            "n": len(by_system["noisy"]),
+            **means,
+            "improvement": {m: means["pytorch"][m] - means["noisy"][m] for m in metric_keys},
+            "onnx_minus_pytorch": {**{m: float(np.mean(diff[m])) for m in metric_keys},
+                                   "pesq_max_abs": float(np.max(np.abs(diff["pesq"])))},
+        }
+    return out
+
+
+def _snr_key(snr: float) -> str:
+    return "" if not math.isfinite(snr) else f"{snr:g}"
+
+
+def condition_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean metrics per set × noise × SNR (plus "all"-noise rows per SNR and one all/all row per set).
+
+    Columns: set, noise, snr_db, n, then ``<system>_<metric>`` for every system and metric (the
+    published-convention composites too when the rows have them: ``noisy_csig_published``, ...).
+    """
+    table = []
+    metric_keys = _metrics_in(rows)
+    for set_name in SETS:
+        set_rows = [r for r in rows if r["set"] == set_name]
+        if not set_rows:
+            continue
+        snrs = sorted({r["snr_db"] for r in set_rows if math.isfinite(r["snr_db"])}, reverse=True)
+        snrs += [float("nan")] if any(not math.isfinite(r["snr_db"]) for r in set_rows) else []
+        noises = sorted({r["noise"] for r in set_rows})
+        cells = [(noise, snr) for noise in noises for snr in snrs]
+        cells += [("all", snr) for snr in snrs] + [("all", None)]
+        for noise, snr in cells:
+            sel = [r for r in set_rows if (noise == "all" or r["noise"] == noise)
+                   and (snr is None or _snr_key(r["snr_db"]) == _snr_key(snr))]
+            if not sel:
+                continue
+            row = {"set": set_name, "noise": noise, "snr_db": "all" if snr is None else _snr_key(snr),
+                   "n": sum(r["system"] == "noisy" for r in sel)}
+            for system in SYSTEMS:
+                sys_rows = [r for r in sel if r["system"] == system]
+                row.update({f"{system}_{m}": _mean(sys_rows, m) for m in metric_keys})
+            table.append(row)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def write_reports(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any],
+                  items: list[dict[str, Any]], enhanced_dir: Path, num_spectrograms: int, sr: int) -> None:
+    """per_utterance.csv, by_condition.{csv,md}, summary.md, SNR plots and spectrograms into ``out_dir``."""
+    files.write_csv(out_dir / "per_utterance.csv", rows,
+                        ["set", "system", "utt", "noise", "snr_db", *_metrics_in(rows), "clipped_samples"])
+    table = condition_table(rows)
+    files.write_csv(out_dir / "by_condition.csv", table)
+    files.write_text(out_dir / "by_condition.md", condition_markdown(table))
+    files.write_text(out_dir / "summary.md", summary_markdown(metrics))
+    for set_name in SETS:
+        for metric in ("pesq", "stoi"):
+            if any(r["set"] == set_name and r["noise"] != "all" for r in table):
+                snr_plot(table, set_name, metric, out_dir / f"{set_name}_{metric}_by_snr.png")
+    by_key = {(r["set"], r["system"], r["utt"]): r for r in rows}
+    for it in pick_spectrogram_items(items, num_spectrograms):
+        enhanced = enhanced_dir / "pytorch" / it["set"] / f"{it['utt']}.wav"
+        sources = (("noisy", it["noisy"]), ("enhanced (PyTorch)", enhanced), ("clean", it["clean"]))
+        signals = {name: read_wav(path, sample_rate=sr)[0] for name, path in sources}
+        before, after = (by_key[(it["set"], s, it["utt"])]["pesq"] for s in ("noisy", "pytorch"))
+        title = (f"{it['set']} {it['utt']}: {it['noise']} {_snr_key(it['snr_db'])} dB, "
+                 f"PESQ {before:.2f} → {after:.2f}")
+        figures.spectrogram_figure(signals, sr, out_dir / f"spectrogram_{it['utt']}.png", title)
+
+
+def pick_spectrogram_items(items: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` utterances spread over both sets and over their SNRs (lowest to highest), deterministic."""
+    per_set = {s: sorted((it for it in items if it["set"] == s), key=lambda it: (it["snr_db"], it["utt"]))
+               for s in SETS}
+    per_set = {s: v for s, v in per_set.items() if v}
+    picked: list[dict[str, Any]] = []
+    remaining = min(count, len(items))
+    quota = {s: 0 for s in per_set}
+    while remaining:  # share the count between the sets, as evenly as their sizes allow
+        for s in per_set:
+            if remaining and quota[s] < len(per_set[s]):
+                quota[s] += 1
+                remaining -= 1
+    for s, k in quota.items():
+        if k:
+            picked += [per_set[s][int(i)] for i in np.unique(np.linspace(0, len(per_set[s]) - 1, k).round())]
+    return picked
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{value:.3f}" if metric == "stoi" else f"{value:.2f}"
+
+
+def summary_markdown(metrics: dict[str, Any]) -> str:
+    """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI per set (MATLAB
+    convention), then, when present, the composites in the published convention."""
+    lines = ["# Evaluation", ""]
+    model = metrics.get("model", {})
+    if model:
+        lines += [f"Generator `{model['checkpoint']}`: {model['params_total'] / 1e6:.3f} M parameters "
+                  f"({model['params_nonzero'] / 1e6:.3f} M non-zero), {model['gmac_per_second']:.2f} "
+                  f"GMAC per second of audio; ONNX `{model['onnx']}` ({model['onnx_mb']:.2f} MB).", ""]
+    columns = ["system", *(METRIC_LABELS[m] for m in METRICS)]
+    for set_name in SETS:
+        if set_name not in metrics:
+            continue
+        res = metrics[set_name]
+        lines += [f"## {SET_TITLES[set_name]}: {res['n']} files", "", MATLAB_CAPTION, ""]
+        table = [{"system": SYSTEM_LABELS[s], **{METRIC_LABELS[m]: _fmt(res[s][m], m) for m in METRICS}}
+                 for s in SYSTEMS]
+        table.append({"system": "gain (PyTorch − noisy)",
+                      **{METRIC_LABELS[m]: f"{res['improvement'][m]:+.2f}" for m in METRICS}})
+        lines += [files.markdown_table(table, columns).rstrip(), ""]
+        if all(m in res["noisy"] for m in PUBLISHED_METRICS):
+            labels = PUBLISHED_LABELS
+            published = [{"system": SYSTEM_LABELS[s], **{labels[m]: _fmt(res[s][m], m) for m in labels}}
+                         for s in SYSTEMS]
+            published.append({"system": "gain (PyTorch − noisy)",
+                              **{labels[m]: f"{res['improvement'][m]:+.2f}" for m in labels}})
+            table_md = files.markdown_table(published, ["system", *labels.values()]).rstrip()
+            lines += [PUBLISHED_CAPTION, "", table_md, ""]
+        d = res["onnx_minus_pytorch"]
+        lines += [f"ONNX − PyTorch: mean ΔPESQ {d['pesq']:+.4f}, largest per-file |ΔPESQ| "
+                  f"{d['pesq_max_abs']:.4f}, mean ΔSTOI {d['stoi']:+.5f}.", ""]
+    rtf = metrics.get("rtf")
+    if rtf:
+        lines += [f"Real-time factor (compute time / audio time, {rtf['input_seconds']:g} s input, "
+                  f"{rtf['threads']} thread, {rtf['device']}): PyTorch {rtf['pytorch']:.3f}, "
+                  f"ONNX Runtime {rtf['onnx']:.3f} (below 1 = faster than real time).", ""]
+    return "\n".join(lines)
+
+
+def condition_markdown(table: list[dict[str, Any]]) -> str:
+    """Per set, one row per noise × SNR: each metric as "noisy → PyTorch" (composites: MATLAB)."""
+    lines = ["# Results by condition", "",
+             "Each cell: mean over the condition's files, noisy input → PyTorch model output "
+             "(ONNX means, and the composites in the published convention as "
+             "`<system>_csig_published`, ..., are in by_condition.csv).", ""]
+    for set_name in SETS:
+        rows = [r for r in table if r["set"] == set_name]
+        if not rows:
+            continue
+        lines += [f"## {SET_TITLES[set_name]}", "", MATLAB_CAPTION, ""]
+        shown = [{"noise": r["noise"], "SNR (dB)": r["snr_db"], "n": r["n"],
+                  **{METRIC_LABELS[m]: f"{_fmt(r[f'noisy_{m}'], m)} → {_fmt(r[f'pytorch_{m}'], m)}"
+                     for m in METRICS}}
+                 for r in rows]
+        lines += [files.markdown_table(shown).rstrip(), ""]
+    return "\n".join(lines)
+
+
+def snr_plot(table: list[dict[str, Any]], set_name: str, metric: str, path: Path) -> Path:
+    """Metric against SNR, one colour per noise type: noisy input dashed, PyTorch output solid."""
+    plt = figures.pyplot()
+    rows = [r for r in table if r["set"] == set_name and r["snr_db"] not in ("all", "")]
+    noises = sorted({r["noise"] for r in rows} - {"all"})
+    noises += ["all"] if any(r["noise"] == "all" for r in rows) else []
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = plt.get_cmap("tab10")
+    for i, noise in enumerate(noises):
+        pts = sorted((float(r["snr_db"]), r[f"noisy_{metric}"], r[f"pytorch_{metric}"]) for r in rows
+                     if r["noise"] == noise)
+        x = [p[0] for p in pts]
+        style = {"color": "black", "lw": 2.2} if noise == "all" else {"color": colours(i % 10), "lw": 1.3}
+        label = "mean of all noises" if noise == "all" else noise
+        ax.plot(x, [p[2] for p in pts], "-o", ms=3, label=label, **style)
+        ax.plot(x, [p[1] for p in pts], "--", **style, alpha=0.8)
+    ax.plot([], [], "k-", label="enhanced (solid)")
+    ax.plot([], [], "k--", label="noisy (dashed)")
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel(METRIC_LABELS[metric] + (" (wide-band)" if metric == "pesq" else ""))
+    ax.set_title(f"{SET_TITLES[set_name]}: {METRIC_LABELS[metric]} by SNR")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return figures.save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# model facts and MLflow
+
+
+def _model_summary(torch_model: Path, onnx_model: Path) -> dict[str, Any]:
+    """Parameter counts and analytic GMAC per second of the checkpoint; the ONNX file's size."""
+    from effifusion.models.effifusion_gan.generator import load_generator
+    from effifusion.models.summary import count_macs, frames_for, parameter_counts
+
+    model, meta = load_generator(torch_model)
+    counts = parameter_counts(model)
+    audio = meta["audio_cfg"]
+    macs = count_macs(model, frames_for(1.0, audio["sample_rate"], audio["hop_length"]))["total"]
+    return {"checkpoint": str(torch_model), "params_total": counts["params_total"],
+            "params_nonzero": counts["params_nonzero"], "gmac_per_second": round(macs / 1e9, 4),
+            "onnx": str(onnx_model), "onnx_mb": round(onnx_model.stat().st_size / 2 ** 20, 3)}
+
+
+def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow names: test_pesq (PyTorch), test_noisy_pesq, test_onnx_pesq, test_improvement_pesq,
+    test_onnx_minus_torch_pesq, onnx_minus_torch_pesq_max_abs, rtf_torch, rtf_onnx, test_n, ...;
+    the published-convention composites likewise: test_csig_published, test_noisy_csig_published, ..."""
+    flat: dict[str, float] = {}
+    max_abs = []
+    for set_name in SETS:
+        if set_name not in metrics:
+            continue
+        res = metrics[set_name]
+        flat[f"{set_name}_n"] = float(res["n"])
+        for m in [k for k in ALL_METRICS if k in res["pytorch"]]:
+            flat[f"{set_name}_{m}"] = res["pytorch"][m]
+            flat[f"{set_name}_noisy_{m}"] = res["noisy"][m]
+            flat[f"{set_name}_onnx_{m}"] = res["onnx"][m]
+            flat[f"{set_name}_improvement_{m}"] = res["improvement"][m]
+            flat[f"{set_name}_onnx_minus_torch_{m}"] = res["onnx_minus_pytorch"][m]
+        max_abs.append(res["onnx_minus_pytorch"]["pesq_max_abs"])
+    if max_abs:
+        flat["onnx_minus_torch_pesq_max_abs"] = max(max_abs)
+    if "rtf" in metrics:
+        flat["rtf_torch"] = metrics["rtf"]["pytorch"]
+        flat["rtf_onnx"] = metrics["rtf"]["onnx"]
+    return {k: float(v) for k, v in flat.items()}
+
+
+def _log_to_mlflow(params: dict[str, Any], run_dir: Path, metrics: dict[str, Any], out_dir: Path) -> None:
+    import mlflow
+
+    from effifusion.tracking import runs as tracking
+
+    with tracking.resume_run(run_dir, params, "evaluate"):
+        mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.log_artifacts(str(out_dir), "evaluation")

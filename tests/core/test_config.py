@@ -1,0 +1,94 @@
+"""params.yaml, presets, the stage error wrapper and where MLflow logs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import ROOT
+from effifusion.tracking import runs as tracking
+from effifusion.cli import main as cli_main
+from effifusion.core.config import ConfigError, apply_preset, flatten, load_params, params_hash
+
+
+def test_presets_and_params_have_the_same_keys():
+    keys = set(flatten(load_params(ROOT / "params.yaml")))
+    for preset in (ROOT / "presets").glob("*.yaml"):
+        assert set(flatten(load_params(preset))) == keys, preset.name
+
+
+def test_paper_preset_is_the_paper_setup():
+    paper = load_params(ROOT / "presets" / "paper.yaml")
+    assert paper["corpus"]["name"] == "voicebank_demand"
+    assert paper["model"]["channels"] == 64 and paper["model"]["num_tsblocks"] == 4
+    assert paper["train"]["segment_s"] == 2.0 and paper["train"]["batch_size"] == 4
+    assert paper["prepare"]["val_speakers"] == ["p226", "p287"]
+
+
+def test_every_stage_param_section_exists():
+    params = load_params(ROOT / "params.yaml")
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        for p in stage.get("params", []):
+            node = params
+            for part in p.split("."):
+                assert part in node, f"stage {name}: param {p} not in params.yaml"
+                node = node[part]
+
+
+def test_apply_preset_copies_the_file_and_refuses_unknown(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert cli_main(["preset", "paper"]) == 0
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "presets" / "paper.yaml").read_text()
+    assert "preset 'paper'" in capsys.readouterr().out
+    assert cli_main(["preset", "nonexistent"]) == 2
+    assert "not found (available: demo, paper)" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: bad\nseed: 1\n")
+    with pytest.raises(ConfigError, match="keys differ"):
+        apply_preset(str(bad))
+
+
+def test_params_hash_is_stable_and_sensitive():
+    p = load_params(ROOT / "params.yaml")
+    assert params_hash(p) == params_hash(yaml.safe_load(yaml.safe_dump(p)))
+    p["prune"]["amount"] = 0.41
+    assert params_hash(p) != params_hash(load_params(ROOT / "params.yaml"))
+
+
+def test_tracking_uri_is_anchored_at_dvc_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(ROOT)  # a queued experiment's cwd is a temporary copy, not the root
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_concurrent_first_use_creates_one_store(tmp_path):
+    """Several processes creating the store at once (queued experiments) must not race."""
+    code = (
+        "import os, sys; os.environ['DVC_ROOT'] = sys.argv[1]; os.environ.pop('MLFLOW_TRACKING_URI', None)\n"
+        "from effifusion.tracking import runs as tracking; print(tracking.setup('race'))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    ids = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(ids) == 1  # the same experiment for all three
+
+
+def test_stage_error_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "params.yaml").write_text("corpus: {name: nope}\nseed: 1\ndownload: {}\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "stage download: error: params.yaml corpus.name = 'nope': expected one of demo, voicebank_demand"]

@@ -1,0 +1,297 @@
+"""Metrics against the reference values in ../shared/fixtures, plus the error paths users hit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.linalg import solve_toeplitz
+
+from effifusion.evaluation import metrics
+from effifusion.cli import main
+from effifusion.core.errors import AudioError, ConfigError, DataError
+from helpers import fixtures_or_skip
+
+TSV_COLUMNS = {
+    "PESQ_wb": "pesq", "CSIG": "csig", "CBAK": "cbak", "COVL": "covl", "SSNR": "ssnr", "STOI": "stoi",
+}
+TOLERANCE = {"pesq": 1e-3, "csig": 1e-3, "cbak": 1e-3, "covl": 1e-3, "ssnr": 1e-3, "stoi": 5e-3}
+SHORT_UTTS = ["p232_052", "p232_170", "p257_054"]  # the three shortest fixture files (~2.2 s)
+
+
+def _read(path) -> np.ndarray:
+    audio, sr = sf.read(str(path), dtype="float64")
+    assert sr == 16000
+    return audio
+
+
+@pytest.fixture(scope="module")
+def voicebank():
+    return fixtures_or_skip("voicebank_test_16k")
+
+
+@pytest.fixture(scope="module")
+def scored(voicebank):
+    """Both fixture sets scored once, in parallel, in both conventions: {(folder, utt): row}."""
+    pairs, keys = [], []
+    for folder in ("noisy", "enhanced_cmgan"):
+        for path in sorted((voicebank / folder).glob("*.wav")):
+            pairs.append((path.stem, voicebank / "clean" / path.name, path))
+            keys.append((folder, path.stem))
+    rows = metrics.score_files(pairs, workers=2, progress=False, extra_conventions=("published",))
+    assert [row["utt"] for row in rows] == [utt for _, utt in keys]  # input order kept
+    return dict(zip(keys, rows))
+
+
+@pytest.mark.parametrize("folder,tsv,convention", [
+    ("noisy", "reference_metrics_noisy.tsv", "matlab"),
+    ("enhanced_cmgan", "reference_metrics_enhanced_cmgan.tsv", "matlab"),
+    ("noisy", "reference_metrics_noisy_published_script.tsv", "published"),
+    ("enhanced_cmgan", "reference_metrics_enhanced_cmgan_published_script.tsv", "published"),
+])
+def test_every_file_matches_reference(scored, voicebank, folder, tsv, convention):
+    with open(voicebank / tsv) as f:
+        reference = list(csv.DictReader(f, delimiter="\t"))
+    assert len(reference) == 25
+    worst = {key: (0.0, "") for key in TOLERANCE}
+    for ref in reference:
+        row = scored[(folder, ref["utt"])]
+        for column, key in TSV_COLUMNS.items():
+            name = f"{key}_{convention}" if convention != "matlab" and key in metrics.COMPOSITES else key
+            err = abs(row[name] - float(ref[column]))
+            if err > worst[key][0]:
+                worst[key] = (err, ref["utt"])
+    too_far = {k: v for k, v in worst.items() if v[0] > TOLERANCE[k]}
+    assert not too_far, f"max abs errors beyond tolerance: {too_far}"
+
+
+def test_pesq_sample_is_exact():
+    folder = fixtures_or_skip("pesq_sample")
+    clean, noisy = _read(folder / "speech.wav"), _read(folder / "speech_bab_0dB.wav")
+    assert metrics.pesq_wb(clean, noisy) == pytest.approx(1.0832337141036987, abs=1e-6)
+    assert metrics.pesq_or_nan(clean.astype(np.float32), noisy.astype(np.float32)) == pytest.approx(
+        1.0832337141036987, abs=1e-6)
+
+
+def test_identical_signals_get_top_scores(voicebank):
+    clean = _read(voicebank / "clean" / "p232_052.wav")
+    scores = metrics.score_pair(clean, clean.copy())
+    assert set(scores) == set(metrics.METRICS)
+    assert scores["pesq"] == pytest.approx(4.644, abs=0.01)
+    assert scores["ssnr"] == 35.0
+    assert scores["csig"] == scores["cbak"] == scores["covl"] == 5.0
+    assert scores["stoi"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_small_length_mismatch_is_trimmed(voicebank):
+    clean = _read(voicebank / "clean" / "p232_052.wav")
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    padded = np.concatenate([noisy, np.zeros(800)])  # codec-style tail padding
+    assert metrics.score_pair(clean, padded) == metrics.score_pair(clean, noisy)
+
+
+@pytest.fixture(scope="module")
+def speech(voicebank):
+    return _read(voicebank / "clean" / "p232_052.wav")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda x: (np.zeros_like(x), x), "clean: is silent"),
+    (lambda x: (x, np.zeros_like(x)), "enhanced: is silent"),
+    (lambda x: (x[:3000], x[:3000]), "too short"),
+    (lambda x: (x, x[:20000]), f"clean has {35184} samples but enhanced has 20000"),
+    (lambda x: (x, np.where(np.arange(x.size) == 100, np.nan, x)), "enhanced: contains NaN"),
+    (lambda x: (np.stack([x, x], axis=1), x), "1-D"),
+])
+def test_bad_inputs_raise_clear_errors(speech, make, message):
+    clean, enhanced = make(speech)
+    with pytest.raises(AudioError, match=message):
+        metrics.score_pair(clean, enhanced)
+    assert math.isnan(metrics.pesq_or_nan(clean, enhanced))
+
+
+def test_other_sample_rates_are_refused(speech):
+    with pytest.raises(AudioError, match="resample"):
+        metrics.score_pair(speech, speech, sr=48000)
+    assert math.isnan(metrics.pesq_or_nan(speech, speech, sr=48000))
+
+
+def test_no_speech_for_stoi_is_an_error_not_a_number(speech):
+    # 0.3 s passes PESQ's minimum but gives STOI fewer than 30 frames: pystoi alone would return 1e-5
+    with pytest.raises(AudioError, match="STOI"):
+        metrics.score_pair(speech[8000:12800], speech[8000:12800])
+
+
+def test_published_convention_is_higher_by_the_documented_offsets(scored):
+    """Published minus MATLAB on the 25 noisy files: CSIG +0.0948, CBAK and COVL +0.0755 (fixture TSVs)."""
+    rows = [row for (folder, _), row in scored.items() if folder == "noisy"]
+    offsets = {m: np.array([row[f"{m}_published"] - row[m] for row in rows]) for m in metrics.COMPOSITES}
+    assert np.mean(offsets["csig"]) == pytest.approx(0.0948, abs=1e-3)
+    assert np.mean(offsets["cbak"]) == pytest.approx(0.0755, abs=1e-3)
+    assert np.mean(offsets["covl"]) == pytest.approx(0.0755, abs=1e-3)
+    assert all(np.all(v >= 0) for v in offsets.values())  # the floor only ever flattens quiet valleys
+
+
+def test_conventions_share_everything_but_the_composites(voicebank):
+    clean = _read(voicebank / "clean" / "p232_052.wav")
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    matlab = metrics.score_pair(clean, noisy)
+    published = metrics.score_pair(clean, noisy, convention="published")
+    both = metrics.score_pair(clean, noisy, extra_conventions=("published",))
+    assert list(both) == [*metrics.METRICS, "csig_published", "cbak_published", "covl_published"]
+    assert both == {**matlab, **{f"{m}_published": published[m] for m in metrics.COMPOSITES}}
+    assert metrics.score_pair(clean, noisy, convention="matlab") == matlab  # the default
+    for key in ("pesq", "ssnr", "stoi"):
+        assert published[key] == matlab[key]
+    assert all(published[m] > matlab[m] for m in metrics.COMPOSITES)
+    # the published convention is the MATLAB one with WSS's band energies scaled by 32768**-2: the
+    # same as MATLAB on samples 32768 times smaller (LLR and SSNR depend on the scale only via eps)
+    quiet = metrics.composite(clean / 32768, noisy / 32768, pesq=matlab["pesq"])
+    for m in metrics.COMPOSITES:
+        assert quiet[m] == pytest.approx(published[m], abs=1e-6)
+    wss = metrics.wss_frames(clean, noisy, convention="published")
+    assert wss.shape == metrics.wss_frames(clean, noisy).shape
+
+
+@pytest.mark.parametrize("bad", ["MATLAB", "cmgan", "", None])
+def test_unknown_convention_is_a_clean_error(bad):
+    signal = np.zeros(16000)
+    with pytest.raises(ConfigError) as exc:
+        metrics.composite(signal, signal, pesq=2.0, convention=bad)
+    expected = f"unknown metrics convention {bad!r}: use one of matlab, published (default matlab)"
+    assert str(exc.value) == expected
+    for call in (lambda: metrics.score_pair(signal, signal, convention=bad),
+                 lambda: metrics.score_pair(signal, signal, extra_conventions=(bad,)),
+                 lambda: metrics.score_files([], convention=bad),
+                 lambda: metrics.score_dirs("nowhere", "nowhere", convention=bad)):
+        with pytest.raises(ConfigError, match="unknown metrics convention"):
+            call()
+
+
+def _peaks_loop(energy: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """composite.m's nearest-peak search, written as its loops."""
+    n_slopes = slope.size
+    out = np.empty(n_slopes)
+    for i in range(n_slopes):
+        n = i
+        if slope[i] > 0:
+            while n < n_slopes and slope[n] > 0:
+                n += 1
+            out[i] = energy[n - 1]
+        else:
+            while n >= 0 and slope[n] <= 0:
+                n -= 1
+            out[i] = energy[n + 1]
+    return out
+
+
+def test_vectorised_peak_search_matches_the_loops():
+    rng = np.random.default_rng(0)
+    energy = np.cumsum(rng.normal(size=(200, 25)), axis=1)
+    energy[:5] = np.arange(25)  # monotonic rows: the walks run off either end
+    energy[5:10] = -np.arange(25)
+    slope = np.diff(energy, axis=1)
+    expected = np.stack([_peaks_loop(e, s) for e, s in zip(energy, slope)])
+    np.testing.assert_array_equal(metrics._nearest_peaks(energy, slope), expected)
+
+
+def test_levinson_solves_the_normal_equations():
+    rng = np.random.default_rng(1)
+    frames = rng.normal(size=(6, 480)) * np.hanning(480)
+    r = metrics._autocorrelation(frames, 16)
+    lpc = metrics._levinson(r)
+    for row, poly in zip(r, lpc):
+        np.testing.assert_allclose(-poly[1:], solve_toeplitz(row[:16], row[1:17]), rtol=1e-8, atol=1e-10)
+    silent = metrics._levinson(np.zeros((1, 17)))
+    np.testing.assert_array_equal(silent, np.eye(1, 17))  # flat spectrum, not NaN
+
+
+def _copy(voicebank, tmp_path, clean_utts, enhanced_utts, extra=None):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "enh").mkdir()
+    for utt in clean_utts:
+        shutil.copy(voicebank / "clean" / f"{utt}.wav", tmp_path / "clean")
+    for utt in enhanced_utts:
+        shutil.copy(voicebank / "noisy" / f"{utt}.wav", tmp_path / "enh")
+    if extra:
+        shutil.copy(voicebank / "noisy" / f"{clean_utts[0]}.wav", tmp_path / "enh" / extra)
+    return tmp_path / "clean", tmp_path / "enh"
+
+
+def test_score_dirs_scores_the_intersection(voicebank, tmp_path):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS, SHORT_UTTS[:2], extra="stray.wav")
+    out = tmp_path / "rows" / "scores.csv"
+    summary = metrics.score_dirs(clean, enh, out_csv=out, workers=1)
+    assert summary["n"] == 2
+    assert summary["unmatched_enhanced"] == ["stray.wav"]
+    assert summary["missing_enhanced"] == 1
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [row["utt"] for row in rows] == SHORT_UTTS[:2]
+    assert list(rows[0]) == ["utt", *metrics.METRICS]
+    for key in metrics.METRICS:
+        assert summary["means"][key] == pytest.approx(np.mean([float(row[key]) for row in rows]))
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_score_dirs_without_common_names(voicebank, tmp_path):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:1], SHORT_UTTS[1:])
+    with pytest.raises(DataError, match="no WAV file names in common"):
+        metrics.score_dirs(clean, enh, workers=1)
+
+
+def test_failed_files_are_listed(voicebank, tmp_path):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:2], SHORT_UTTS[:1])
+    sf.write(enh / f"{SHORT_UTTS[1]}.wav", np.zeros(16000, dtype=np.int16), 16000, subtype="PCM_16")
+    sf.write(tmp_path / "wide.wav", np.zeros((16000, 1)) + 0.1, 48000)
+    pairs = [(utt, clean / f"{utt}.wav", enh / f"{utt}.wav") for utt in SHORT_UTTS[:2]]
+    pairs.append(("wide", clean / f"{SHORT_UTTS[0]}.wav", tmp_path / "wide.wav"))
+    with pytest.raises(AudioError, match=rf"2 of 3 files could not be scored:\n  {SHORT_UTTS[1]}: .*silent"):
+        metrics.score_files(pairs, workers=1, progress=False)
+    rows = metrics.score_files(pairs, workers=1, progress=False, allow_errors=True)
+    assert "error" not in rows[0] and rows[0]["pesq"] > 1
+    assert "silent" in rows[1]["error"] and math.isnan(rows[1]["pesq"])
+    assert "48000 Hz" in rows[2]["error"] and "wide.wav" in rows[2]["error"]
+
+
+def test_cli_score_prints_json(voicebank, tmp_path, capsys):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:1], SHORT_UTTS[:1])
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--out", str(out), "--workers", "1"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 1 and set(summary["means"]) == set(metrics.METRICS)
+    assert out.is_file()
+    assert summary["convention"] == "matlab" and "matlab" in summary["convention_note"]
+    assert main(["score", "--clean", str(tmp_path / "nope"), "--enhanced", str(enh)]) == 2
+    assert "nope: folder not found" in capsys.readouterr().err
+
+
+def test_cli_score_published_convention(voicebank, tmp_path, capsys):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:1], SHORT_UTTS[:1])
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--out", str(out), "--workers", "1"]
+    assert main([*argv, "--convention", "published"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["convention"] == "published" and "CMGAN/MP-SENet" in summary["convention_note"]
+    labelled = ["pesq", "csig_published", "cbak_published", "covl_published", "ssnr", "stoi"]
+    assert list(summary["means"]) == labelled  # never a bare "csig" that could pass for MATLAB's
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["utt", *labelled]
+    with open(voicebank / "reference_metrics_noisy_published_script.tsv") as f:
+        ref = next(r for r in csv.DictReader(f, delimiter="\t") if r["utt"] == SHORT_UTTS[0])
+    for column in ("CSIG", "CBAK", "COVL"):
+        assert summary["means"][f"{column.lower()}_published"] == pytest.approx(float(ref[column]), abs=1e-3)
+
+    with pytest.raises(SystemExit) as exc:  # argparse refuses other names before any work
+        main([*argv, "--convention", "pysepm"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'pysepm'" in err and "matlab" in err and "published" in err
+    assert list(metrics.CONVENTIONS) == ["matlab", "published"]  # the CLI's choices, kept in step

@@ -1,0 +1,177 @@
+"""ONNX export: PyTorch/ONNX Runtime parity, dynamic axes, stored weights, report, errors, MLflow logging.
+
+One tiny pruned generator (C = 8, one TS-Conformer block, 30 % of conv weights zeroed, saved with its
+weight_orig / weight_mask pairs) is exported once per module; the tests read that export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import ROOT
+import torch
+import yaml
+from torch.nn.utils import prune
+
+from effifusion.core.errors import ConfigError
+from effifusion.inference.export import (
+    INPUT_NAME, ONNX_FILE, OUTPUT_NAME, REPORT_FILE, ExportError, WaveformEnhancer, export_onnx,
+    log_to_mlflow, onnx_session, parity_signal,
+)
+from effifusion.models.effifusion_gan.generator import build_generator, conv_modules, load_generator, save_generator
+
+AUDIO = {"sample_rate": 16000, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3}
+# 4,000 and 16,000 samples are multiples of the hop; 16,001 puts the last frame on the reflection
+# point (N % hop == 1, a real-spectrum frame); 19,753 is neither.
+EXPORT_CFG = {"opset": 18, "parity_lengths_s": [0.25, 1.0000625, 1.2345625], "parity_tolerance": 1e-4}
+
+
+def tiny_cfg() -> dict:
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
+    return {**cfg, "channels": 8, "num_tsblocks": 1}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Export a pruned tiny generator once: {"ckpt", "out", "report", "generator"}."""
+    tmp = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_generator(tiny_cfg(), AUDIO).eval()
+    convs = [(m, "weight") for _, m in conv_modules(model)]
+    prune.global_unstructured(convs, prune.L1Unstructured, amount=0.3)
+    ckpt = tmp / "generator.pt"
+    save_generator(ckpt, model, tiny_cfg(), AUDIO)  # still holds weight_orig / weight_mask
+    report = export_onnx(ckpt, tmp / "onnx", EXPORT_CFG, AUDIO)
+    generator, _ = load_generator(ckpt)
+    return {"ckpt": ckpt, "out": tmp / "onnx", "report": report, "generator": generator}
+
+
+def reference(generator, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return generator.enhance(torch.from_numpy(x)).numpy()
+
+
+def test_parity_at_export_lengths(exported: dict) -> None:
+    diffs = exported["report"]["parity_max_abs_per_length_s"]
+    assert len(diffs) == 3
+    assert all(0 <= d <= 1e-4 for d in diffs.values()), diffs
+    assert exported["report"]["onnx_parity_max_abs"] == max(diffs.values())
+
+
+def test_graph_passes_checker_and_has_dynamic_axes(exported: dict) -> None:
+    path = exported["out"] / ONNX_FILE
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert all(d.dim_param and not d.dim_value for d in dims)  # batch and length both symbolic
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["sample_rate"] == "16000" and meta["n_fft"] == "400" and meta["min_samples"] == "400"
+
+
+@pytest.mark.parametrize("batch,n", [(1, 7777), (3, 5001), (1, 123)])
+def test_dynamic_batch_and_length_match_pytorch(exported: dict, batch: int, n: int) -> None:
+    """Lengths and batch sizes never seen at export, including one shorter than n_fft (zero-padded)."""
+    session = onnx_session(exported["out"] / ONNX_FILE)
+    x = np.stack([parity_signal(n, 16000, seed=100 + b) for b in range(batch)])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    assert got.shape == (batch, n)
+    np.testing.assert_allclose(got, reference(exported["generator"], x), atol=1e-4, rtol=0)
+
+
+def test_each_weight_stored_once_without_pruning_buffers(exported: dict) -> None:
+    model = onnx.load(str(exported["out"] / ONNX_FILE))
+    names = [init.name for init in model.graph.initializer]
+    assert not [n for n in names if "weight_orig" in n or "weight_mask" in n]
+    report = exported["report"]
+    # The state dict (weights, BatchNorm statistics) plus the 400-sample window; the DFT bases are
+    # computed inside the graph, so nothing else is stored.
+    assert report["onnx_initializer_values"] == report["state_dict_values"] + AUDIO["n_fft"]
+    assert report["onnx_bytes"] < 4 * report["state_dict_values"] + 200_000
+
+
+def test_report_and_export_json(exported: dict) -> None:
+    report = exported["report"]
+    on_disk = json.loads((exported["out"] / REPORT_FILE).read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert report["onnx_bytes"] == (exported["out"] / ONNX_FILE).stat().st_size
+    assert 0 < report["onnx_zip_bytes"] < report["onnx_bytes"]
+    assert report["params_nonzero"] < report["params_total"]
+    assert report["sparsity"] > 0.1  # 30 % of the conv weights, which are most of the tiny model
+    assert report["opset"] == 18 and "dynamo" in report["exporter"]
+    assert not list(exported["out"].glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("n", [1, 399, 16001])
+def test_wrapper_equals_generator_enhance_in_pytorch(exported: dict, n: int) -> None:
+    generator = exported["generator"]
+    x = np.stack([parity_signal(n, 16000, seed=7), 0.3 * parity_signal(n, 16000, seed=8)])
+    with torch.inference_mode():
+        got = WaveformEnhancer(generator).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, reference(generator, x), atol=2e-5, rtol=0)
+
+
+def test_parity_failure_raises_with_numbers_and_keeps_old_file(exported: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import effifusion.inference.export as export_mod
+
+    cached = onnx.load(str(exported["out"] / ONNX_FILE))
+    monkeypatch.setattr(export_mod, "export_graph", lambda generator, opset: cached)  # skip re-exporting
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / ONNX_FILE).write_bytes(b"previous export")
+    with pytest.raises(ExportError, match=r"differs from Generator.enhance by up to .*0\.25: "):
+        export_onnx(exported["ckpt"], out,
+                    {**EXPORT_CFG, "parity_lengths_s": [0.25], "parity_tolerance": 1e-12}, AUDIO)
+    assert (out / ONNX_FILE).read_bytes() == b"previous export"
+    assert sorted(p.name for p in out.iterdir()) == [ONNX_FILE]
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"opset": 11}, "export.opset"),
+    ({"parity_lengths_s": []}, "export.parity_lengths_s"),
+    ({"parity_tolerance": 0}, "export.parity_tolerance"),
+])
+def test_bad_export_settings_are_config_errors(exported: dict, tmp_path: Path, cfg: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        export_onnx(exported["ckpt"], tmp_path, {**EXPORT_CFG, **cfg}, AUDIO)
+
+
+def test_audio_settings_must_match_the_checkpoint(exported: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"audio.hop_length = 100.*params.yaml has audio.hop_length = 160"):
+        export_onnx(exported["ckpt"], tmp_path, EXPORT_CFG, {**AUDIO, "hop_length": 160})
+
+
+def test_missing_checkpoint_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="generator checkpoint not found"):
+        export_onnx(tmp_path / "nope.pt", tmp_path, EXPORT_CFG, AUDIO)
+
+
+def test_log_to_mlflow(exported: dict, tmp_path: Path) -> None:
+    import mlflow
+
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_to_mlflow(exported["out"] / ONNX_FILE, exported["report"])
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        exp = mlflow.create_experiment("export-test", artifact_location=(tmp_path / "art").as_uri())
+        with mlflow.start_run(experiment_id=exp) as run:
+            log_to_mlflow(exported["out"] / ONNX_FILE, exported["report"])
+        models = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+        metrics = mlflow.get_run(run.info.run_id).data.metrics
+        assert len(models) == 1
+        loaded = mlflow.pyfunc.load_model(models[0].model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert metrics["onnx_bytes"] == exported["report"]["onnx_bytes"]
+    assert metrics["onnx_zip_bytes"] == exported["report"]["onnx_zip_bytes"]
+    spec = loaded.metadata.signature.inputs.inputs[0]
+    assert spec.name == INPUT_NAME and spec.shape == (-1, -1)
+    x = parity_signal(3000, 16000)[None]
+    out = loaded.predict({INPUT_NAME: x})[OUTPUT_NAME]
+    np.testing.assert_allclose(out, reference(exported["generator"], x), atol=1e-4, rtol=0)

@@ -1,0 +1,266 @@
+"""Generator and discriminator: shapes, parameter counts, attention axis, config errors, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+import torch
+import yaml
+from torch import nn
+from torch.nn.utils import prune
+
+from effifusion.dsp.audio import stft_mag_phase
+from effifusion.models.discriminator import MetricDiscriminator, build_discriminator
+from effifusion.core.errors import ConfigError
+from effifusion.models.effifusion_gan.generator import (
+    ConformerBlock, Generator, TSConformerBlock, build_generator, conv_modules, load_generator,
+    paper_model_cfg, save_generator,
+)
+
+AUDIO = {"sample_rate": 16000, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny_cfg(**over) -> dict:
+    """params.yaml's model section shrunk to C = 8 and one TS-Conformer block (fast on CPU)."""
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
+    return {**cfg, "channels": 8, "num_tsblocks": 1, **over}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Generator:
+    torch.manual_seed(0)
+    return build_generator(tiny_cfg(), AUDIO).eval()
+
+
+# --------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.37])
+def test_forward_and_enhance_shapes(tiny: Generator, seconds: float) -> None:
+    n = int(seconds * 16000)
+    wav = torch.randn(2, n) * 0.1
+    mag, pha, _ = stft_mag_phase(wav)
+    with torch.no_grad():
+        out_mag, out_pha, out_com = tiny(mag, pha)
+        enhanced = tiny.enhance(wav[1:])
+    frames = 1 + n // 100
+    assert out_mag.shape == out_pha.shape == (2, 201, frames)
+    assert out_com.shape == (2, 201, frames, 2)
+    assert enhanced.shape == (1, n)
+    assert torch.isfinite(enhanced).all()
+    assert (out_pha.abs() <= torch.pi + 1e-6).all()
+    # mask in (0, beta = 2): the output magnitude stays within twice the noisy one
+    assert (out_mag >= 0).all() and (out_mag <= 2.0 * mag + 1e-6).all()
+
+
+@pytest.mark.parametrize("n", [1, 150, 399, 401])
+def test_enhance_short_input_is_padded(tiny: Generator, n: int) -> None:
+    wav = torch.randn(1, n) * 0.1
+    with torch.no_grad():
+        out = tiny.enhance(wav)
+    assert out.shape == (1, n) and torch.isfinite(out).all()
+
+
+def test_forward_rejects_wrong_frequency_bins(tiny: Generator) -> None:
+    with pytest.raises(ValueError, match="201 frequency bins"):
+        tiny(torch.rand(1, 257, 10), torch.rand(1, 257, 10))
+
+
+# --------------------------------------------------------------------------------- parameter counts
+
+
+def test_paper_config_has_paper_parameter_count() -> None:
+    count = n_params(build_generator(paper_model_cfg(), AUDIO))
+    assert count == 1_086_033
+    assert abs(count - 1.08e6) / 1.08e6 < 0.02
+
+
+def test_ablation_parameter_counts() -> None:
+    dense = n_params(build_generator({**paper_model_cfg(), "depthwise_separable": False}, AUDIO))
+    assert abs(dense - 2.05e6) / 2.05e6 < 0.02
+    single_norm = n_params(build_generator({**paper_model_cfg(), "residual_dual_norm": False}, AUDIO))
+    assert single_norm == 1_086_033 - 8 * 2 * 64  # one LayerNorm less in each of the 8 conformers
+    mpsenet = n_params(build_generator({**paper_model_cfg(), "depthwise_separable": False,
+                                        "residual_dual_norm": False}, AUDIO))
+    assert mpsenet == 2_048_849  # MP-SENet (short), REFERENCE §1
+
+
+def test_paper_cfg_matches_preset() -> None:
+    preset = ROOT / "presets" / "paper.yaml"
+    if not preset.is_file():
+        pytest.skip("presets/paper.yaml absent")
+    assert yaml.safe_load(preset.read_text())["model"] == paper_model_cfg()
+
+
+def test_depthwise_separable_layers() -> None:
+    model = build_generator(tiny_cfg(depthwise_separable=True), AUDIO)
+    layer = model.encoder.dense_block.layers[2]
+    assert layer.depthwise_conv.groups == layer.depthwise_conv.in_channels == 24
+    assert layer.dilation == 4 and layer.pointwise_conv.kernel_size == (1, 1)
+    # the interleaved-frames computation equals a depthwise conv dilated by 4 along time
+    conv = layer.depthwise_conv
+    for t in (1, 9, 40):
+        x = torch.randn(2, 24, t, 13)
+        ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=(4, 1), dilation=(4, 1), groups=24)
+        torch.testing.assert_close(layer._depthwise(x), ref)
+    dense = build_generator(tiny_cfg(depthwise_separable=False), AUDIO)
+    assert dense.encoder.dense_block.layers[3].conv.in_channels == 32
+    assert dense.encoder.dense_block.layers[3].conv.dilation == (8, 1)
+
+
+# --------------------------------------------------------------------------------- attention axis
+
+
+def test_every_attention_is_batch_first() -> None:
+    model = build_generator(paper_model_cfg(), AUDIO)
+    attns = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert len(attns) == 8 and all(a.batch_first for a in attns)
+
+
+@pytest.mark.parametrize("dual_norm", [True, False])
+def test_conformer_attends_along_the_sequence_not_the_batch(dual_norm: bool) -> None:
+    torch.manual_seed(0)
+    block = ConformerBlock(8, num_heads=2, ffn_mult=2, conv_kernel=5, attn_dropout=0.0, ffn_dropout=0.0,
+                           dual_norm=dual_norm).eval()
+    x = torch.randn(3, 40, 8)
+    with torch.no_grad():
+        batched = block(x)
+        single = torch.cat([block(x[i : i + 1]) for i in range(3)])
+        assert torch.allclose(batched, single, atol=1e-5)  # sequences do not see each other
+        y = x.clone()
+        y[0, 0] += 3.0 * torch.randn(8)
+        diff = (block(y) - batched).abs().amax(-1)
+    assert diff[0, 30:].min() > 1e-4  # token 0 reaches tokens far beyond the k = 5 conv: attention
+    assert diff[1:].max() == 0
+
+
+def test_ts_block_mixes_time_and_frequency_per_item() -> None:
+    torch.manual_seed(0)
+    block = TSConformerBlock(8, num_heads=2, ffn_mult=2, conv_kernel=3, attn_dropout=0.0, ffn_dropout=0.0,
+                             dual_norm=True).eval()
+    x = torch.randn(2, 8, 30, 20)  # [B, C, T, F']
+    with torch.no_grad():
+        base = block(x)
+        y = x.clone()
+        y[0, :, 0, 0] += 3.0 * torch.randn(8)
+        diff = (block(y) - base).abs().amax(1)  # [B, T, F']
+    assert diff[0, 20:, 15:].min() > 1e-5  # far in both time and frequency
+    assert diff[1].max() == 0  # the other utterance is untouched
+
+
+# --------------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        ({**paper_model_cfg(), "chanels": 8}, "model.chanels"),
+        ({k: v for k, v in paper_model_cfg().items() if k != "beta"}, "model.beta"),
+        ({**paper_model_cfg(), "num_heads": 5}, "model.num_heads"),
+        ({**paper_model_cfg(), "conv_kernel": 30}, "model.conv_kernel"),
+        ({**paper_model_cfg(), "depthwise_separable": "yes"}, "model.depthwise_separable"),
+        ({**paper_model_cfg(), "attn_dropout": 1.5}, "model.attn_dropout"),
+    ],
+)
+def test_bad_model_config_names_the_key(cfg: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_generator(cfg, AUDIO)
+
+
+def test_bad_audio_config_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"audio\.n_fft"):
+        build_generator(tiny_cfg(), {**AUDIO, "n_fft": 402})
+    with pytest.raises(ConfigError, match=r"audio\.hop_length"):
+        build_generator(tiny_cfg(), {k: v for k, v in AUDIO.items() if k != "hop_length"})
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def test_conv_modules_are_named_conv() -> None:
+    model = build_generator(tiny_cfg(), AUDIO)
+    convs = conv_modules(model)
+    assert all("conv" in name.rsplit(".", 1)[-1] for name, _ in convs)
+    assert {type(m) for _, m in convs} == {nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d}
+    # 3 dense blocks x 4 layers x 2 convs + encoder 2 + mag decoder 3 + phase decoder 3 + 2 conformers x 3
+    assert len(convs) == 24 + 2 + 3 + 3 + 6
+
+
+def test_save_load_round_trip(tmp_path: Path, tiny: Generator) -> None:
+    path = tmp_path / "ckpt" / "generator.pt"
+    save_generator(path, tiny, tiny_cfg(), AUDIO, extra={"step": 7})
+    assert [p.name for p in path.parent.iterdir()] == ["generator.pt"]  # no temp file left
+    loaded, meta = load_generator(path)
+    assert meta["extra"] == {"step": 7} and meta["model_cfg"] == tiny_cfg()
+    assert not loaded.training
+    wav = torch.randn(1, 4000) * 0.1
+    with torch.no_grad():
+        assert torch.equal(tiny.enhance(wav), loaded.enhance(wav))
+
+
+def test_load_folds_pruning_reparametrisation(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = build_generator(tiny_cfg(), AUDIO).eval()
+    targets = [m for _, m in conv_modules(model)]
+    prune.global_unstructured([(m, "weight") for m in targets], prune.L1Unstructured, amount=0.4)
+    assert any(k.endswith("weight_orig") for k in model.state_dict())
+    path = tmp_path / "pruned.pt"
+    save_generator(path, model, tiny_cfg(), AUDIO)
+    loaded, _ = load_generator(path)
+    assert not any(k.endswith(("_orig", "_mask")) for k in loaded.state_dict())
+    zeros = sum(int((m.weight == 0).sum()) for _, m in conv_modules(loaded))
+    total = sum(m.weight.numel() for _, m in conv_modules(loaded))
+    assert zeros / total == pytest.approx(0.4, abs=0.01)
+    mag, pha, _ = stft_mag_phase(torch.randn(1, 3000) * 0.1)
+    with torch.no_grad():
+        for a, b in zip(model(mag, pha), loaded(mag, pha)):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_load_bad_checkpoints_name_the_file(tmp_path: Path, tiny: Generator) -> None:
+    with pytest.raises(ConfigError, match="missing.pt: generator checkpoint not found"):
+        load_generator(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="corrupt.pt: not a readable generator checkpoint"):
+        load_generator(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ConfigError, match="other.pt: not a generator checkpoint"):
+        load_generator(other)
+    mismatch = tmp_path / "mismatch.pt"
+    save_generator(mismatch, tiny, tiny_cfg(), AUDIO)
+    blob = torch.load(mismatch, weights_only=True)
+    blob["model_cfg"]["channels"] = 16
+    torch.save(blob, mismatch)
+    with pytest.raises(ConfigError, match="mismatch.pt: weights do not match"):
+        load_generator(mismatch)
+
+
+# --------------------------------------------------------------------------------- discriminator
+
+
+def test_discriminator_parameters_and_output_range() -> None:
+    torch.manual_seed(0)
+    disc = build_discriminator({"channels": 16})
+    assert n_params(disc) == 181_650
+    clean, other = torch.rand(3, 201, 40), torch.rand(3, 201, 40) * 3
+    score = disc(clean, other)
+    assert score.shape == (3, 1)
+    assert ((score > 0) & (score < 1)).all()
+    score.mean().backward()
+    assert all(p.grad is not None for p in disc.parameters())
+
+
+def test_discriminator_width_and_config_errors() -> None:
+    assert n_params(MetricDiscriminator(8)) < n_params(MetricDiscriminator(16))
+    with pytest.raises(ConfigError, match=r"discriminator\.channel"):
+        build_discriminator({"channel": 16})
+    with pytest.raises(ConfigError, match=r"discriminator\.channels"):
+        build_discriminator({"channels": 0})

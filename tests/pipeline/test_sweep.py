@@ -1,0 +1,155 @@
+"""The whole pipeline and a queued pruning sweep, as a user runs them, in a scratch git + DVC repo.
+
+`dvc repro` runs all seven stages on a tiny demo config; `dvc exp run --queue -S prune.amount=…`
+plus `dvc queue start` runs a two-point sweep in DVC's temporary copies. Checked: the experiments log
+into the repository's own MLflow store (not a temporary copy's), each tagged with its DVC experiment
+name and with the measured sparsity of its ratio; the dense training ran once for all of them; and
+`effifusion report` builds a report holding both points.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": "1"}
+    for var in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 900) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def tiny_pipeline_params(params: dict) -> dict:
+    params["corpus"]["demo"].update(train_speakers=["p226", "p239", "p287"], train_utterances_per_speaker=3,
+                                    test_utterances_per_speaker=2, min_duration_s=1.0, max_duration_s=1.3,
+                                    unseen_noise_duration_s=4.0)
+    params["prepare"]["workers"] = 1
+    params["mix_unseen"].update(snrs_db=[5.0, 0.0], utterances_per_condition=1, workers=1)
+    params["model"].update(channels=8, num_tsblocks=1)
+    params["discriminator"]["channels"] = 8
+    params["train"].update(epochs=1, batch_size=1, val_every_steps=3, val_utterances=2, checkpoint_every_steps=3,
+                           pesq_workers=0, device="cpu")
+    params["prune"].update(epochs=1, prune_every_steps=1)
+    params["export"]["parity_lengths_s"] = [0.5, 1.1]
+    params["evaluate"].update(workers=1, num_spectrograms=1, rtf_seconds=1.0)
+    params["mlflow"]["experiment"] = "sweep-test"
+    return params
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "effifusion", "presets"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    params = tiny_pipeline_params(yaml.safe_load((ROOT / "presets" / "demo.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run([str(VENV_BIN / "dvc"), "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "init"], repo)
+    return repo
+
+
+def _wait_for_queue(repo: Path, timeout_s: float = 1200) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _run([str(VENV_BIN / "dvc"), "queue", "status"], repo)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue did not finish in {timeout_s} s:\n{status}")
+
+
+def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
+    import mlflow
+
+    dvc = str(VENV_BIN / "dvc")
+    out = _run([dvc, "repro"], repo)
+    assert re.findall(r"Running stage '([^']+)'", out) == [
+        "download", "prepare", "mix_unseen", "train", "prune", "export", "evaluate"]
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(evaluation) >= {"test", "unseen"}
+    assert "Data and pipelines are up to date" in _run([dvc, "status"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "baseline"], repo)
+
+    _run([dvc, "exp", "run", "--queue", "-S", "prune.amount=0.2,0.5"], repo)
+    _run([dvc, "queue", "start"], repo)
+    status = _wait_for_queue(repo)
+    assert status.count("Success") == 2, status
+
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id])
+    prune_runs = [r for r in runs if r.data.tags.get("stage") == "prune" and r.data.tags.get("dvc_exp")]
+    by_amount = {float(r.data.params["prune.amount"]): r for r in prune_runs}
+    assert set(by_amount) == {0.2, 0.5}
+    for amount, run in by_amount.items():
+        assert run.data.metrics["conv_sparsity"] == pytest.approx(amount, abs=2e-3)
+        assert "test_pesq" in run.data.metrics  # export and evaluate logged into the same run
+        assert run.info.run_name.startswith(f"prune-{round(amount * 100)}%")
+    train_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
+    assert len(train_runs) == 1  # the sweep reused the dense model instead of retraining it
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into a temporary copy
+
+    exp_show = json.loads(_run([dvc, "exp", "show", "--json"], repo))
+    shown = set()
+
+    def collect(node):  # every params.yaml prune.amount that `dvc exp show` lists
+        if isinstance(node, dict):
+            if isinstance(node.get("prune"), dict) and "amount" in node["prune"]:
+                shown.add(node["prune"]["amount"])
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    collect(exp_show)
+    assert shown >= {0.2, 0.3, 0.5}
+    assert "evaluate.json" in json.dumps(exp_show)
+
+    report_dir = repo / "reports" / "sweep"
+    proc = subprocess.run([str(VENV_BIN / "effifusion"), "report", "--out", str(report_dir), "--register"], cwd=repo,
+                          env={**_env(), "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["runs"] == 3  # the two queued ratios and the workspace's own 0.3, same dense model
+    assert summary["registered"] == {"name": "effifusion-gan", "version": 1}
+    version = client.get_model_version("effifusion-gan", "1")
+    assert version.tags["source_run_id"] == summary["best"]["run_id"]
+    rows = list(csv.DictReader((report_dir / "sweep.csv").open()))
+    assert sorted(float(r["prune.amount"]) for r in rows) == [0.2, 0.3, 0.5]
+    assert "| 0.2 |" in (report_dir / "sweep.md").read_text() and "| 0.5 |" in (report_dir / "sweep.md").read_text()
+    for png in ("sweep_quality.png", "sweep_cost.png"):
+        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,203 @@
+"""GAN training loop: learning, exact resume, DDP on CPU, MLflow logging (tiny configs, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ROOT, make_prepared, tiny_params, write_manifest, write_pair
+from effifusion.models.discriminator import build_discriminator
+from effifusion.models.effifusion_gan.generator import build_generator, load_generator
+from effifusion.training.pesq_pool import PesqPool
+from effifusion.training.trainer import GanStep, run_training
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return make_prepared(tmp_path_factory.mktemp("data") / "prepared")
+
+
+def _run(params, stage, prepared, out, **kw):
+    return run_training(params, stage, prepared_dir=prepared, out_dir=out / f"models_{stage}",
+                        init_dir=out / "models_train" if stage == "prune" else None,
+                        metrics_path=out / f"{stage}.json", plots_dir=out / f"plots_{stage}",
+                        resume_dir=out / "ckpt", track=False, **kw)
+
+
+def test_tiny_model_overfits_one_batch(prepared):
+    torch.manual_seed(0)
+    params = tiny_params()
+    params["train"]["loss_weights"]["metric"] = 0.0  # the discriminator's target moves; leave it out
+    g = build_generator(params["model"], params["audio"])
+    d = build_discriminator(params["discriminator"])
+    opt_g = torch.optim.AdamW(g.parameters(), lr=3e-3)
+    opt_d = torch.optim.AdamW(d.parameters(), lr=1e-3)
+    from effifusion.data.datasets import PairDataset
+
+    ds = PairDataset(prepared / "train.csv", segment_samples=8000, seed=0)
+    clean = torch.stack([ds[i][0] for i in range(2)])
+    noisy = torch.stack([ds[i][1] for i in range(2)])
+    with PesqPool(0) as pool:
+        step = GanStep(g, d, opt_g, opt_d, params["audio"], dict(params["train"]["loss_weights"]), pool)
+        first = step(clean, noisy)
+        for _ in range(40):
+            last = step(clean, noisy)
+    # measured: magnitude 2.9 -> 2.3, total 4.7 -> 3.6 after 40 steps; an untrained loop stays flat
+    assert last["g_magnitude"] < 0.85 * first["g_magnitude"]
+    assert last["g_total"] < 0.85 * first["g_total"]
+    assert step.timings["g_s"] > 0 and step.timings["d_s"] > 0
+
+
+@pytest.mark.parametrize("stage", ["train", "prune"])
+def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path, stage):
+    params = tiny_params()
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for out in (straight, resumed):
+        if stage == "prune":  # both start from the same dense model
+            _run(tiny_params(train__epochs=1), "train", prepared, out)
+    m_straight = _run(params, stage, prepared, straight)
+    part = _run(params, stage, prepared, resumed, stop_after_steps=3)
+    assert part["interrupted"] and (resumed / "ckpt" / f"{stage}.pt").is_file()
+    m_resumed = _run(params, stage, prepared, resumed)
+    assert not (resumed / "ckpt" / f"{stage}.pt").exists()  # removed once the stage finished
+    assert m_resumed["steps"] == m_straight["steps"]
+    g1, _ = load_generator(straight / f"models_{stage}" / "generator.pt")
+    g2, _ = load_generator(resumed / f"models_{stage}" / "generator.pt")
+    for (k, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert m_resumed["g_total"] == pytest.approx(m_straight["g_total"], rel=1e-6)
+
+
+def test_resume_ignores_a_checkpoint_of_other_params(prepared, tmp_path):
+    _run(tiny_params(), "train", prepared, tmp_path, stop_after_steps=2)
+    m = _run(tiny_params(train__lr=1e-4), "train", prepared, tmp_path)
+    assert m["steps"] == 8  # started over: 2 epochs x 4 steps
+
+
+def test_prune_stage_hits_amount_and_saves_a_loadable_dense_state(prepared, tmp_path):
+    _run(tiny_params(train__epochs=1), "train", prepared, tmp_path)
+    m = _run(tiny_params(prune__amount=0.4), "prune", prepared, tmp_path)
+    assert m["conv_sparsity"] == pytest.approx(0.4, abs=1e-3)
+    ckpt = torch.load(tmp_path / "models_prune" / "generator.pt", weights_only=True)
+    assert not any(k.endswith(("_orig", "_mask")) for k in ckpt["state_dict"])
+    g = build_generator(ckpt["model_cfg"], ckpt["audio_cfg"])
+    g.load_state_dict(ckpt["state_dict"])  # strict: a fresh model takes it as is
+    sparsity = json.loads((tmp_path / "models_prune" / "sparsity.json").read_text())
+    assert sparsity["overall"] == pytest.approx(0.4, abs=1e-3)
+    rows = (tmp_path / "plots_prune" / "sparsity.csv").read_text().splitlines()
+    assert rows[0] == "step,sparsity,target" and float(rows[-1].split(",")[1]) == pytest.approx(0.4, abs=1e-3)
+
+
+def test_torchrun_two_processes_keep_replicas_identical(prepared, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from helpers import tiny_params
+        from effifusion.training.trainer import run_training
+        p = tiny_params(train__batch_size=1)
+        m = run_training(p, "train", prepared_dir=Path({str(prepared)!r}), out_dir=Path({str(tmp_path / 'm')!r}),
+                         metrics_path=Path({str(tmp_path / 'train.json')!r}), plots_dir=Path({str(tmp_path / 'p')!r}),
+                         resume_dir=Path({str(tmp_path / 'ck')!r}), track=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29561", str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["ddp_world_size"] == 2
+    assert metrics["ddp_max_param_diff"] == 0.0
+    assert metrics["steps"] == 2 * (8 // 2)  # each rank takes half of the 8 utterances per epoch
+
+
+def test_training_run_is_logged_to_mlflow(prepared, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-sweep")
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params()
+    run_training(params, "train", prepared_dir=prepared, out_dir=tmp_path / "dense",
+                 metrics_path=tmp_path / "train.json", plots_dir=tmp_path / "plots", resume_dir=tmp_path / "ck")
+    ref = json.loads((tmp_path / "dense" / "mlflow_run.json").read_text())
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(ref["run_id"])
+    assert run.data.params["prune.amount"] == "0.3"
+    assert run.data.params["model.channels"] == "8"
+    assert run.data.tags["stage"] == "train"
+    assert run.data.tags["dvc_exp"] == "sunny-sweep"
+    assert len(run.data.tags["params_hash"]) == 12
+    assert run.info.run_name.startswith("train-C8x1")
+    assert "val_pesq" in run.data.metrics and "g_total" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "g_total")
+    assert len(history) >= 4  # a curve, not a single point
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint", "figures", "val_examples"} <= artifacts
+    figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+    assert any(p.endswith("train_losses.png") for p in figures)
+    examples = [a.path for a in client.list_artifacts(run.info.run_id, "val_examples")]
+    assert any(p.endswith("_enhanced.wav") for p in examples) and any(p.endswith(".png") for p in examples)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stage", ["train", "prune"])
+def test_gpu_training_with_bf16_and_compile(prepared, tmp_path, stage):
+    params = tiny_params(train__device="cuda", train__amp="bf16", train__compile=True, train__pesq_workers=2)
+    if stage == "prune":
+        _run(tiny_params(train__epochs=1, train__device="cuda"), "train", prepared, tmp_path)
+    m = _run(params, stage, prepared, tmp_path)
+    assert m["steps"] > 0 and m["g_total"] == m["g_total"]  # finite
+    if stage == "prune":
+        assert m["conv_sparsity"] == pytest.approx(0.3, abs=1e-3)
+
+
+def _demo_prepared(root: Path, n_train: int, n_val: int, snr_db: float) -> Path:
+    """A tiny data/prepared of the demo corpus's synthetic speakers and noises, mixed at 16 kHz."""
+    import numpy as np
+
+    from effifusion.data.demo_corpus import make_noise, make_speaker, make_talkers, make_utterance
+    from effifusion.data.mixing import mix_at_snr
+
+    sr, rng = 16000, np.random.default_rng(0)
+    talkers = make_talkers(sr, rng, count=2)
+    for split, n, speakers, noises in (("train", n_train, ["p001", "p002"], ["car", "ssn", "kitchen"]),
+                                       ("val", n_val, ["p003", "p004"], ["car", "ssn", "kitchen"])):
+        rows = []
+        for i in range(n):
+            spk_name = speakers[i % 2]
+            spk = make_speaker(np.random.default_rng(int(spk_name[1:])))
+            utt = f"{spk_name}_{split}{i:03d}"
+            clean = make_utterance(int(1.6 * sr), sr, spk, rng)
+            noise = make_noise(noises[i % 3], len(clean), sr, rng, talkers)
+            noisy, _ = mix_at_snr(clean, noise, snr_db, sr)
+            peak = max(1.0, np.abs(noisy).max() / 0.9)
+            rows.append(write_pair(root, split, utt, clean / peak, noisy / peak, noises[i % 3], snr_db))
+        write_manifest(root / f"{split}.csv", rows)
+    return root
+
+
+def test_short_training_run_enhances_held_out_speech(tmp_path):
+    """The real train stage with the demo recipe at tiny size: validation PESQ (held-out speakers,
+    whole utterances) ends above the noisy input's, not just a falling loss on one batch."""
+    import numpy as np
+
+    from effifusion.data.datasets import validation_items
+    from effifusion.evaluation.metrics import pesq_wb
+
+    prepared = _demo_prepared(tmp_path / "prepared", n_train=16, n_val=4, snr_db=5.0)
+    params = tiny_params(train__epochs=8, train__val_every_steps=32, train__segment_s=1.0, model__channels=16)
+    items = validation_items(prepared / "val.csv", params["train"]["val_utterances"], seed=0)
+    noisy = np.mean([pesq_wb(c.numpy(), n.numpy()) for _, c, n in items])
+    m = _run(params, "train", prepared, tmp_path)
+    # measured: noisy 1.34 -> model 1.97 after 64 steps (about 110 s on 2 cores)
+    assert m["val_pesq"] > noisy + 0.1, (m["val_pesq"], noisy)
