@@ -42,8 +42,8 @@ def worker(args: argparse.Namespace) -> None:
 
     from effifusion.inference.enhance import ChunkedStream, chunk_geometry, load_enhancer
     from effifusion.inference.export import parity_signal
-    from effifusion.models.effifusion_gan.generator import load_generator
-    from effifusion.models.summary import count_macs, frames_for
+    from effifusion.models.cost import frames_for
+    from effifusion.models.registry import load_checkpoint
 
     if args.backend == "pytorch":
         import torch
@@ -70,14 +70,14 @@ def worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    generator, meta = load_generator(args.checkpoint)
-    hop = meta["audio_cfg"]["hop_length"]
+    generator, _ = load_checkpoint(args.checkpoint)
+    hop = generator.frontend.hop_length
     if long_input:
         chunk, overlap = chunk_geometry(args.chunk_s, OVERLAP_S, sr)
         n_chunks = ChunkedStream.count_chunks(n, chunk, overlap)
-        macs = n_chunks * count_macs(generator, 1 + chunk // hop)["total"]
+        macs = n_chunks * generator.macs(1 + chunk // hop)["total"]
     else:
-        macs = count_macs(generator, frames_for(args.seconds, sr, hop))["total"]
+        macs = generator.macs(frames_for(args.seconds, sr, hop))["total"]
     best = min(times)
     print(json.dumps({
         "backend": args.backend, "threads": args.threads, "input_s": args.seconds, "seconds": best,
@@ -93,22 +93,21 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, dic
 
     from effifusion.core.config import load_params
     from effifusion.inference.export import onnx_model
-    from effifusion.models.effifusion_gan.generator import build_generator, load_generator, save_generator
-    from effifusion.models.summary import parameter_counts
+    from effifusion.models.cost import parameter_counts
+    from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
     params = load_params(args.params)
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
-        generator, meta = load_generator(ckpt)
-        model_cfg, audio_cfg = meta["model_cfg"], meta["audio_cfg"]
+        generator, _ = load_checkpoint(ckpt)
     else:
         torch.manual_seed(0)
-        model_cfg, audio_cfg = params["model"], params["audio"]
-        generator = build_generator(model_cfg, audio_cfg).eval()
+        generator = build_model(params["model"], params["audio"]["sample_rate"]).eval()
         ckpt = tmp / "generator.pt"
-        save_generator(ckpt, generator, model_cfg, audio_cfg)
+        save_checkpoint(ckpt, generator)
     start = time.perf_counter()
-    proto = onnx_model(generator, audio_cfg, int(params["export"]["opset"]), source=ckpt.name)
+    proto = onnx_model(generator, int(params["export"]["opset"]), source=ckpt.name)
+    model_cfg = generator.config()
     onnx_path = tmp / "effifusion.onnx"
     onnx.save_model(proto, str(onnx_path))
     counts = parameter_counts(generator)

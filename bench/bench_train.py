@@ -62,7 +62,7 @@ def main() -> None:
     tc = params["train"]
     bs = args.batch or int(tc["batch_size"])
     seg = args.segment_s or float(tc["segment_s"])
-    workers = int(tc["pesq_workers"]) if args.pesq_workers is None else args.pesq_workers
+    workers = int(params["runtime"]["pesq_workers"]) if args.pesq_workers is None else args.pesq_workers
     m = params["model"]
     print(f"model C={m['channels']} x{m['num_tsblocks']} blocks, batch {bs} x {seg} s, {args.steps} steps, "
           f"PESQ workers {workers}, torch threads {torch.get_num_threads()}")

@@ -22,9 +22,10 @@ if str(ROOT / "tests") not in sys.path:
 from helpers import synthetic_speech  # noqa: E402
 from effifusion.core.config import load_params  # noqa: E402
 from effifusion.models.discriminator import build_discriminator  # noqa: E402
-from effifusion.models.effifusion_gan.generator import build_generator  # noqa: E402
+from effifusion.dsp.stft import StftFrontEnd  # noqa: E402
+from effifusion.models.registry import build_model  # noqa: E402
 from effifusion.training.pesq_pool import PesqPool  # noqa: E402
-from effifusion.training.trainer import GanStep  # noqa: E402
+from effifusion.training.tasks.metric_gan import GanStep  # noqa: E402
 
 __all__ = ["ROOT", "PesqPool", "GanStep", "load_preset", "synthetic_batch", "build_models", "make_step",
            "reset_timings", "reset_peak", "peak_mib"]
@@ -48,7 +49,7 @@ def build_models(params: dict[str, Any], device: torch.device, seed: int = 0, lr
     """Generator, discriminator and their AdamW optimizers (train.lr / train.betas unless lr is given)."""
     torch.manual_seed(seed)
     tc = params["train"]
-    g = build_generator(params["model"], params["audio"]).to(device)
+    g = build_model(params["model"], params["audio"]["sample_rate"]).to(device)
     d = build_discriminator(params["discriminator"]).to(device)
     lr = float(tc["lr"]) if lr is None else lr
     betas = tuple(float(b) for b in tc["betas"])
@@ -61,7 +62,8 @@ def make_step(params: dict[str, Any], g_train: torch.nn.Module, d_train: torch.n
               pool: PesqPool, amp: bool) -> GanStep:
     """The training stages' GanStep over (possibly DDP- or compile-wrapped) models."""
     tc = params["train"]
-    return GanStep(g_train, d_train, opt_g, opt_d, params["audio"], dict(tc["loss_weights"]), pool, amp=amp,
+    frontend = StftFrontEnd.from_config(params["model"])
+    return GanStep(g_train, d_train, opt_g, opt_d, frontend, dict(tc["loss_weights"]), pool, amp=amp,
                    grad_clip=float(tc.get("grad_clip", 0.0)))
 
 

@@ -4,7 +4,7 @@
     python bench/gpu_check.py --json bench/results/gpu_check.json
     python bench/gpu_check.py --quick                         # smoke run: a few steps per phase
 
-The paper preset's model (C=64, 4 TS-Conformer blocks) and recipe (batch 4 x 2 s, train.pesq_workers
+The paper preset's model (C=64, 4 TS-Conformer blocks) and recipe (batch 4 x 2 s, runtime.pesq_workers
 PESQ processes), synthetic speech-like batches (no dataset needed) and the training stages' own
 GanStep. Phases, each under a time cap so the whole run stays within --budget-s (default 450 s):
 
@@ -161,7 +161,7 @@ def setup_params(args: argparse.Namespace) -> dict[str, Any]:
         params["discriminator"]["channels"] = 8
         params["train"].update(batch_size=2, segment_s=0.5)
     if args.pesq_workers is not None:
-        params["train"]["pesq_workers"] = args.pesq_workers
+        params["runtime"]["pesq_workers"] = args.pesq_workers
     return params
 
 
@@ -267,7 +267,7 @@ def child_main(args: argparse.Namespace) -> int:
         dist.init_process_group(backend)
         world = dist.get_world_size()
     batches = make_batches(params, plan.n_batches, device)
-    with PesqPool(int(params["train"]["pesq_workers"]), int(params["audio"]["sample_rate"])) as pool:
+    with PesqPool(int(params["runtime"]["pesq_workers"]), int(params["audio"]["sample_rate"])) as pool:
         if args.child == "ddp":
             row, _ = timed_run("bf16 + DDP (torchrun, 1 proc)", params, device, batches, pool, amp=True,
                                compile_=False, warmup=plan.warmup, steps=plan.ddp_steps, cap_s=plan.ddp_cap_s,
@@ -293,15 +293,15 @@ def child_main(args: argparse.Namespace) -> int:
 
 
 def gpu_info(params: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    from effifusion.models.effifusion_gan.generator import build_generator
+    from effifusion.models.registry import build_model
 
-    g = build_generator(params["model"], params["audio"])
+    g = build_model(params["model"], 16000)
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU smoke run)",
             "channels": params["model"]["channels"], "blocks": params["model"]["num_tsblocks"],
             "params_m": sum(p.numel() for p in g.parameters()) / 1e6,
             "batch": int(params["train"]["batch_size"]), "segment_s": float(params["train"]["segment_s"]),
-            "pesq_workers": int(params["train"]["pesq_workers"]), "cpu_cores": os.cpu_count(),
+            "pesq_workers": int(params["runtime"]["pesq_workers"]), "cpu_cores": os.cpu_count(),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
     return info
 
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 450, quick 300)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile phase")
     ap.add_argument("--no-ddp", action="store_true", help="skip the torchrun + DDP phase")
-    ap.add_argument("--pesq-workers", type=int, default=None, help="default: the preset's train.pesq_workers")
+    ap.add_argument("--pesq-workers", type=int, default=None, help="default: the preset's runtime.pesq_workers")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help=argparse.SUPPRESS)  # cpu: smoke-test this script's logic without a GPU
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny model (CPU smoke tests)

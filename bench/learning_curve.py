@@ -4,7 +4,7 @@
     python bench/learning_curve.py --preset paper --minutes 60     # any preset, on its own device
     python bench/learning_curve.py --minutes 5 --set train.augment.enabled=false --tag no-augment
 
-Runs the train stage's own code (effifusion.training.trainer.run_training, MLflow off) on the prepared data
+Runs the train stage's own code (effifusion.training.stages.train_dense, MLflow off) on the prepared data
 for a fixed wall-clock budget, validating every ``--val-every`` steps on the held-out speakers,
 and writes ``bench/results/learning_curve_<tag>.csv`` and ``.png`` (two panels: PESQ vs steps and
 vs minutes, with the noisy input's PESQ as a dashed line). Wall-clock includes validation.
@@ -86,13 +86,13 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from effifusion.core.config import load_params
-    from effifusion.training.trainer import run_training
+    from effifusion.training.stages import train_dense
 
     params = load_params(ROOT / "presets" / f"{args.preset}.yaml" if args.preset else ROOT / "params.yaml")
     for assignment in args.set:
         set_value(params, assignment)
-    params["train"].update(epochs=10**6, val_every_steps=args.val_every,
-                           checkpoint_every_steps=10**9)  # the run ends on the clock, not the schedule
+    params["train"].update(epochs=10**6, val_every_steps=args.val_every)  # the run ends on the clock
+    params["runtime"]["checkpoint_every_steps"] = 10**9
     prepared = Path(args.prepared)
     tag = args.tag or params.get("preset", "params")
     noisy = noisy_pesq(prepared, params)
@@ -100,8 +100,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run_training(params, "train", prepared_dir=prepared, out_dir=tmp / "model", metrics_path=tmp / "m.json",
-                     plots_dir=tmp / "plots", resume_dir=tmp / "ckpt", stop_after_s=args.minutes * 60, track=False)
+        train_dense(params, prepared_dir=prepared, out_dir=tmp / "model", metrics_path=tmp / "m.json",
+                    plots_dir=tmp / "plots", resume_dir=tmp / "ckpt", stop_after_s=args.minutes * 60, track=False)
         state = torch.load(tmp / "ckpt" / "train.pt", map_location="cpu", weights_only=False)["state"]
     rows = [{"step": v["step"], "minutes": round(v["elapsed_s"] / 60, 3), "val_pesq": round(v["val_pesq"], 4),
              "gain": round(v["val_pesq"] - noisy, 4)} for v in state["val"]]

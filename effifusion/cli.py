@@ -22,7 +22,7 @@ def _preset(args: argparse.Namespace) -> None:
 def _summary(args: argparse.Namespace) -> None:
     from effifusion.models.summary import summarize
 
-    print(json.dumps(summarize(params_path=args.params, checkpoint=args.checkpoint), indent=2))
+    print(json.dumps(summarize(params_path=args.params, checkpoint=args.checkpoint, preset=args.preset), indent=2))
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="parameter, sparsity and MAC counts as JSON")
     s.add_argument("--params", default="params.yaml", help="params file describing the model")
-    s.add_argument("--checkpoint", default=None, help="a trained generator checkpoint (.pt) instead")
+    source = s.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="a preset (presets/NAME.yaml) instead of --params")
+    source.add_argument("--checkpoint", default=None, help="a trained model checkpoint (.pt) instead")
     s.set_defaults(func=_summary)
 
     s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")

@@ -9,7 +9,8 @@ from effifusion.data.mixing import mix_unseen
 def main() -> None:
     params = load_params()
     report = mix_unseen(Path("data/prepared"), Path("data/raw"), Path("data/unseen"), params["mix_unseen"],
-                        seed=params["seed"], sample_rate=params["audio"]["sample_rate"])
+                        seed=params["seed"], sample_rate=params["audio"]["sample_rate"],
+                        workers=params["runtime"]["data_workers"])
     snr = report["measured_snr_db"]
     print(f"mix_unseen: {report['counts']['files']} mixtures ({report['counts']['noises']} noises x "
           f"{report['counts']['snrs']} SNRs), SNR error max {snr['error_max_abs_db']:.3f} dB, "

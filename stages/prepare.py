@@ -9,7 +9,7 @@ from effifusion.data.prepare import prepare_corpus
 def main() -> None:
     params = load_params()
     report = prepare_corpus(Path("data/raw"), Path("data/prepared"), params["prepare"],
-                            sample_rate=params["audio"]["sample_rate"])
+                            sample_rate=params["audio"]["sample_rate"], workers=params["runtime"]["data_workers"])
     counts = report["counts"]
     print(f"prepare: train {counts['train']}, val {counts['val']}, test {counts['test']} pairs, "
           f"{report['skipped']} bad pairs skipped, {report['seconds']:.1f} s "

@@ -28,8 +28,9 @@ def tiny_params(**overrides) -> dict:
     params = copy.deepcopy(params)
     params["model"].update(channels=8, num_tsblocks=1, attn_dropout=0.0)
     params["discriminator"]["channels"] = 8
-    params["train"].update(epochs=2, batch_size=2, segment_s=0.5, val_every_steps=3, val_utterances=2,
-                           checkpoint_every_steps=2, pesq_workers=0, num_workers=0, device="cpu")
+    params["train"].update(epochs=2, batch_size=2, segment_s=0.5, val_every_steps=3, val_utterances=2)
+    params["runtime"].update(checkpoint_every_steps=2, log_every_steps=1, pesq_workers=0, dataloader_workers=0,
+                             device="cpu", data_workers=1, evaluate_workers=1)
     params["prune"].update(epochs=1, prune_every_steps=1, ramp_fraction=0.5)
     params["mlflow"]["experiment"] = "test"
     for key, value in overrides.items():

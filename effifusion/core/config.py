@@ -1,6 +1,7 @@
 """params.yaml access: the one source of settings (no config layer on top of it).
 
-Stages read their section with ``load_params()[name]``. Presets in ``presets/`` are partial
+Stages read their section with ``load_params()[name]``; ``load_params`` checks every value first
+(core/params.py), so a bad setting fails in milliseconds with one line naming it. Presets in ``presets/`` are partial
 params files; ``apply_preset`` merges one into params.yaml so the file always holds every value
 a run used, and records the preset's name under ``preset``.
 """
@@ -32,7 +33,8 @@ def repo_root() -> Path:
     return here
 
 
-def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """The YAML mapping in ``path``, unchecked (partial files: presets being compared, summaries)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root)")
@@ -43,6 +45,13 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml, every setting checked (core/params.py) before the caller does any work."""
+    from effifusion.core.params import check_params
+
+    return check_params(read_params(path))
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -63,28 +72,36 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def preset_path(name_or_path: str) -> Path:
+    """``presets/<name>.yaml`` of the repository (or a path to a params file); ConfigError lists the presets."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    path = repo_root() / "presets" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (repo_root() / "presets").glob("*.yaml"))
+        raise ConfigError(f"preset {name_or_path!r} not found (available: {', '.join(available)})")
+    return path
+
+
+def check_params_of(path: Path) -> dict[str, Any]:
+    """load_params with the file named in the error (a preset with a bad value is refused whole)."""
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def apply_preset(name_or_path: str, params_path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     """Copy ``presets/<name>.yaml`` (or a path) over params.yaml and return its params.
 
     Presets are complete params files, comments included, so params.yaml always shows every
-    value a run used. A preset whose keys differ from params.yaml's is refused: it would drop
-    or add settings silently.
+    value a run used. A preset that does not pass the full check (a missing, unknown or bad
+    setting) is refused before params.yaml is touched.
     """
-    preset_path = Path(name_or_path)
-    if not preset_path.is_file():
-        preset_path = repo_root() / "presets" / f"{name_or_path}.yaml"
-    if not preset_path.is_file():
-        available = sorted(p.stem for p in (repo_root() / "presets").glob("*.yaml"))
-        raise ConfigError(f"preset {name_or_path!r} not found (available: {', '.join(available)})")
-    preset = load_params(preset_path)
-    params_path = Path(params_path)
-    if params_path.is_file():
-        current = set(flatten(load_params(params_path)))
-        wanted = set(flatten(preset))
-        if current != wanted:
-            diff = sorted(current ^ wanted)
-            raise ConfigError(f"{preset_path}: keys differ from {params_path}: {', '.join(diff[:10])}")
-    write_text(params_path, preset_path.read_text())
+    preset_file = preset_path(name_or_path)
+    preset = check_params_of(preset_file)
+    write_text(Path(params_path), preset_file.read_text())
     return preset
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from effifusion.dsp.audio import rms_gain
+from effifusion.dsp.stft import rms_gain
 from effifusion.core.errors import ConfigError
 from effifusion.data.mixing import mix_at_snr, noise_excerpt
 

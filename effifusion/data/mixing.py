@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -20,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import lfilter
-from tqdm import tqdm
 
 from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.core.files import atomic_dir
+from effifusion.core.parallel import run_parallel
 
 # ITU-T P.56 method B constants.
 P56_TIME_CONSTANT_S = 0.03   # envelope smoothing
@@ -155,7 +154,8 @@ UNSEEN_COLUMNS = [
 
 
 def mix_unseen(
-    prepared_dir: Path, raw_dir: Path, out_dir: Path, cfg: dict, seed: int, sample_rate: int = 16000
+    prepared_dir: Path, raw_dir: Path, out_dir: Path, cfg: dict, seed: int, sample_rate: int = 16000,
+    workers: int = 1,
 ) -> dict:
     """Mix prepared test utterances with unseen noises at each (noise, SNR) cell; write ``out_dir``.
 
@@ -172,7 +172,7 @@ def mix_unseen(
     snrs = [float(s) for s in _cfg(cfg, "snrs_db")]
     per_cell = int(_cfg(cfg, "utterances_per_condition"))
     channel = str(_cfg(cfg, "channel"))
-    workers = max(1, int(_cfg(cfg, "workers")))
+    workers = max(1, int(workers))
     if not noises or not snrs or per_cell < 1:
         raise ConfigError("params.yaml: mix_unseen.noises and mix_unseen.snrs_db must be non-empty and "
                           "mix_unseen.utterances_per_condition >= 1")
@@ -337,28 +337,3 @@ def _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_r
         "seconds": round(seconds, 3),
         "files_per_s": round(len(results) / seconds, 2) if seconds > 0 else None,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers shared with prepare: process pool with a progress bar, atomic folder replacement.
-
-
-def _init_worker() -> None:
-    """Worker processes share the cores: one torch thread each (resampling is torch)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def run_parallel(fn, items: list, workers: int, desc: str, unit: str) -> list:
-    """Map ``fn`` over ``items`` in ``workers`` spawned processes (in-process when 1), with tqdm.
-
-    Spawned, not forked: a fork of a process that already ran torch's thread pool can hang.
-    The first exception raised by ``fn`` stops the pool and propagates.
-    """
-    if workers <= 1 or len(items) <= 1:
-        return [fn(it) for it in tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(items)), initializer=_init_worker) as pool:
-        it = pool.imap_unordered(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers))))
-        return list(tqdm(it, total=len(items), desc=desc, unit=unit, dynamic_ncols=True))

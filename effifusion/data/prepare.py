@@ -18,7 +18,7 @@ import numpy as np
 from effifusion.dsp.audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
 from effifusion.core.files import atomic_dir
-from effifusion.data.mixing import run_parallel
+from effifusion.core.parallel import run_parallel
 
 # split name -> (clean folder, noisy folder, log file) inside the raw corpus
 RAW_SPLITS = {
@@ -61,10 +61,10 @@ def read_noise_log(path: Path) -> dict[str, tuple[str, float]]:
     return entries
 
 
-def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 16000) -> dict:
+def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 16000, workers: int = 1) -> dict:
     """Check, resample and split the raw corpus into ``out_dir``; return (and write) report.json.
 
-    ``cfg`` is params["prepare"] (val_speakers, workers, skip_bad_files). Output per the layout
+    ``cfg`` is params["prepare"] (val_speakers, skip_bad_files); ``workers`` processes do the work. Output per the layout
     contract: ``{train,val,test}/{clean,noisy}/<utt>.wav`` at ``sample_rate``, manifests
     ``{train,val,test}.csv`` with paths relative to ``out_dir``, and ``report.json``. Built in a
     temporary folder and renamed into place.
@@ -72,7 +72,7 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
     start = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     val_speakers = [str(s) for s in _cfg(cfg, "val_speakers")]
-    workers = max(1, int(_cfg(cfg, "workers")))
+    workers = max(1, int(workers))
     skip_bad = bool(_cfg(cfg, "skip_bad_files"))
 
     if not val_speakers:

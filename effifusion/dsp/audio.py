@@ -1,4 +1,4 @@
-"""Audio I/O, resampling and the STFT front end shared by every stage.
+"""Audio I/O and resampling shared by every stage (the STFT front end is dsp/stft.py).
 
 WAV files are read and written with soundfile (torchaudio's I/O moved to torchcodec); every
 read is validated so a bad file fails with its name and the problem, not deep inside a model.
@@ -93,48 +93,3 @@ def _torchaudio_resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Te
 
     kw = {k: v for k, v in RESAMPLING.items() if k != "library"}
     return AF.resample(x, orig_sr, new_sr, **kw)
-
-
-# ---------------------------------------------------------------------------------------------
-# STFT front end (MP-SENet convention: tensors are [B, F, T]; magnitude is power-law compressed)
-
-
-def stft_mag_phase(
-    wav: torch.Tensor, n_fft: int = 400, hop_length: int = 100, win_length: int = 400, compress_factor: float = 0.3
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Waveform [B, N] -> (compressed magnitude, phase, compressed complex [B, F, T, 2])."""
-    window = torch.hann_window(win_length, device=wav.device, dtype=wav.dtype)
-    spec = torch.stft(
-        wav, n_fft, hop_length=hop_length, win_length=win_length, window=window,
-        center=True, pad_mode="reflect", normalized=False, return_complex=True,
-    )
-    spec = torch.view_as_real(spec)
-    # Frames centred on a reflection point (the first; the last when N - 1 is a multiple of the hop)
-    # are even-symmetric, so their spectrum is real. Zero the rounding noise in their imaginary
-    # parts: otherwise it decides whether atan2 gives +pi or -pi on negative real bins, and the
-    # model's input would depend on the FFT implementation (the ONNX graph's DFT differs from torch's).
-    centres = torch.arange(spec.shape[-2], device=wav.device) * hop_length
-    reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
-    spec = torch.stack((spec[..., 0], torch.where(reflected, torch.zeros_like(spec[..., 1]), spec[..., 1])), -1)
-    mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
-    pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
-    mag = mag.pow(compress_factor)
-    com = torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
-    return mag, pha, com
-
-
-def istft_mag_phase(
-    mag: torch.Tensor, pha: torch.Tensor, n_fft: int = 400, hop_length: int = 100, win_length: int = 400,
-    compress_factor: float = 0.3, length: int | None = None,
-) -> torch.Tensor:
-    """(compressed magnitude, phase) [B, F, T] -> waveform [B, N]."""
-    mag = mag.pow(1.0 / compress_factor)
-    spec = torch.complex(mag * torch.cos(pha), mag * torch.sin(pha))
-    window = torch.hann_window(win_length, device=mag.device, dtype=mag.dtype)
-    return torch.istft(spec, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, length=length)
-
-
-def rms_gain(noisy: torch.Tensor) -> torch.Tensor:
-    """Per-utterance gain g = sqrt(N / sum(noisy^2)) over the last axis (keepdim)."""
-    n = noisy.shape[-1]
-    return torch.sqrt(n / (noisy.pow(2).sum(-1, keepdim=True) + 1e-12))

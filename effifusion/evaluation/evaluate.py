@@ -17,7 +17,6 @@ published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import statistics
 import time
@@ -36,6 +35,7 @@ from effifusion.data.datasets import read_manifest
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.evaluation.metrics import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
 from effifusion.core.files import atomic_dir
+from effifusion.core.parallel import single_thread_worker
 
 SETS = ("test", "unseen")
 SYSTEMS = ("noisy", "pytorch", "onnx")  # "noisy" = the unprocessed input, the baseline row
@@ -56,7 +56,7 @@ PUBLISHED_CAPTION = ("CSIG, CBAK, COVL: published convention (the CMGAN/MP-SENet
 SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
-CFG_KEYS = ("workers", "device", "num_spectrograms", "rtf_seconds")
+CFG_KEYS = ("num_spectrograms", "rtf_seconds")
 
 
 def evaluate(
@@ -78,7 +78,7 @@ def evaluate(
     and the stage that produces it; ConfigError a bad ``evaluate`` setting.
     """
     start = time.perf_counter()
-    cfg = _check_cfg(params.get("evaluate"))
+    cfg = _check_cfg(params.get("evaluate"), params.get("runtime"))
     sr = int(params["audio"]["sample_rate"])
     if sr != SAMPLE_RATE:
         raise ConfigError(f"audio.sample_rate: {sr} Hz, but wide-band PESQ scores {SAMPLE_RATE} Hz audio")
@@ -92,7 +92,7 @@ def evaluate(
     items = load_items(Path(prepared_dir), Path(unseen_dir))
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
-    # ONNX Runtime runs on the CPU here (effifusion.inference.enhance); evaluate.device applies to the checkpoint
+    # ONNX Runtime runs on the CPU here (effifusion.inference.enhance); runtime.evaluate_device applies to the checkpoint
     models = {"pytorch": (str(torch_model), cfg["device"]), "onnx": (str(onnx_model), "cpu")}
     rtf_signal = _rtf_signal(items[0]["noisy"], float(cfg["rtf_seconds"]), sr)
     t0 = time.perf_counter()
@@ -120,22 +120,26 @@ def evaluate(
 # inputs
 
 
-def _check_cfg(cfg: Any) -> dict[str, Any]:
+def _check_cfg(cfg: Any, runtime: Any) -> dict[str, Any]:
+    """params["evaluate"] plus the runtime's worker count and device as ``workers`` / ``device``."""
     if not isinstance(cfg, dict):
         raise ConfigError("params.yaml: section evaluate is missing or not a mapping")
+    if not isinstance(runtime, dict) or not {"evaluate_workers", "evaluate_device"} <= set(runtime):
+        raise ConfigError("params.yaml: runtime.evaluate_workers and runtime.evaluate_device are needed")
     for key in CFG_KEYS:
         if key not in cfg:
             raise ConfigError(f"params.yaml: evaluate.{key} is missing (needed: {', '.join(CFG_KEYS)})")
+    cfg = {**cfg, "workers": runtime["evaluate_workers"], "device": runtime["evaluate_device"]}
     workers, n_spec, seconds = cfg["workers"], cfg["num_spectrograms"], cfg["rtf_seconds"]
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"evaluate.workers: {workers!r} is not valid (a positive integer)")
+        raise ConfigError(f"runtime.evaluate_workers: {workers!r} is not valid (a positive integer)")
     if not isinstance(n_spec, int) or isinstance(n_spec, bool) or n_spec < 0:
         raise ConfigError(f"evaluate.num_spectrograms: {n_spec!r} is not valid (an integer >= 0)")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.1 <= seconds <= 600:
         raise ConfigError(f"evaluate.rtf_seconds: {seconds!r} is not valid (seconds between 0.1 and 600)")
     device = cfg["device"]
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise ConfigError(f"evaluate.device: {device!r} is not valid (auto | cpu | cuda)")
+        raise ConfigError(f"runtime.evaluate_device: {device!r} is not valid (auto | cpu | cuda)")
     if device == "auto":
         import torch
 
@@ -178,11 +182,7 @@ _ENHANCERS: dict[str, Any] = {}
 
 
 def _init_worker(models: dict[str, tuple[str, str]]) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    import torch
-
-    torch.set_num_threads(1)
+    single_thread_worker()
     _MODELS.update(models)
 
 
@@ -482,14 +482,13 @@ def snr_plot(table: list[dict[str, Any]], set_name: str, metric: str, path: Path
 
 def _model_summary(torch_model: Path, onnx_model: Path) -> dict[str, Any]:
     """Parameter counts and analytic GMAC per second of the checkpoint; the ONNX file's size."""
-    from effifusion.models.effifusion_gan.generator import load_generator
-    from effifusion.models.summary import count_macs, frames_for, parameter_counts
+    from effifusion.models.cost import frames_for, parameter_counts
+    from effifusion.models.registry import load_checkpoint
 
-    model, meta = load_generator(torch_model)
+    model, _ = load_checkpoint(torch_model)
     counts = parameter_counts(model)
-    audio = meta["audio_cfg"]
-    macs = count_macs(model, frames_for(1.0, audio["sample_rate"], audio["hop_length"]))["total"]
-    return {"checkpoint": str(torch_model), "params_total": counts["params_total"],
+    macs = model.macs(frames_for(1.0, model.sample_rate, model.frontend.hop_length))["total"]
+    return {"checkpoint": str(torch_model), "arch": model.arch, "params_total": counts["params_total"],
             "params_nonzero": counts["params_nonzero"], "gmac_per_second": round(macs / 1e9, 4),
             "onnx": str(onnx_model), "onnx_mb": round(onnx_model.stat().st_size / 2 ** 20, 3)}
 

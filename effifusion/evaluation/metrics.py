@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -37,6 +36,8 @@ from scipy.signal.windows import kaiser
 
 from effifusion.dsp.audio import SILENCE_PEAK, read_wav
 from effifusion.core.files import atomic_path
+from effifusion.core.parallel import single_thread_worker
+from effifusion.evaluation.pesq import PESQ_SAMPLE_RATE, pesq_wb
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
 
 METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
@@ -47,7 +48,6 @@ CONVENTION_NOTES = {
     "matlab": "matlab (Loizou compute_metrics, int16 scale)",
     "published": "CMGAN/MP-SENet Python port on float input",
 }
-PESQ_SAMPLE_RATE = 16_000
 MIN_DURATION_S = 0.25          # PESQ needs at least a quarter second of speech
 MAX_TRIM_SAMPLES = 1600        # length mismatch trimmed silently up to this (0.1 s at 16 kHz) ...
 MAX_TRIM_FRACTION = 0.01       # ... or up to 1 % of the longer signal
@@ -77,32 +77,6 @@ CRITICAL_BAND_WIDTHS_HZ = np.array([
 
 # ---------------------------------------------------------------------------------------------
 # PESQ
-
-
-def pesq_wb(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE) -> float:
-    """Wide-band PESQ (ITU-T P.862.2) of ``enhanced`` against ``clean``; AudioError when undefined."""
-    from pesq import BufferTooShortError, NoUtterancesError, pesq
-
-    if sr != PESQ_SAMPLE_RATE:
-        raise AudioError(f"wide-band PESQ needs {PESQ_SAMPLE_RATE} Hz audio, got {sr} Hz: resample first "
-                         "(effifusion.dsp.audio.resample)")
-    try:
-        return float(pesq(sr, np.asarray(clean), np.asarray(enhanced), "wb"))
-    except NoUtterancesError:
-        raise AudioError("PESQ found no speech (no utterances) in the signals") from None
-    except BufferTooShortError:
-        raise AudioError("signals are too short for PESQ") from None
-    except Exception as exc:  # the C library's other errors (out of memory, ...) and pesq's ValueErrors
-        raise AudioError(f"PESQ failed: {type(exc).__name__}: {exc}") from None
-
-
-def pesq_or_nan(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE) -> float:
-    """Wide-band PESQ, or NaN when it cannot be computed: never raises (for training-time batches)."""
-    try:
-        clean, enhanced = _as_float_pair(clean, enhanced, ("clean", "enhanced"))
-        return pesq_wb(clean, enhanced, sr)
-    except Exception:
-        return float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,19 +407,6 @@ def score_keys(convention: str = DEFAULT_CONVENTION, extra_conventions: tuple[st
 # many files
 
 
-def _limit_threads() -> None:
-    """Worker initialiser: one thread each, so N workers use N cores instead of N x cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: numpy's BLAS then keeps its default pool
-        return
-    threadpool_limits(1)
-
-
 def _score_file(job: tuple[str, str, str, str, tuple[str, ...]]) -> dict:
     """One row for score_files; failures become an ``error`` field instead of an exception."""
     utt, clean_path, enhanced_path, convention, extra = job
@@ -492,7 +453,7 @@ def score_files(
     else:
         chunksize = max(1, min(16, math.ceil(len(jobs) / (4 * workers))))
         spawn = get_context("spawn")  # fork after torch/OpenMP started threads can deadlock
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_limit_threads) as pool:
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=single_thread_worker) as pool:
             rows = list(tqdm(pool.map(_score_file, jobs, chunksize=chunksize), **bar))
     if not allow_errors:
         _raise_failures(rows)

@@ -20,7 +20,7 @@ from typing import Any
 from effifusion.core import files
 from effifusion.tracking import figures
 from effifusion.tracking import runs as tracking
-from effifusion.core.config import load_params, repo_root
+from effifusion.core.config import read_params, repo_root
 from effifusion.core.errors import DataError
 
 QUALITY = ("pesq", "csig", "cbak", "covl", "stoi")
@@ -130,7 +130,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
     import mlflow
 
     out_dir = Path(out_dir)
-    experiment = experiment or load_params(repo_root() / "params.yaml")["mlflow"]["experiment"]
+    experiment = experiment or read_params(repo_root() / "params.yaml")["mlflow"]["experiment"]
     dense_run_id, runs = sweep_runs(experiment, dense_run_id)
     rows = sweep_rows(runs)
     best, excluded = select_best(rows)

@@ -90,7 +90,7 @@ def chunk_geometry(chunk_s: float, overlap_s: float, sample_rate: int) -> tuple[
 
 
 def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | None = None) -> Enhancer:
-    """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU) or a generator checkpoint ``.pt`` (PyTorch).
+    """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU) or a model checkpoint ``.pt`` (PyTorch).
 
     ``threads`` sets ONNX Runtime's intra-op threads, or torch.set_num_threads for checkpoints
     (process-wide). A missing or unreadable model is a ConfigError naming the file.
@@ -104,7 +104,7 @@ def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | No
         return _onnx_enhancer(path, device, threads)
     if suffix in (".pt", ".pth"):
         return _torch_enhancer(path, device, threads)
-    raise ConfigError(f"{path}: unknown model type {path.suffix!r} (expected .onnx or a generator .pt)")
+    raise ConfigError(f"{path}: unknown model type {path.suffix!r} (expected .onnx or a model checkpoint .pt)")
 
 
 def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
@@ -112,7 +112,7 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
 
     if device != "cpu":
         raise ConfigError(f"--device {device}: ONNX models run on the CPU here; "
-                          f"use a generator .pt for {device}")
+                          f"use a model checkpoint .pt for {device}")
     try:
         session = onnx_session(path, threads)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
@@ -134,19 +134,19 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
 def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
     import torch
 
-    from effifusion.models.effifusion_gan.generator import load_generator
+    from effifusion.models.registry import load_checkpoint
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     if threads:
         torch.set_num_threads(int(threads))
-    generator, meta = load_generator(path, map_location=device)
+    model, _ = load_checkpoint(path, map_location=device)
 
     def run_batch(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return generator.enhance(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            return model.enhance(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
-    return Enhancer(run_batch, int(meta["audio_cfg"]["sample_rate"]), "pytorch", str(path))
+    return Enhancer(run_batch, model.sample_rate, "pytorch", str(path))
 
 
 # ---------------------------------------------------------------------------------------------

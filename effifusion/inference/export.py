@@ -1,11 +1,8 @@
-"""ONNX export of the whole waveform-to-waveform enhancer (REFERENCE §3, §8).
+"""ONNX export of a model's whole waveform-to-waveform enhancer (REFERENCE §3, §8).
 
-ONNX has no ISTFT operator and an exported ``torch.istft`` does not load in ONNX Runtime, so the
-graph does both transforms with DFT bases: the STFT is a strided conv1d with windowed cos/sin
-kernels over the reflect-padded signal; the inverse is a conv_transpose1d with the windowed
-inverse-DFT kernels (irfft and overlap-add in one op), divided by the overlap-added squared
-window and centre-trimmed. The bases are computed inside the graph from integer ranges, so the
-file holds only the generator's weights (and the window) and its compressed size shows sparsity.
+What is exported is the model's ``export_module()`` (by default its ``enhance``: normalisation, STFT,
+network, inverse STFT, all in the graph; the front end switches to DFT bases while exporting, see
+dsp/stft.py), so the file holds only the model's weights and its compressed size shows sparsity.
 
 Exporter: torch.onnx's dynamo exporter (torch.export), with onnxscript's graph optimizer OFF:
 its rewrite rules treat an added constant |c| < 1e-8 as zero and delete the front end's
@@ -18,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -29,12 +26,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
-from effifusion.dsp.audio import rms_gain
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError, EffiFusionError
-from effifusion.models.effifusion_gan.generator import AUDIO_KEYS, Generator, load_generator
+from effifusion.dsp.stft import dft_transforms
+from effifusion.models.base import EnhancementModel
+from effifusion.models.registry import load_checkpoint
 
 ONNX_FILE = "effifusion.onnx"
 REPORT_FILE = "export.json"
@@ -45,84 +42,7 @@ EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]}), onnxsc
 
 
 class ExportError(EffiFusionError):
-    """The exported graph does not reproduce the PyTorch generator (parity check failed)."""
-
-
-class WaveformEnhancer(nn.Module):
-    """Export wrapper: waveform [B, N] float32 → enhanced waveform [B, N], everything in the graph.
-
-    Same steps as ``Generator.enhance``: RMS gain per row, zero-padding to ``min_samples``, centred
-    STFT with reflect padding, compressed magnitude and phase, generator, decompression, inverse
-    STFT, crop to N, undo the gain. Any batch size and any N ≥ 1.
-
-    Frames centred on a reflection point (the first; the last when N % hop == 1) are even-symmetric,
-    so their spectrum is real: their imaginary parts are set to exactly 0, as in
-    ``audio.stft_mag_phase``. Otherwise rounding noise decides whether atan2 returns +π or −π for
-    their negative-real bins, and the output would depend on the FFT implementation.
-    """
-
-    def __init__(self, generator: Generator):
-        super().__init__()
-        self.generator = generator
-        kw = generator.stft_kw
-        self.n_fft, self.hop, self.win_length = kw["n_fft"], kw["hop_length"], kw["win_length"]
-        self.compress = float(kw["compress_factor"])
-        self.min_samples = generator.min_samples
-        self.n_bins = self.n_fft // 2 + 1
-        window = torch.hann_window(self.win_length, dtype=torch.float64)
-        left = (self.n_fft - self.win_length) // 2  # torch.stft centres a shorter window inside n_fft
-        window = nn.functional.pad(window, (left, self.n_fft - self.win_length - left))
-        self.register_buffer("window", window.float(), persistent=False)
-
-    def dft_bases(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(analysis, synthesis) kernels [2F, 1, n_fft]: rows 0..F-1 real part, F..2F-1 imaginary part.
-
-        Analysis: X_k = Σ x[n] w[n] e^{-2πikn/N} (torch.stft). Synthesis: irfft (DC and Nyquist
-        counted once, their imaginary parts ignored, as torch.istft) times the window. The phase
-        index k·n is reduced mod N to (−N/2, N/2] before the float conversion, and sines that are
-        exactly zero in theory are set to 0, so DC / Nyquist imaginary parts are exactly 0.
-        """
-        n_fft = self.n_fft
-        device = self.window.device
-        k = torch.arange(self.n_bins, device=device)[:, None]
-        n = torch.arange(n_fft, device=device)[None, :]
-        m = (k * n) % n_fft
-        m = torch.where(2 * m > n_fft, m - n_fft, m)
-        angle = m.to(torch.float32) * (2 * math.pi / n_fft)
-        cos = torch.cos(angle)
-        sin = torch.where((m == 0) | (2 * m == n_fft), torch.zeros_like(angle), torch.sin(angle))
-        analysis = torch.cat([cos * self.window, -sin * self.window])[:, None, :]
-        once = (k == 0) | (2 * k == n_fft)
-        scale = torch.where(once, torch.ones_like(cos[:, :1]), 2 * torch.ones_like(cos[:, :1])) / n_fft
-        synthesis = analysis * torch.cat([scale, scale])[:, :, None]
-        return analysis, synthesis
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        n = wav.shape[-1]
-        gain = rms_gain(wav)
-        x = wav * gain
-        # Generator.enhance zero-pads inputs shorter than n_fft; sym_max stays symbolic in the export
-        # and narrow() (unlike slicing) keeps the length a plain expression of N.
-        padded_len = torch.sym_max(n, self.min_samples)
-        x = torch.cat([x, x.new_zeros(x.shape[0], self.min_samples)], dim=-1).narrow(-1, 0, padded_len)
-        half = self.n_fft // 2
-        analysis, synthesis = self.dft_bases()
-        x = nn.functional.pad(x[:, None, :], (half, half), mode="reflect")
-        spec = nn.functional.conv1d(x, analysis, stride=self.hop)  # [B, 2F, T]
-        re, im = spec[:, : self.n_bins], spec[:, self.n_bins:]
-        centres = torch.arange(spec.shape[-1], device=spec.device) * self.hop
-        im = torch.where((centres == 0) | (centres == padded_len - 1), torch.zeros_like(im), im)
-        mag = torch.sqrt(re * re + im * im + 1e-9).pow(self.compress)
-        pha = torch.atan2(im + 1e-10, re + 1e-5)
-        out_mag, out_pha, _ = self.generator(mag, pha)
-        out_mag = out_mag.pow(1.0 / self.compress)
-        out_spec = torch.cat([out_mag * torch.cos(out_pha), out_mag * torch.sin(out_pha)], dim=1)
-        frames = nn.functional.conv_transpose1d(out_spec, synthesis, stride=self.hop)[:, 0]
-        ones = torch.ones_like(out_spec[:1, :1])
-        window_sq = (self.window * self.window)[None, None, :]
-        envelope = nn.functional.conv_transpose1d(ones, window_sq, stride=self.hop)[:, 0]
-        out = frames.narrow(-1, half, n) / envelope.narrow(-1, half, n)
-        return out / gain
+    """The exported graph does not reproduce the PyTorch model (parity check failed)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,17 +130,18 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_graph(generator: Generator, opset: int) -> Any:
-    """The wrapped generator as an ONNX ModelProto (dynamo exporter; dynamic batch and length axes).
+def export_graph(model: EnhancementModel, opset: int) -> Any:
+    """The model's export module as an ONNX ModelProto (dynamo exporter; dynamic batch and length axes).
 
     The example batch is 2 and the batch axis declared >= 2: torch.export otherwise specialises the
     CPU convolution backend choice to batch 1. The exported graph itself has no such limit
     (ONNX Runtime runs batch 1 fine; the parity check does exactly that).
     """
-    wrapper = WaveformEnhancer(generator).eval()
-    example = torch.from_numpy(np.stack([parity_signal(16000, 16000, seed) for seed in (1, 2)]))
+    wrapper = model.export_module().eval()
+    sr = model.sample_rate
+    example = torch.from_numpy(np.stack([parity_signal(sr, sr, seed) for seed in (1, 2)]))
     dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: torch.export.Dim("samples", min=1)}
-    with _quiet_exporter(), torch.no_grad():
+    with _quiet_exporter(), torch.no_grad(), dft_transforms():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, optimize=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"wav": dims},
@@ -229,12 +150,13 @@ def export_graph(generator: Generator, opset: int) -> Any:
     return _castlike_to_cast(_stripped(program.model_proto))
 
 
-def onnx_model(generator: Generator, audio_cfg: dict[str, Any], opset: int, source: str = "") -> Any:
-    """The exported graph with the metadata the enhancer reads back (sample rate, STFT settings,
-    minimum length, exporter, source checkpoint). Not yet checked against PyTorch: see export_onnx."""
-    model_proto = export_graph(generator, opset)
-    props = {**{k: str(audio_cfg[k]) for k in AUDIO_KEYS}, "min_samples": str(generator.min_samples),
-             "exporter": EXPORTER, "source": source}
+def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
+    """The exported graph with the metadata the enhancer reads back (architecture, its config, sample
+    rate, minimum length, exporter, source checkpoint). Not yet checked against PyTorch: see export_onnx."""
+    model_proto = export_graph(model, opset)
+    props = {"arch": model.arch, "config": json.dumps(model.config()), "sample_rate": str(model.sample_rate),
+             **{k: str(v) for k, v in model.frontend.config().items()},
+             "min_samples": str(model.min_samples), "exporter": EXPORTER, "source": source}
     del model_proto.metadata_props[:]
     for key, value in props.items():
         entry = model_proto.metadata_props.add()
@@ -269,15 +191,15 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def check_parity(onnx_path: Path, generator: Generator, lengths_s: list[float], sample_rate: int
+def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float], sample_rate: int
                  ) -> dict[str, float]:
-    """Max |ONNX Runtime − Generator.enhance| of the waveform for each length (key: seconds as text)."""
+    """Max |ONNX Runtime − model.enhance| of the waveform for each length (key: seconds as text)."""
     session = onnx_session(onnx_path)
     diffs: dict[str, float] = {}
     for i, seconds in enumerate(lengths_s):
         x = parity_signal(max(1, int(round(seconds * sample_rate))), sample_rate, seed=10 + i)[None]
         with torch.inference_mode():
-            expected = generator.enhance(torch.from_numpy(x)).numpy()
+            expected = model.enhance(torch.from_numpy(x)).numpy()
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         if got.shape != expected.shape:
             raise ExportError(f"{onnx_path}: output shape {got.shape} for input {x.shape}, "
@@ -286,18 +208,17 @@ def check_parity(onnx_path: Path, generator: Generator, lengths_s: list[float], 
     return diffs
 
 
-def _check_audio_cfg(generator_path: Path, ckpt_audio: dict[str, Any], audio_cfg: dict[str, Any]) -> None:
-    for key in AUDIO_KEYS:
-        if key in audio_cfg and ckpt_audio.get(key) != audio_cfg[key]:
-            raise ConfigError(f"{generator_path}: trained with audio.{key} = {ckpt_audio.get(key)!r}, "
-                              f"but params.yaml has audio.{key} = {audio_cfg[key]!r} (retrain or restore it)")
+def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dict[str, Any]) -> None:
+    if "sample_rate" in audio_cfg and model.sample_rate != audio_cfg["sample_rate"]:
+        raise ConfigError(f"{checkpoint}: trained at {model.sample_rate} Hz, but params.yaml has audio.sample_rate = "
+                          f"{audio_cfg['sample_rate']!r} (retrain or restore it)")
 
 
-def export_onnx(generator_path: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict) -> dict[str, Any]:
-    """Export the (pruned) generator at ``generator_path`` to ``out_dir/effifusion.onnx``; return the report.
+def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict) -> dict[str, Any]:
+    """Export the (pruned) model at ``checkpoint`` to ``out_dir/effifusion.onnx``; return the report.
 
-    Pruning masks are folded into plain weights by ``load_generator``, so each weight is stored once.
-    The graph is checked (onnx.checker, full) and run in ONNX Runtime against ``Generator.enhance``
+    Pruning masks are folded into plain weights by ``load_checkpoint``, so each weight is stored once.
+    The graph is checked (onnx.checker, full) and run in ONNX Runtime against the model's ``enhance``
     at each of ``export_cfg["parity_lengths_s"]`` before it replaces any previous file; a difference
     above ``parity_tolerance`` raises ExportError with the numbers. ``out_dir/export.json`` gets the report.
     """
@@ -306,17 +227,17 @@ def export_onnx(generator_path: Path, out_dir: Path, export_cfg: dict, audio_cfg
     from effifusion.core.files import write_json
 
     opset, lengths_s, tolerance = _check_export_cfg(export_cfg)
-    generator_path, out_dir = Path(generator_path), Path(out_dir)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     start = time.perf_counter()
-    generator, meta = load_generator(generator_path)
-    _check_audio_cfg(generator_path, meta["audio_cfg"], audio_cfg)
-    sample_rate = int(meta["audio_cfg"]["sample_rate"])
+    model, _ = load_checkpoint(checkpoint)
+    _check_sample_rate(checkpoint, model, audio_cfg)
+    sample_rate = model.sample_rate
 
-    model_proto = onnx_model(generator, meta["audio_cfg"], opset, source=generator_path.name)
+    model_proto = onnx_model(model, opset, source=checkpoint.name)
     names = [init.name for init in model_proto.graph.initializer]
     leftovers = [name for name in names if name.endswith(("_orig", "_mask"))]
     if leftovers:
-        raise ExportError(f"{generator_path}: pruning reparametrisation left in the graph: {leftovers[:3]}")
+        raise ExportError(f"{checkpoint}: pruning reparametrisation left in the graph: {leftovers[:3]}")
     stored_values = sum(int(np.prod(init.dims)) for init in model_proto.graph.initializer)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,18 +245,18 @@ def export_onnx(generator_path: Path, out_dir: Path, export_cfg: dict, audio_cfg
     with atomic_path(onnx_path) as tmp:
         onnx.save_model(model_proto, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
-        diffs = check_parity(tmp, generator, lengths_s, sample_rate)
+        diffs = check_parity(tmp, model, lengths_s, sample_rate)
         worst = max(diffs.values())
         if not worst <= tolerance:
             raise ExportError(
-                f"{onnx_path}: ONNX Runtime output differs from Generator.enhance by up to {worst:.3g} "
+                f"{onnx_path}: ONNX Runtime output differs from the model's enhance() by up to {worst:.3g} "
                 f"(tolerance {tolerance:g}); max |diff| per length (s): "
                 + ", ".join(f"{k}: {v:.3g}" for k, v in diffs.items())
             )
 
-    params_total = sum(p.numel() for p in generator.parameters())
-    params_nonzero = sum(int((p != 0).sum()) for p in generator.parameters())
-    state_values = sum(v.numel() for k, v in generator.state_dict().items()
+    params_total = sum(p.numel() for p in model.parameters())
+    params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    state_values = sum(v.numel() for k, v in model.state_dict().items()
                        if not k.endswith("num_batches_tracked"))
     report = {
         "onnx_file": str(onnx_path),

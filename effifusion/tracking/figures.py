@@ -23,12 +23,12 @@ def pyplot():
     return plt
 
 
-def training_figures(state: dict[str, Any], out_dir: Path, stage: str) -> list[Path]:
-    """Loss curves, validation PESQ and (prune stage) sparsity against step, as PNGs."""
+def training_figures(hist: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
+                     sparsity: Sequence[dict[str, Any]], out_dir: Path, stage: str) -> list[Path]:
+    """Loss curves, validation PESQ and (when pruning) sparsity against step, as PNGs."""
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    hist = state["history"]
     if hist:
         steps = [r["step"] for r in hist]
         keys = [k for k in hist[0] if k.startswith(("g_", "d_"))]
@@ -42,14 +42,14 @@ def training_figures(state: dict[str, Any], out_dir: Path, stage: str) -> list[P
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         paths.append(save_figure(fig, out_dir / f"{stage}_losses.png"))
-    if state["val"] or state["sparsity"]:
+    if val or sparsity:
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        if state["val"]:
-            ax.plot([r["step"] for r in state["val"]], [r["val_pesq"] for r in state["val"]], "o-", label="val PESQ")
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_pesq"] for r in val], "o-", label="val PESQ")
             ax.set_ylabel("PESQ (wb)")
-        if state["sparsity"]:
+        if sparsity:
             ax2 = ax.twinx()
-            ax2.step([0] + [r["step"] for r in state["sparsity"]], [0] + [r["sparsity"] for r in state["sparsity"]],
+            ax2.step([0] + [r["step"] for r in sparsity], [0] + [r["sparsity"] for r in sparsity],
                      "r-", where="post", label="sparsity")
             ax2.set_ylabel("conv sparsity", color="r")
         ax.set_xlabel("step")

@@ -12,9 +12,7 @@ module's dependencies, and run single-threaded.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
-import os
 import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,30 +20,10 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+from effifusion.core.parallel import single_thread_worker
+from effifusion.evaluation.pesq import pesq_or_nan
+
 _Item = tuple[Future, int] | float  # (future, executor generation) or an inline score
-
-
-def pesq_item(clean: np.ndarray, enhanced: np.ndarray, sr: int) -> float:
-    """Wide-band PESQ of one pair, NaN when the reference implementation fails (never raises)."""
-    from pesq import pesq
-
-    try:
-        ref, deg = np.asarray(clean, dtype=np.float32), np.asarray(enhanced, dtype=np.float32)
-        score = float(pesq(sr, ref, deg, "wb"))
-    except Exception:  # noqa: BLE001 - pesq raises RuntimeError subclasses, ValueError on silence, ...
-        return math.nan
-    return score if math.isfinite(score) else math.nan
-
-
-def _init_worker() -> None:
-    """Keep each worker on one thread: PESQ is single-threaded C, the cores belong to training."""
-    for var in _THREAD_ENV:
-        os.environ[var] = "1"
-    import sys
-
-    if "torch" in sys.modules:  # imported with the spawned main module, not by us
-        sys.modules["torch"].set_num_threads(1)
 
 
 class PesqResult:
@@ -100,7 +78,7 @@ class PesqPool:
 
     def _start(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker)
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=single_thread_worker)
 
     def submit(self, clean: np.ndarray, enhanced: np.ndarray) -> PesqResult:
         """Queue a batch [B, N] (or one item [N]) and return at once (inline mode: when scored)."""
@@ -117,12 +95,12 @@ class PesqPool:
 
     def _submit_item(self, clean: np.ndarray, enhanced: np.ndarray) -> _Item:
         if self._executor is None:
-            return pesq_item(clean, enhanced, self.sr)
+            return pesq_or_nan(clean, enhanced, self.sr)
         try:
-            return self._executor.submit(pesq_item, clean, enhanced, self.sr), self._generation
+            return self._executor.submit(pesq_or_nan, clean, enhanced, self.sr), self._generation
         except (BrokenProcessPool, RuntimeError) as exc:
             self._restart(exc)
-            return pesq_item(clean, enhanced, self.sr)
+            return pesq_or_nan(clean, enhanced, self.sr)
 
     def _collect(self, future: Future, generation: int, clean: np.ndarray, enhanced: np.ndarray) -> float:
         try:
@@ -132,7 +110,7 @@ class PesqPool:
                 raise
             if generation == self._generation:  # the first failure of this executor restarts it
                 self._restart(exc)
-            return pesq_item(clean, enhanced, self.sr)
+            return pesq_or_nan(clean, enhanced, self.sr)
 
     def _restart(self, exc: BaseException) -> None:
         if self._executor is None:

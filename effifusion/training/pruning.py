@@ -31,8 +31,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from effifusion.core.errors import ConfigError
+from effifusion.models.base import CONV_TYPES
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 ALL_CONV = "all-conv"  # special pattern: every convolution module, whatever its name
 
 PrunableParams = list[tuple[nn.Module, str]]
@@ -41,7 +41,8 @@ PrunableParams = list[tuple[nn.Module, str]]
 def select_prunable(model: nn.Module, patterns: list[str]) -> PrunableParams:
     """(module, "weight") of every conv module whose qualified name matches a regex (re.search).
 
-    The pattern "all-conv" selects every Conv1d/Conv2d/ConvTranspose1d/2d. An empty selection is a
+    The pattern "all-conv" selects every layer the model declares prunable (``prunable_modules``:
+    every Conv1d/Conv2d/ConvTranspose1d/2d by default; all of them for a plain nn.Module). An empty selection is a
     ConfigError naming the patterns and the conv modules that exist.
     """
     if isinstance(patterns, str) or not patterns:
@@ -55,7 +56,10 @@ def select_prunable(model: nn.Module, patterns: list[str]) -> PrunableParams:
         except re.error as exc:
             raise ConfigError(f"params.yaml prune.layers: {p!r} is not a valid regex ({exc})") from None
     take_all = ALL_CONV in patterns
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, CONV_TYPES)]
+    if hasattr(model, "prunable_modules"):  # the model contract names its prunable layers
+        convs = list(model.prunable_modules())
+    else:
+        convs = [(name, m) for name, m in model.named_modules() if isinstance(m, CONV_TYPES)]
     selected = [(m, "weight") for name, m in convs if take_all or any(r.search(name) for r in regexes)]
     if not selected:
         examples = ", ".join(name for name, _ in convs[:8]) or "none"

@@ -51,7 +51,7 @@ def test_apply_preset_copies_the_file_and_refuses_unknown(tmp_path, monkeypatch,
     assert "not found (available: demo, paper)" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: bad\nseed: 1\n")
-    with pytest.raises(ConfigError, match="keys differ"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: params.yaml audio: missing setting"):
         apply_preset(str(bad))
 
 
@@ -86,9 +86,11 @@ def test_concurrent_first_use_creates_one_store(tmp_path):
 
 
 def test_stage_error_is_one_line_and_exit_2(tmp_path):
-    (tmp_path / "params.yaml").write_text("corpus: {name: nope}\nseed: 1\ndownload: {}\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["corpus"]["name"] = "nope"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "stage download: error: params.yaml corpus.name = 'nope': expected one of demo, voicebank_demand"]
+        "stage download: error: params.yaml corpus.name: 'nope' is not valid (one of demo, voicebank_demand)"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT
 import soundfile as sf
 
@@ -466,14 +467,15 @@ def test_fetch_voicebank_demand_incomplete_corpus_keeps_previous_raw(fake_corpus
 
 
 @pytest.mark.parametrize("corpus, local_copy, expected", [
-    ("librispeech", "", "corpus.name = 'librispeech': expected one of demo, voicebank_demand"),
+    ("librispeech", "", "corpus.name: 'librispeech' is not valid (one of demo, voicebank_demand)"),
     ("voicebank_demand", "/nonexistent/mirror", "download.local_copy"),
 ])
 def test_stage_reports_user_errors_in_one_line(tmp_path, corpus, local_copy, expected):
-    (tmp_path / "params.yaml").write_text(
-        f"seed: 1\ncorpus:\n  name: {corpus}\n  demo: {{}}\n"
-        f"download:\n  datashare_url: http://127.0.0.1:9/x\n  zenodo_url: http://127.0.0.1:9/y\n"
-        f"  local_copy: '{local_copy}'\n  retries: 1\n  timeout_s: 1\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["corpus"]["name"] = corpus
+    params["download"].update(datashare_url="http://127.0.0.1:9/x", zenodo_url="http://127.0.0.1:9/y",
+                              local_copy=local_copy, retries=1, timeout_s=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

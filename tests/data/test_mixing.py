@@ -110,7 +110,7 @@ def unseen_inputs(tmp_path: Path) -> tuple[Path, Path, dict]:
     # a 48 kHz noise file must be resampled to 16 kHz first
     write_wav(raw / "demand" / "NFIELD" / "ch01.wav", 0.05 * rng.standard_normal(3 * 48000), 48000)
     cfg = {"noises": ["NPARK", "NFIELD"], "snrs_db": [7.5, -5.0, 0.0], "utterances_per_condition": 3,
-           "channel": "ch01", "workers": 1}
+           "channel": "ch01"}
     return prepared, raw, cfg
 
 
@@ -154,7 +154,7 @@ def test_mix_unseen_is_byte_identical_across_reruns_and_worker_counts(unseen_inp
     out = prepared.parent / "unseen"
     mix_unseen(prepared, raw, out, cfg, seed=7)
     first = _tree_bytes(out)
-    mix_unseen(prepared, raw, out, {**cfg, "workers": 2}, seed=7)      # replaces out, in 2 processes
+    mix_unseen(prepared, raw, out, cfg, seed=7, workers=2)      # replaces out, in 2 processes
     assert _tree_bytes(out) == first
     mix_unseen(prepared, raw, out, cfg, seed=8)
     assert _tree_bytes(out) != first

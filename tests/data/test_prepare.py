@@ -16,7 +16,7 @@ from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.data.prepare import prepare_corpus, read_noise_log
 
 SR_RAW = 48000
-CFG = {"val_speakers": ["p002"], "workers": 1, "skip_bad_files": False}
+CFG = {"val_speakers": ["p002"], "skip_bad_files": False}
 TRAIN = [f"p001_{i:03d}" for i in range(1, 5)] + ["p002_001", "p002_002"]
 TEST = [f"p003_{i:03d}" for i in range(1, 5)]
 
@@ -186,7 +186,7 @@ def test_validation_speakers_must_come_from_the_training_set(raw):
 def test_two_worker_processes_give_identical_output_and_report_worker_errors(raw):
     one, two = raw.parent / "one", raw.parent / "two"
     prepare_corpus(raw, one, CFG)
-    prepare_corpus(raw, two, {**CFG, "workers": 2})
+    prepare_corpus(raw, two, CFG, workers=2)
     files = sorted(p.relative_to(one) for p in one.rglob("*.wav"))
     assert len(files) == 20
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
@@ -194,4 +194,4 @@ def test_two_worker_processes_give_identical_output_and_report_worker_errors(raw
 
     path = _stereo(raw)
     with pytest.raises(AudioError, match=re.escape(str(path))):
-        prepare_corpus(raw, raw.parent / "three", {**CFG, "workers": 2})
+        prepare_corpus(raw, raw.parent / "three", CFG, workers=2)

@@ -25,7 +25,7 @@ from effifusion.core.errors import ConfigError, DataError
 from effifusion.inference.export import export_onnx
 from effifusion.evaluation.metrics import METRICS, score_pair
 from effifusion.data.mixing import snr_tag
-from effifusion.models.effifusion_gan.generator import build_generator, save_generator
+from effifusion.models.registry import build_model, save_checkpoint
 
 TEST_UTTS = ["p232_052", "p232_170", "p257_054", "p257_143"]  # the four shortest fixture pairs (2.1-2.5 s)
 UNSEEN = [("p257_143", "NPARK", 10.0), ("p232_170", "NPARK", 0.0), ("p232_052", "OHALLWAY", 10.0),
@@ -37,7 +37,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _params() -> dict:
     params = load_params(ROOT / "params.yaml")
     params["model"] = {**params["model"], "channels": 8, "num_tsblocks": 1}
-    params["evaluate"] = {"workers": 2, "device": "cpu", "num_spectrograms": 2, "rtf_seconds": 0.5}
+    params["evaluate"] = {"num_spectrograms": 2, "rtf_seconds": 0.5}
+    params["runtime"].update(evaluate_workers=2, evaluate_device="cpu")
     params["mlflow"] = {"experiment": "test-evaluate"}
     return params
 
@@ -87,9 +88,9 @@ def build_world(root: Path, voicebank: Path) -> dict:
 
     params = _params()
     torch.manual_seed(0)
-    generator = build_generator(params["model"], params["audio"]).eval()
+    generator = build_model(params["model"], 16000).eval()
     torch_model = root / "models" / "pruned" / "generator.pt"
-    save_generator(torch_model, generator, params["model"], params["audio"])
+    save_checkpoint(torch_model, generator)
     onnx_model = root / "models" / "onnx" / "effifusion.onnx"
     _export(torch_model, onnx_model)
     return {"params": params, "prepared": prepared, "unseen": unseen, "torch_model": torch_model,
@@ -294,8 +295,8 @@ def test_missing_inputs_name_the_producing_stage(evaluated, tmp_path) -> None:
     shutil.copy(evaluated["torch_model"], unreferenced)
     with pytest.raises(DataError, match=r"mlflow_run\.json: missing MLflow run reference"):
         ev.evaluate(evaluated["params"], **{**kwargs, "torch_model": unreferenced, "track": True})
-    bad = {**evaluated["params"], "evaluate": {**evaluated["params"]["evaluate"], "workers": 0}}
-    with pytest.raises(ConfigError, match="evaluate.workers"):
+    bad = {**evaluated["params"], "runtime": {**evaluated["params"]["runtime"], "evaluate_workers": 0}}
+    with pytest.raises(ConfigError, match="runtime.evaluate_workers"):
         ev.evaluate(bad, **kwargs)
     assert not (tmp_path / "reports").exists()
 

@@ -26,9 +26,7 @@ from effifusion.inference.enhance import (
 )
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
-from effifusion.models.effifusion_gan.generator import build_generator, save_generator
-
-AUDIO = {"sample_rate": 16000, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3}
+from effifusion.models.registry import build_model, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +50,7 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["model"], "channels": 8, "num_tsblocks": 1}
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "generator.pt"
-    save_generator(path, build_generator(cfg, AUDIO).eval(), cfg, AUDIO)
+    save_checkpoint(path, build_model(cfg, 16000).eval())
     return path
 
 
@@ -293,7 +291,7 @@ def test_missing_and_corrupt_model_and_missing_input(tmp_path: Path, capsys: pyt
     bad_pt = tmp_path / "bad.pt"
     bad_pt.write_bytes(b"garbage")
     err = cli_error(["enhance", str(wav), *out, "--model", str(bad_pt)], capsys)
-    assert "bad.pt: not a readable generator checkpoint" in err
+    assert "bad.pt: not a readable model checkpoint" in err
     err = cli_error(["enhance", str(tmp_path / "nope.wav"), *out, "--model", str(bad)], capsys)
     assert "nope.wav: file or folder not found" in err
 

@@ -19,12 +19,14 @@ from torch.nn.utils import prune
 
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import (
-    INPUT_NAME, ONNX_FILE, OUTPUT_NAME, REPORT_FILE, ExportError, WaveformEnhancer, export_onnx,
+    INPUT_NAME, ONNX_FILE, OUTPUT_NAME, REPORT_FILE, ExportError, export_onnx,
     log_to_mlflow, onnx_session, parity_signal,
 )
-from effifusion.models.effifusion_gan.generator import build_generator, conv_modules, load_generator, save_generator
+from effifusion.dsp.stft import dft_transforms
+from effifusion.models.cost import conv_modules
+from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
-AUDIO = {"sample_rate": 16000, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3}
+AUDIO = {"sample_rate": 16000}
 # 4,000 and 16,000 samples are multiples of the hop; 16,001 puts the last frame on the reflection
 # point (N % hop == 1, a real-spectrum frame); 19,753 is neither.
 EXPORT_CFG = {"opset": 18, "parity_lengths_s": [0.25, 1.0000625, 1.2345625], "parity_tolerance": 1e-4}
@@ -40,13 +42,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Export a pruned tiny generator once: {"ckpt", "out", "report", "generator"}."""
     tmp = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    model = build_generator(tiny_cfg(), AUDIO).eval()
+    model = build_model(tiny_cfg(), 16000).eval()
     convs = [(m, "weight") for _, m in conv_modules(model)]
     prune.global_unstructured(convs, prune.L1Unstructured, amount=0.3)
     ckpt = tmp / "generator.pt"
-    save_generator(ckpt, model, tiny_cfg(), AUDIO)  # still holds weight_orig / weight_mask
+    save_checkpoint(ckpt, model)  # still holds weight_orig / weight_mask
     report = export_onnx(ckpt, tmp / "onnx", EXPORT_CFG, AUDIO)
-    generator, _ = load_generator(ckpt)
+    generator, _ = load_checkpoint(ckpt)
     return {"ckpt": ckpt, "out": tmp / "onnx", "report": report, "generator": generator}
 
 
@@ -71,6 +73,7 @@ def test_graph_passes_checker_and_has_dynamic_axes(exported: dict) -> None:
     assert all(d.dim_param and not d.dim_value for d in dims)  # batch and length both symbolic
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["sample_rate"] == "16000" and meta["n_fft"] == "400" and meta["min_samples"] == "400"
+    assert meta["arch"] == "effifusion_gan" and json.loads(meta["config"]) == exported["generator"].config()
 
 
 @pytest.mark.parametrize("batch,n", [(1, 7777), (3, 5001), (1, 123)])
@@ -88,9 +91,9 @@ def test_each_weight_stored_once_without_pruning_buffers(exported: dict) -> None
     names = [init.name for init in model.graph.initializer]
     assert not [n for n in names if "weight_orig" in n or "weight_mask" in n]
     report = exported["report"]
-    # The state dict (weights, BatchNorm statistics) plus the 400-sample window; the DFT bases are
-    # computed inside the graph, so nothing else is stored.
-    assert report["onnx_initializer_values"] == report["state_dict_values"] + AUDIO["n_fft"]
+    # The state dict (weights, BatchNorm statistics); the window and the DFT bases are computed
+    # inside the graph, so nothing else is stored.
+    assert report["onnx_initializer_values"] == report["state_dict_values"]
     assert report["onnx_bytes"] < 4 * report["state_dict_values"] + 200_000
 
 
@@ -107,11 +110,12 @@ def test_report_and_export_json(exported: dict) -> None:
 
 
 @pytest.mark.parametrize("n", [1, 399, 16001])
-def test_wrapper_equals_generator_enhance_in_pytorch(exported: dict, n: int) -> None:
+def test_dft_transforms_equal_torch_stft_in_pytorch(exported: dict, n: int) -> None:
+    """The exportable front end (DFT-basis convolutions) gives what torch.stft / istft give, in eager mode."""
     generator = exported["generator"]
     x = np.stack([parity_signal(n, 16000, seed=7), 0.3 * parity_signal(n, 16000, seed=8)])
-    with torch.inference_mode():
-        got = WaveformEnhancer(generator).eval()(torch.from_numpy(x)).numpy()
+    with torch.inference_mode(), dft_transforms():
+        got = generator.export_module().eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, reference(generator, x), atol=2e-5, rtol=0)
 
 
@@ -124,7 +128,7 @@ def test_parity_failure_raises_with_numbers_and_keeps_old_file(exported: dict, t
     out = tmp_path / "onnx"
     out.mkdir()
     (out / ONNX_FILE).write_bytes(b"previous export")
-    with pytest.raises(ExportError, match=r"differs from Generator.enhance by up to .*0\.25: "):
+    with pytest.raises(ExportError, match=r"differs from the model's enhance\(\) by up to .*0\.25: "):
         export_onnx(exported["ckpt"], out,
                     {**EXPORT_CFG, "parity_lengths_s": [0.25], "parity_tolerance": 1e-12}, AUDIO)
     assert (out / ONNX_FILE).read_bytes() == b"previous export"
@@ -141,13 +145,13 @@ def test_bad_export_settings_are_config_errors(exported: dict, tmp_path: Path, c
         export_onnx(exported["ckpt"], tmp_path, {**EXPORT_CFG, **cfg}, AUDIO)
 
 
-def test_audio_settings_must_match_the_checkpoint(exported: dict, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"audio.hop_length = 100.*params.yaml has audio.hop_length = 160"):
-        export_onnx(exported["ckpt"], tmp_path, EXPORT_CFG, {**AUDIO, "hop_length": 160})
+def test_sample_rate_must_match_the_checkpoint(exported: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"trained at 16000 Hz, but params.yaml has audio.sample_rate = 8000"):
+        export_onnx(exported["ckpt"], tmp_path, EXPORT_CFG, {"sample_rate": 8000})
 
 
 def test_missing_checkpoint_is_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="generator checkpoint not found"):
+    with pytest.raises(ConfigError, match="model checkpoint not found"):
         export_onnx(tmp_path / "nope.pt", tmp_path, EXPORT_CFG, AUDIO)
 
 

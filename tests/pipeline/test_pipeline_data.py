@@ -56,8 +56,8 @@ def repo(tmp_path: Path) -> Path:
     params["corpus"]["name"] = "demo"
     params["corpus"]["demo"].update(train_utterances_per_speaker=2, test_utterances_per_speaker=3,
                                     min_duration_s=1.0, max_duration_s=1.5, unseen_noise_duration_s=5.0)
-    params["prepare"]["workers"] = 1
-    params["mix_unseen"].update(utterances_per_condition=1, workers=1)
+    params["mix_unseen"].update(utterances_per_condition=1)
+    params["runtime"]["data_workers"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run([str(VENV_BIN / "dvc"), "init", "-q"], repo)

@@ -1,10 +1,11 @@
 """The whole pipeline and a queued pruning sweep, as a user runs them, in a scratch git + DVC repo.
 
-`dvc repro` runs all seven stages on a tiny demo config; `dvc exp run --queue -S prune.amount=…`
-plus `dvc queue start` runs a two-point sweep in DVC's temporary copies. Checked: the experiments log
-into the repository's own MLflow store (not a temporary copy's), each tagged with its DVC experiment
-name and with the measured sparsity of its ratio; the dense training ran once for all of them; and
-`effifusion report` builds a report holding both points.
+`dvc repro` runs all seven stages on a tiny demo config (prune.amount 0.3); `dvc exp run --queue
+-S prune.amount=0.5` plus `dvc queue start` adds a second sweep point in DVC's temporary copies. Checked: the queued experiment
+logs into the repository's own MLflow store (not a temporary copy's), tagged with its DVC experiment
+name and with the measured sparsity of its ratio; the dense training ran once for both points; and
+`effifusion report` builds a report holding both. (One queued point keeps the test within CI's
+time; the queue runs any number the same way.)
 """
 
 from __future__ import annotations
@@ -49,15 +50,14 @@ def tiny_pipeline_params(params: dict) -> dict:
     params["corpus"]["demo"].update(train_speakers=["p226", "p239", "p287"], train_utterances_per_speaker=3,
                                     test_utterances_per_speaker=2, min_duration_s=1.0, max_duration_s=1.3,
                                     unseen_noise_duration_s=4.0)
-    params["prepare"]["workers"] = 1
-    params["mix_unseen"].update(snrs_db=[5.0, 0.0], utterances_per_condition=1, workers=1)
+    params["mix_unseen"].update(snrs_db=[5.0, 0.0], utterances_per_condition=1)
     params["model"].update(channels=8, num_tsblocks=1)
     params["discriminator"]["channels"] = 8
-    params["train"].update(epochs=1, batch_size=1, val_every_steps=3, val_utterances=2, checkpoint_every_steps=3,
-                           pesq_workers=0, device="cpu")
+    params["train"].update(epochs=1, batch_size=1, val_every_steps=3, val_utterances=2)
     params["prune"].update(epochs=1, prune_every_steps=1)
     params["export"]["parity_lengths_s"] = [0.5, 1.1]
-    params["evaluate"].update(workers=1, num_spectrograms=1, rtf_seconds=1.0)
+    params["evaluate"].update(num_spectrograms=1, rtf_seconds=1.0)
+    params["runtime"].update(data_workers=1, checkpoint_every_steps=3, pesq_workers=0, device="cpu", evaluate_workers=1)
     params["mlflow"]["experiment"] = "sweep-test"
     return params
 
@@ -102,18 +102,19 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "baseline"], repo)
 
-    _run([dvc, "exp", "run", "--queue", "-S", "prune.amount=0.2,0.5"], repo)
+    _run([dvc, "exp", "run", "--queue", "-S", "prune.amount=0.5"], repo)
     _run([dvc, "queue", "start"], repo)
     status = _wait_for_queue(repo)
-    assert status.count("Success") == 2, status
+    assert status.count("Success") == 1, status
 
     store = f"sqlite:///{repo / 'mlflow.db'}"
     client = mlflow.MlflowClient(store)
     exp = client.get_experiment_by_name("sweep-test")
     runs = client.search_runs([exp.experiment_id])
-    prune_runs = [r for r in runs if r.data.tags.get("stage") == "prune" and r.data.tags.get("dvc_exp")]
+    prune_runs = [r for r in runs if r.data.tags.get("stage") == "prune"]
     by_amount = {float(r.data.params["prune.amount"]): r for r in prune_runs}
-    assert set(by_amount) == {0.2, 0.5}
+    assert set(by_amount) == {0.3, 0.5}
+    assert by_amount[0.5].data.tags.get("dvc_exp")  # the queued experiment's name
     for amount, run in by_amount.items():
         assert run.data.metrics["conv_sparsity"] == pytest.approx(amount, abs=2e-3)
         assert "test_pesq" in run.data.metrics  # export and evaluate logged into the same run
@@ -136,7 +137,7 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
                 collect(v)
 
     collect(exp_show)
-    assert shown >= {0.2, 0.3, 0.5}
+    assert shown >= {0.3, 0.5}
     assert "evaluate.json" in json.dumps(exp_show)
 
     report_dir = repo / "reports" / "sweep"
@@ -144,12 +145,12 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
                           env={**_env(), "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["runs"] == 3  # the two queued ratios and the workspace's own 0.3, same dense model
+    assert summary["runs"] == 2  # the queued ratio and the workspace's own 0.3, same dense model
     assert summary["registered"] == {"name": "effifusion-gan", "version": 1}
     version = client.get_model_version("effifusion-gan", "1")
     assert version.tags["source_run_id"] == summary["best"]["run_id"]
     rows = list(csv.DictReader((report_dir / "sweep.csv").open()))
-    assert sorted(float(r["prune.amount"]) for r in rows) == [0.2, 0.3, 0.5]
-    assert "| 0.2 |" in (report_dir / "sweep.md").read_text() and "| 0.5 |" in (report_dir / "sweep.md").read_text()
+    assert sorted(float(r["prune.amount"]) for r in rows) == [0.3, 0.5]
+    assert "| 0.3 |" in (report_dir / "sweep.md").read_text() and "| 0.5 |" in (report_dir / "sweep.md").read_text()
     for png in ("sweep_quality.png", "sweep_cost.png"):
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

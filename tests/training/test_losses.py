@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from effifusion.dsp.audio import istft_mag_phase, stft_mag_phase
+from effifusion.dsp.stft import StftFrontEnd
 from effifusion.core.errors import ConfigError
 from effifusion.training.losses import (
     LOSS_TERMS,
@@ -20,7 +20,7 @@ WEIGHTS = {"metric": 0.05, "magnitude": 0.9, "phase": 0.3, "complex": 0.2, "time
 
 
 def _spectra(wav: torch.Tensor):
-    mag, pha, com = stft_mag_phase(wav)
+    mag, pha, com = StftFrontEnd().analyse(wav)
     return mag, pha, com
 
 
@@ -78,7 +78,7 @@ def test_generator_losses_terms_and_total():
     est = clean + 0.1 * torch.randn(2, 4000, generator=g)
     cm, cp, cc = _spectra(clean)
     em, ep, ec = _spectra(est)
-    ec_cons = _spectra(istft_mag_phase(em * 1.1, ep, length=4000))[2]
+    ec_cons = _spectra(StftFrontEnd().synthesise(em * 1.1, ep, length=4000))[2]
     score = torch.tensor([[0.5], [0.7]])
     out = generator_losses(clean, est, cm, cp, cc, em, ep, ec, ec_cons, score, WEIGHTS)
     assert out["metric"].item() == pytest.approx((0.25 + 0.09) / 2)

@@ -10,30 +10,27 @@ them; ``conv_modules`` lists them with their qualified names.
 
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from effifusion.dsp.audio import istft_mag_phase, rms_gain, stft_mag_phase
-from effifusion.core.files import atomic_path
-from effifusion.core.errors import ConfigError
+from effifusion.dsp.stft import StftFrontEnd
+from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.cost import conformer_macs, conv_chain_macs
 
-MODEL_KEYS = (
+ARCH = "effifusion_gan"
+ARCH_KEYS = (
     "channels", "dense_depth", "num_tsblocks", "num_heads", "ffn_mult", "conv_kernel",
     "attn_dropout", "ffn_dropout", "depthwise_separable", "residual_dual_norm", "beta",
 )
-AUDIO_KEYS = ("sample_rate", "n_fft", "hop_length", "win_length", "compress_factor")
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
+CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
 
 
-def paper_model_cfg() -> dict[str, Any]:
+def paper_config() -> dict[str, Any]:
     """The paper's generator: C = 64, 4 dense layers, 4 TS-Conformer blocks, 4 heads (presets/paper.yaml)."""
     return {
+        "arch": ARCH, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3,
         "channels": 64, "dense_depth": 4, "num_tsblocks": 4, "num_heads": 4, "ffn_mult": 4,
         "conv_kernel": 31, "attn_dropout": 0.2, "ffn_dropout": 0.2, "depthwise_separable": True,
         "residual_dual_norm": True, "beta": 2.0,
@@ -283,21 +280,27 @@ class TSConformerBlock(nn.Module):
 # Generator
 
 
-class Generator(nn.Module):
+class Generator(EnhancementModel):
     """EffiFusion-GAN generator. forward: (mag, pha) [B, F, T] → (mag, pha [B, F, T], com [B, F, T, 2])."""
+
+    arch = ARCH
 
     def __init__(
         self, channels: int = 64, dense_depth: int = 4, num_tsblocks: int = 4, num_heads: int = 4,
         ffn_mult: int = 4, conv_kernel: int = 31, attn_dropout: float = 0.2, ffn_dropout: float = 0.0,
         depthwise_separable: bool = True, residual_dual_norm: bool = True, beta: float = 2.0,
-        sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 100, win_length: int = 400,
-        compress_factor: float = 0.3,
+        frontend: StftFrontEnd = StftFrontEnd(), sample_rate: int = 16000,
     ):
         super().__init__()
-        self.n_bins = n_fft // 2 + 1
-        self.stft_kw = {"n_fft": n_fft, "hop_length": hop_length, "win_length": win_length,
-                        "compress_factor": compress_factor}
-        self.sample_rate = sample_rate
+        self.frontend = frontend
+        self.sample_rate = int(sample_rate)
+        self.n_bins = frontend.n_bins
+        self._arch_cfg = {
+            "channels": channels, "dense_depth": dense_depth, "num_tsblocks": num_tsblocks, "num_heads": num_heads,
+            "ffn_mult": ffn_mult, "conv_kernel": conv_kernel, "attn_dropout": attn_dropout,
+            "ffn_dropout": ffn_dropout, "depthwise_separable": depthwise_separable,
+            "residual_dual_norm": residual_dual_norm, "beta": beta,
+        }
         self.encoder = DenseEncoder(channels, dense_depth, depthwise_separable)
         self.tsblocks = nn.ModuleList(
             TSConformerBlock(channels, num_heads=num_heads, ffn_mult=ffn_mult, conv_kernel=conv_kernel,
@@ -307,10 +310,18 @@ class Generator(nn.Module):
         self.mag_decoder = MaskDecoder(channels, dense_depth, depthwise_separable, self.n_bins, beta)
         self.phase_decoder = PhaseDecoder(channels, dense_depth, depthwise_separable)
 
-    @property
-    def min_samples(self) -> int:
-        """Shortest waveform ``enhance`` processes without padding (reflect padding needs > n_fft/2)."""
-        return self.stft_kw["n_fft"]
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return check_config(config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "Generator":
+        m = check_config(config)
+        frontend = StftFrontEnd.from_config(m)
+        return cls(**{k: m[k] for k in ARCH_KEYS}, frontend=frontend, sample_rate=sample_rate)
+
+    def config(self) -> dict[str, Any]:
+        return {"arch": ARCH, **self.frontend.config(), **self._arch_cfg}
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -328,163 +339,62 @@ class Generator(nn.Module):
         out_com = torch.stack((out_mag * torch.cos(out_pha), out_mag * torch.sin(out_pha)), dim=-1)
         return out_mag, out_pha, out_com
 
-    def enhance(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform [B, N] → enhanced [B, N]: RMS-normalise, STFT, forward, iSTFT, undo the gain.
-
-        Any N ≥ 1 works: input shorter than ``min_samples`` (n_fft, 25 ms at 16 kHz) is zero-padded
-        to it and the output cropped back. Grad mode is left to the caller (wrap in torch.no_grad()).
-        """
-        if wav.dim() != 2 or wav.shape[-1] < 1:
-            raise ValueError(f"expected a waveform batch [B, N] with N >= 1, got shape {tuple(wav.shape)}")
-        n = wav.shape[-1]
-        gain = rms_gain(wav)
-        x = wav * gain
-        if n < self.min_samples:
-            x = nn.functional.pad(x, (0, self.min_samples - n))
-        mag, pha, _ = stft_mag_phase(x, **self.stft_kw)
+    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        mag, pha, _ = self.frontend.analyse(x)
         out_mag, out_pha, _ = self(mag, pha)
-        out = istft_mag_phase(out_mag, out_pha, **self.stft_kw, length=x.shape[-1])
-        return out[:, :n] / gain
+        return self.frontend.synthesise(out_mag, out_pha, length=x.shape[-1])
+
+    def macs(self, n_frames: int) -> dict[str, int]:
+        """Analytic MACs of one forward pass on ``n_frames`` STFT frames (batch 1), per component.
+
+        Keys: encoder, tsblocks, mag_decoder, phase_decoder, total; and, already inside tsblocks,
+        attention_matmuls (QKᵀ + AV, the part quadratic in length) and attention (matmuls + projections).
+        """
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        t, f = n_frames, self.n_bins
+        encoder, (_, f_enc) = conv_chain_macs(self.encoder, (t, f))
+        ts_total = attention_matmuls = attention = 0
+        for block in self.tsblocks:
+            time_part = _conformer_macs(block.time_conformer, f_enc, t)  # F' sequences of T frames
+            freq_part = _conformer_macs(block.freq_conformer, t, f_enc)  # T sequences of F' bins
+            for part in (time_part, freq_part):
+                ts_total += sum(part.values())
+                attention_matmuls += part["attention_matmuls"]
+                attention += part["attention_matmuls"] + part["attention_projections"]
+        mag, _ = conv_chain_macs(self.mag_decoder, (t, f_enc))
+        pha, _ = conv_chain_macs(self.phase_decoder, (t, f_enc))
+        return {
+            "encoder": encoder, "tsblocks": ts_total, "mag_decoder": mag, "phase_decoder": pha,
+            "total": encoder + ts_total + mag + pha,
+            "attention_matmuls": attention_matmuls, "attention": attention,
+        }
 
 
-def _check_section(cfg: Any, keys: tuple[str, ...], section: str, allow_unknown: bool) -> dict[str, Any]:
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{section}: expected a mapping of settings, got {type(cfg).__name__}")
-    missing = [k for k in keys if k not in cfg]
-    if missing:
-        raise ConfigError(f"{section}.{missing[0]}: missing setting (needed: {', '.join(keys)})")
-    unknown = [k for k in cfg if k not in keys]
-    if unknown and not allow_unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(keys)})")
-    return {k: cfg[k] for k in keys}
+def _conformer_macs(block: ConformerBlock, n_seq: int, length: int) -> dict[str, int]:
+    """MACs of one conformer applied to ``n_seq`` sequences of ``length`` tokens."""
+    linear = [m for ffn in (block.ffn1, block.ffn2) for m in ffn.modules() if isinstance(m, nn.Linear)]
+    return conformer_macs(linear, block.attention.attn.embed_dim, block.conv_module, n_seq, length)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _require(section: str, key: str, value: Any, ok: bool, need: str) -> None:
-    if not ok:
-        raise ConfigError(f"{section}.{key}: {value!r} is not valid ({need})")
-
-
-def validate_model_cfg(model_cfg: Any, audio_cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Checked copies of params["model"] and the STFT keys of params["audio"]; ConfigError names the key."""
-    m = _check_section(model_cfg, MODEL_KEYS, "model", allow_unknown=False)
-    a = _check_section(audio_cfg, AUDIO_KEYS, "audio", allow_unknown=True)
+def check_config(cfg: Any) -> dict[str, Any]:
+    """A checked copy of the ``model`` section; ConfigError names the key."""
+    m = check_keys(cfg, CONFIG_KEYS)
     for key in ("channels", "dense_depth", "num_heads", "ffn_mult"):
-        _require("model", key, m[key], _is_int(m[key]) and m[key] >= 1, "a positive integer")
+        require("model", key, m[key], is_int(m[key]) and m[key] >= 1, "a positive integer")
     blocks = m["num_tsblocks"]
-    _require("model", "num_tsblocks", blocks, _is_int(blocks) and blocks >= 0, "an integer >= 0")
-    _require("model", "conv_kernel", m["conv_kernel"], _is_int(m["conv_kernel"]) and m["conv_kernel"] % 2 == 1
-             and m["conv_kernel"] >= 1, "a positive odd integer")
-    _require("model", "num_heads", m["num_heads"], m["channels"] % m["num_heads"] == 0,
-             f"must divide channels = {m['channels']}")
+    require("model", "num_tsblocks", blocks, is_int(blocks) and blocks >= 0, "an integer >= 0")
+    require("model", "conv_kernel", m["conv_kernel"], is_int(m["conv_kernel"]) and m["conv_kernel"] % 2 == 1
+            and m["conv_kernel"] >= 1, "a positive odd integer")
+    require("model", "num_heads", m["num_heads"], m["channels"] % m["num_heads"] == 0,
+            f"must divide channels = {m['channels']}")
     for key in ("attn_dropout", "ffn_dropout"):
-        _require("model", key, m[key], _is_num(m[key]) and 0.0 <= m[key] < 1.0, "a probability in [0, 1)")
-    _require("model", "beta", m["beta"], _is_num(m["beta"]) and m["beta"] > 0, "a positive number")
+        require("model", key, m[key], is_number(m[key]) and 0.0 <= m[key] < 1.0, "a probability in [0, 1)")
+    require("model", "beta", m["beta"], is_number(m["beta"]) and m["beta"] > 0, "a positive number")
     for key in ("depthwise_separable", "residual_dual_norm"):
-        _require("model", key, m[key], isinstance(m[key], bool), "true or false")
-
-    for key in ("sample_rate", "n_fft", "hop_length", "win_length"):
-        _require("audio", key, a[key], _is_int(a[key]) and a[key] >= 1, "a positive integer")
-    _require("audio", "n_fft", a["n_fft"], a["n_fft"] >= 8 and (a["n_fft"] // 2 + 1) % 2 == 1,
-             "n_fft // 2 + 1 frequency bins must be odd so the decoders' stride-2 transposed conv restores F")
-    _require("audio", "win_length", a["win_length"], a["win_length"] <= a["n_fft"], "must be <= n_fft")
-    _require("audio", "compress_factor", a["compress_factor"], _is_num(a["compress_factor"])
-             and a["compress_factor"] > 0, "a positive number")
-    return m, a
-
-
-def build_generator(model_cfg: dict[str, Any], audio_cfg: dict[str, Any]) -> Generator:
-    """Generator from params["model"] and params["audio"] (unknown or missing model keys → ConfigError)."""
-    m, a = validate_model_cfg(model_cfg, audio_cfg)
-    return Generator(**m, **a)
-
-
-def conv_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) of every Conv1d / Conv2d / ConvTranspose2d: the layers pruning may touch."""
-    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, CONV_TYPES)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_generator(path: str | os.PathLike, model: nn.Module, model_cfg: dict[str, Any],
-                   audio_cfg: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Write {"model_cfg", "audio_cfg", "state_dict", "extra"} atomically (temp file + rename).
-
-    ``extra`` must hold tensors and plain Python values (the loader uses torch.load(weights_only=True)).
-    The state dict is saved as is: a pruned model keeps its weight_orig / weight_mask pairs, which
-    ``load_generator`` folds.
-    """
-    m, a = validate_model_cfg(model_cfg, audio_cfg)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    blob = {"model_cfg": m, "audio_cfg": a, "state_dict": state, "extra": dict(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-
-
-def fold_pruning(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace each ``<name>_orig`` / ``<name>_mask`` pair left by torch.nn.utils.prune by orig · mask."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
-            continue
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state_dict:
-            base = key[: -len("_orig")]
-            out[base] = value * state_dict[base + "_mask"].to(value.dtype)
-        else:
-            out[key] = value
-    return out
-
-
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict written by ``save_generator``; ConfigError naming the file when unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: generator checkpoint not found")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a readable generator checkpoint ({first})") from None
-    if not isinstance(blob, dict) or not {"model_cfg", "audio_cfg", "state_dict"} <= set(blob):
-        raise ConfigError(
-            f"{path}: not a generator checkpoint (expected keys model_cfg, audio_cfg, state_dict)"
-        )
-    return blob
-
-
-def load_generator(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[Generator, dict[str, Any]]:
-    """(generator in eval mode, checkpoint metadata {"model_cfg", "audio_cfg", "extra"}).
-
-    Pruning reparametrisations left in the state dict (weight_orig + weight_mask, saved before
-    prune.remove) are folded into plain weights, so pruned checkpoints load into a fresh model.
-    """
-    blob = load_checkpoint_file(path, map_location)
-    try:
-        model = build_generator(blob["model_cfg"], blob["audio_cfg"])
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: checkpoint config: {exc}") from None
-    state = fold_pruning(blob["state_dict"])
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        detail = str(exc).strip().splitlines()[-1].strip()
-        raise ConfigError(f"{path}: weights do not match its model_cfg ({detail})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(
-            f"{path}: weights do not match its model_cfg (missing: {result.missing_keys[:3]}, "
-            f"unexpected: {result.unexpected_keys[:3]})"
-        )
-    model.to(map_location).eval()
-    meta = {"model_cfg": blob["model_cfg"], "audio_cfg": blob["audio_cfg"], "extra": blob.get("extra", {})}
-    return model, meta
+        require("model", key, m[key], isinstance(m[key], bool), "true or false")
+    StftFrontEnd.from_config(m)
+    n_fft = m["n_fft"]
+    require("model", "n_fft", n_fft, n_fft >= 8 and (n_fft // 2 + 1) % 2 == 1,
+            "n_fft // 2 + 1 frequency bins must be odd so the decoders' stride-2 transposed conv restores F")
+    return m

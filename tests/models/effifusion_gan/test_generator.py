@@ -11,15 +11,14 @@ import yaml
 from torch import nn
 from torch.nn.utils import prune
 
-from effifusion.dsp.audio import stft_mag_phase
+from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.discriminator import MetricDiscriminator, build_discriminator
 from effifusion.core.errors import ConfigError
-from effifusion.models.effifusion_gan.generator import (
-    ConformerBlock, Generator, TSConformerBlock, build_generator, conv_modules, load_generator,
-    paper_model_cfg, save_generator,
-)
+from effifusion.models.cost import conv_modules
+from effifusion.models.effifusion_gan.generator import ConformerBlock, Generator, TSConformerBlock, paper_config
+from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
-AUDIO = {"sample_rate": 16000, "n_fft": 400, "hop_length": 100, "win_length": 400, "compress_factor": 0.3}
+FRONT = StftFrontEnd(n_fft=400, hop_length=100, win_length=400, compress_factor=0.3)
 
 
 def n_params(model: nn.Module) -> int:
@@ -35,7 +34,7 @@ def tiny_cfg(**over) -> dict:
 @pytest.fixture(scope="module")
 def tiny() -> Generator:
     torch.manual_seed(0)
-    return build_generator(tiny_cfg(), AUDIO).eval()
+    return build_model(tiny_cfg(), 16000).eval()
 
 
 # --------------------------------------------------------------------------------- shapes
@@ -45,7 +44,7 @@ def tiny() -> Generator:
 def test_forward_and_enhance_shapes(tiny: Generator, seconds: float) -> None:
     n = int(seconds * 16000)
     wav = torch.randn(2, n) * 0.1
-    mag, pha, _ = stft_mag_phase(wav)
+    mag, pha, _ = FRONT.analyse(wav)
     with torch.no_grad():
         out_mag, out_pha, out_com = tiny(mag, pha)
         enhanced = tiny.enhance(wav[1:])
@@ -76,18 +75,18 @@ def test_forward_rejects_wrong_frequency_bins(tiny: Generator) -> None:
 
 
 def test_paper_config_has_paper_parameter_count() -> None:
-    count = n_params(build_generator(paper_model_cfg(), AUDIO))
+    count = n_params(build_model(paper_config(), 16000))
     assert count == 1_086_033
     assert abs(count - 1.08e6) / 1.08e6 < 0.02
 
 
 def test_ablation_parameter_counts() -> None:
-    dense = n_params(build_generator({**paper_model_cfg(), "depthwise_separable": False}, AUDIO))
+    dense = n_params(build_model({**paper_config(), "depthwise_separable": False}, 16000))
     assert abs(dense - 2.05e6) / 2.05e6 < 0.02
-    single_norm = n_params(build_generator({**paper_model_cfg(), "residual_dual_norm": False}, AUDIO))
+    single_norm = n_params(build_model({**paper_config(), "residual_dual_norm": False}, 16000))
     assert single_norm == 1_086_033 - 8 * 2 * 64  # one LayerNorm less in each of the 8 conformers
-    mpsenet = n_params(build_generator({**paper_model_cfg(), "depthwise_separable": False,
-                                        "residual_dual_norm": False}, AUDIO))
+    mpsenet = n_params(build_model({**paper_config(), "depthwise_separable": False,
+                                        "residual_dual_norm": False}, 16000))
     assert mpsenet == 2_048_849  # MP-SENet (short), REFERENCE §1
 
 
@@ -95,11 +94,11 @@ def test_paper_cfg_matches_preset() -> None:
     preset = ROOT / "presets" / "paper.yaml"
     if not preset.is_file():
         pytest.skip("presets/paper.yaml absent")
-    assert yaml.safe_load(preset.read_text())["model"] == paper_model_cfg()
+    assert yaml.safe_load(preset.read_text())["model"] == paper_config()
 
 
 def test_depthwise_separable_layers() -> None:
-    model = build_generator(tiny_cfg(depthwise_separable=True), AUDIO)
+    model = build_model(tiny_cfg(depthwise_separable=True), 16000)
     layer = model.encoder.dense_block.layers[2]
     assert layer.depthwise_conv.groups == layer.depthwise_conv.in_channels == 24
     assert layer.dilation == 4 and layer.pointwise_conv.kernel_size == (1, 1)
@@ -109,7 +108,7 @@ def test_depthwise_separable_layers() -> None:
         x = torch.randn(2, 24, t, 13)
         ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=(4, 1), dilation=(4, 1), groups=24)
         torch.testing.assert_close(layer._depthwise(x), ref)
-    dense = build_generator(tiny_cfg(depthwise_separable=False), AUDIO)
+    dense = build_model(tiny_cfg(depthwise_separable=False), 16000)
     assert dense.encoder.dense_block.layers[3].conv.in_channels == 32
     assert dense.encoder.dense_block.layers[3].conv.dilation == (8, 1)
 
@@ -118,7 +117,7 @@ def test_depthwise_separable_layers() -> None:
 
 
 def test_every_attention_is_batch_first() -> None:
-    model = build_generator(paper_model_cfg(), AUDIO)
+    model = build_model(paper_config(), 16000)
     attns = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     assert len(attns) == 8 and all(a.batch_first for a in attns)
 
@@ -160,31 +159,33 @@ def test_ts_block_mixes_time_and_frequency_per_item() -> None:
 @pytest.mark.parametrize(
     "cfg, key",
     [
-        ({**paper_model_cfg(), "chanels": 8}, "model.chanels"),
-        ({k: v for k, v in paper_model_cfg().items() if k != "beta"}, "model.beta"),
-        ({**paper_model_cfg(), "num_heads": 5}, "model.num_heads"),
-        ({**paper_model_cfg(), "conv_kernel": 30}, "model.conv_kernel"),
-        ({**paper_model_cfg(), "depthwise_separable": "yes"}, "model.depthwise_separable"),
-        ({**paper_model_cfg(), "attn_dropout": 1.5}, "model.attn_dropout"),
+        ({**paper_config(), "chanels": 8}, "model.chanels"),
+        ({k: v for k, v in paper_config().items() if k != "beta"}, "model.beta"),
+        ({**paper_config(), "num_heads": 5}, "model.num_heads"),
+        ({**paper_config(), "conv_kernel": 30}, "model.conv_kernel"),
+        ({**paper_config(), "depthwise_separable": "yes"}, "model.depthwise_separable"),
+        ({**paper_config(), "attn_dropout": 1.5}, "model.attn_dropout"),
     ],
 )
 def test_bad_model_config_names_the_key(cfg: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_generator(cfg, AUDIO)
+        build_model(cfg, 16000)
 
 
-def test_bad_audio_config_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"audio\.n_fft"):
-        build_generator(tiny_cfg(), {**AUDIO, "n_fft": 402})
-    with pytest.raises(ConfigError, match=r"audio\.hop_length"):
-        build_generator(tiny_cfg(), {k: v for k, v in AUDIO.items() if k != "hop_length"})
+def test_bad_front_end_config_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"model\.n_fft"):
+        build_model(tiny_cfg(n_fft=402), 16000)
+    with pytest.raises(ConfigError, match=r"model\.hop_length"):
+        build_model({k: v for k, v in tiny_cfg().items() if k != "hop_length"}, 16000)
+    with pytest.raises(ConfigError, match=r"model\.arch: 'mpsenet' is not a known architecture"):
+        build_model(tiny_cfg(arch="mpsenet"), 16000)
 
 
 # --------------------------------------------------------------------------------- checkpoints
 
 
 def test_conv_modules_are_named_conv() -> None:
-    model = build_generator(tiny_cfg(), AUDIO)
+    model = build_model(tiny_cfg(), 16000)
     convs = conv_modules(model)
     assert all("conv" in name.rsplit(".", 1)[-1] for name, _ in convs)
     assert {type(m) for _, m in convs} == {nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d}
@@ -194,10 +195,12 @@ def test_conv_modules_are_named_conv() -> None:
 
 def test_save_load_round_trip(tmp_path: Path, tiny: Generator) -> None:
     path = tmp_path / "ckpt" / "generator.pt"
-    save_generator(path, tiny, tiny_cfg(), AUDIO, extra={"step": 7})
+    save_checkpoint(path, tiny, extra={"step": 7})
     assert [p.name for p in path.parent.iterdir()] == ["generator.pt"]  # no temp file left
-    loaded, meta = load_generator(path)
-    assert meta["extra"] == {"step": 7} and meta["model_cfg"] == tiny_cfg()
+    loaded, extra = load_checkpoint(path)
+    assert extra == {"step": 7} and loaded.config() == tiny_cfg() and loaded.arch == "effifusion_gan"
+    blob = torch.load(path, weights_only=True)
+    assert blob["arch"] == "effifusion_gan" and blob["config"] == tiny_cfg() and blob["sample_rate"] == 16000
     assert not loaded.training
     wav = torch.randn(1, 4000) * 0.1
     with torch.no_grad():
@@ -206,41 +209,55 @@ def test_save_load_round_trip(tmp_path: Path, tiny: Generator) -> None:
 
 def test_load_folds_pruning_reparametrisation(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    model = build_generator(tiny_cfg(), AUDIO).eval()
+    model = build_model(tiny_cfg(), 16000).eval()
     targets = [m for _, m in conv_modules(model)]
     prune.global_unstructured([(m, "weight") for m in targets], prune.L1Unstructured, amount=0.4)
     assert any(k.endswith("weight_orig") for k in model.state_dict())
     path = tmp_path / "pruned.pt"
-    save_generator(path, model, tiny_cfg(), AUDIO)
-    loaded, _ = load_generator(path)
+    save_checkpoint(path, model)
+    loaded, _ = load_checkpoint(path)
     assert not any(k.endswith(("_orig", "_mask")) for k in loaded.state_dict())
     zeros = sum(int((m.weight == 0).sum()) for _, m in conv_modules(loaded))
     total = sum(m.weight.numel() for _, m in conv_modules(loaded))
     assert zeros / total == pytest.approx(0.4, abs=0.01)
-    mag, pha, _ = stft_mag_phase(torch.randn(1, 3000) * 0.1)
+    mag, pha, _ = FRONT.analyse(torch.randn(1, 3000) * 0.1)
     with torch.no_grad():
         for a, b in zip(model(mag, pha), loaded(mag, pha)):
             assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_load_bad_checkpoints_name_the_file(tmp_path: Path, tiny: Generator) -> None:
-    with pytest.raises(ConfigError, match="missing.pt: generator checkpoint not found"):
-        load_generator(tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="missing.pt: model checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="corrupt.pt: not a readable generator checkpoint"):
-        load_generator(corrupt)
+    with pytest.raises(ConfigError, match="corrupt.pt: not a readable model checkpoint"):
+        load_checkpoint(corrupt)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ConfigError, match="other.pt: not a generator checkpoint"):
-        load_generator(other)
+    with pytest.raises(ConfigError, match="other.pt: not a model checkpoint"):
+        load_checkpoint(other)
     mismatch = tmp_path / "mismatch.pt"
-    save_generator(mismatch, tiny, tiny_cfg(), AUDIO)
+    save_checkpoint(mismatch, tiny)
     blob = torch.load(mismatch, weights_only=True)
-    blob["model_cfg"]["channels"] = 16
+    blob["config"]["channels"] = 16
     torch.save(blob, mismatch)
     with pytest.raises(ConfigError, match="mismatch.pt: weights do not match"):
-        load_generator(mismatch)
+        load_checkpoint(mismatch)
+
+
+def test_checkpoint_of_the_single_architecture_layout_still_loads(tmp_path: Path, tiny: Generator) -> None:
+    """Checkpoints written before the registry ({model_cfg, audio_cfg, state_dict}) reload unchanged."""
+    cfg = tiny.config()
+    front = {k: cfg[k] for k in StftFrontEnd.KEYS}
+    old = {"model_cfg": {k: v for k, v in cfg.items() if k != "arch" and k not in front},
+           "audio_cfg": {"sample_rate": 16000, **front}, "state_dict": tiny.state_dict(), "extra": {"step": 3}}
+    torch.save(old, tmp_path / "old.pt")
+    loaded, extra = load_checkpoint(tmp_path / "old.pt")
+    assert extra == {"step": 3} and loaded.config() == cfg
+    wav = torch.randn(1, 4000) * 0.1
+    with torch.no_grad():
+        assert torch.equal(tiny.enhance(wav), loaded.enhance(wav))
 
 
 # --------------------------------------------------------------------------------- discriminator

@@ -1,0 +1,117 @@
+"""The model contract: what every architecture provides, so the rest of the package needs no edits.
+
+A model is built from its params section (``model:`` in params.yaml, ``arch`` naming it), owns its
+front end (STFT settings, compression, normalisation, the shortest input), enhances waveforms
+(``enhance``: [B, N] -> [B, N], used by validation, ``effifusion enhance``, evaluation and export
+parity), names the layers pruning may touch, says what ONNX export traces, and counts its own MACs.
+``config()`` returns what rebuilds it, so a checkpoint ({arch, config, sample_rate, weights})
+reloads without params.yaml (models/registry.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from effifusion.core.errors import ConfigError
+from effifusion.dsp.stft import StftFrontEnd
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+class EnhancementModel(nn.Module):
+    """Base class of every architecture (see the module docstring for the contract)."""
+
+    arch: ClassVar[str]
+    frontend: StftFrontEnd
+    sample_rate: int
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The params section checked (keys, types, ranges); ConfigError names the first bad key."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "EnhancementModel":
+        """Check the params section and build."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The params section that rebuilds this model (``arch`` included)."""
+        raise NotImplementedError
+
+    @property
+    def min_samples(self) -> int:
+        return self.frontend.min_samples
+
+    def enhance(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform [B, N] -> enhanced [B, N]: normalise, pad to the front end's minimum, enhance, undo.
+
+        Any N >= 1 works. Grad mode is left to the caller (wrap in torch.no_grad() for inference).
+        The same code runs while ONNX export traces it (the front end switches to DFT bases).
+        """
+        if wav.dim() != 2 or wav.shape[-1] < 1:
+            raise ValueError(f"expected a waveform batch [B, N] with N >= 1, got shape {tuple(wav.shape)}")
+        n = wav.shape[-1]
+        x, gain = self.frontend.normalise(wav)
+        x = self.frontend.pad(x)
+        y = self.enhance_normalised(x)
+        return y.narrow(-1, 0, n) / gain
+
+    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N] normalised and padded -> [B, N] enhanced; the architecture's own part of ``enhance``."""
+        raise NotImplementedError
+
+    def prunable_modules(self) -> list[tuple[str, nn.Module]]:
+        """(qualified name, module) of the layers pruning may touch: every convolution by default."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, CONV_TYPES)]
+
+    def export_module(self) -> nn.Module:
+        """What ONNX export traces: waveform [B, N] float32 -> enhanced [B, N]."""
+        return WaveformModel(self)
+
+    def macs(self, n_frames: int) -> dict[str, int]:
+        """Analytic multiply-accumulates of one forward pass on ``n_frames`` frames; key "total"."""
+        raise NotImplementedError
+
+
+class WaveformModel(nn.Module):
+    """Export wrapper: forward = the model's ``enhance`` (its front end switches to DFT bases)."""
+
+    def __init__(self, model: EnhancementModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model.enhance(wav)
+
+
+# -- config checks shared by the architectures ------------------------------------------------------
+
+
+def check_keys(cfg: Any, keys: tuple[str, ...], section: str = "model") -> dict[str, Any]:
+    """The section as a dict with exactly ``keys``; ConfigError names a missing or unknown key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{section}: expected a mapping of settings, got {type(cfg).__name__}")
+    missing = [k for k in keys if k not in cfg]
+    if missing:
+        raise ConfigError(f"{section}.{missing[0]}: missing setting (needed: {', '.join(keys)})")
+    unknown = [k for k in cfg if k not in keys]
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(keys)})")
+    return dict(cfg)
+
+
+def require(section: str, key: str, value: Any, ok: bool, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{key}: {value!r} is not valid ({need})")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,0 +1,120 @@
+"""Architectures by name, and checkpoints that rebuild their model without params.yaml.
+
+``model.arch`` in params.yaml picks an entry of ARCHITECTURES; a new architecture is a folder
+under models/ whose package exposes ``MODEL`` (an EnhancementModel subclass), one line here and a
+preset. A checkpoint stores {arch, config, sample_rate, weights, extra}; pruning
+reparametrisations (weight_orig / weight_mask) are folded into plain weights when loading.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effifusion.core.errors import ConfigError
+from effifusion.core.files import atomic_path
+from effifusion.models.base import EnhancementModel
+
+ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package exposing MODEL (or the class)
+    "effifusion_gan": "effifusion.models.effifusion_gan",
+}
+DEFAULT_ARCH = "effifusion_gan"  # checkpoints written before models had an `arch`
+CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")
+
+
+def model_class(arch: Any) -> type[EnhancementModel]:
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch: {arch!r} is not a known architecture (known: {', '.join(ARCHITECTURES)})")
+    entry = ARCHITECTURES[arch]
+    return importlib.import_module(entry).MODEL if isinstance(entry, str) else entry
+
+
+def check_model_config(model_cfg: Any) -> dict[str, Any]:
+    """params["model"] checked by its architecture without building the model (milliseconds)."""
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"model: expected a mapping of settings, got {type(model_cfg).__name__}")
+    return model_class(model_cfg.get("arch")).check_config(model_cfg)
+
+
+def build_model(model_cfg: Any, sample_rate: int) -> EnhancementModel:
+    """The model params["model"] describes (``arch`` picks the class, the rest is its config)."""
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"model: expected a mapping of settings, got {type(model_cfg).__name__}")
+    return model_class(model_cfg.get("arch")).from_config(model_cfg, int(sample_rate))
+
+
+def save_checkpoint(path: str | os.PathLike, model: EnhancementModel, extra: dict[str, Any] | None = None) -> None:
+    """Write {arch, config, sample_rate, weights, extra} atomically.
+
+    ``extra`` must hold tensors and plain Python values (the loader uses weights_only=True). A pruned
+    model's weight_orig / weight_mask pairs are saved as they are; ``load_checkpoint`` folds them.
+    """
+    blob = {"arch": model.arch, "config": model.config(), "sample_rate": int(model.sample_rate),
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": dict(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _upgrade(blob: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of the single-architecture layout ({model_cfg, audio_cfg, state_dict}) in today's."""
+    audio = blob["audio_cfg"]
+    config = {"arch": DEFAULT_ARCH, **{k: audio[k] for k in ("n_fft", "hop_length", "win_length", "compress_factor")},
+              **blob["model_cfg"]}
+    return {"arch": DEFAULT_ARCH, "config": config, "sample_rate": audio["sample_rate"],
+            "weights": blob["state_dict"], "extra": blob.get("extra", {})}
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict; ConfigError naming the file when it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model checkpoint not found")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable model checkpoint ({first})") from None
+    if isinstance(blob, dict) and {"model_cfg", "audio_cfg", "state_dict"} <= set(blob):
+        blob = _upgrade(blob)
+    if not isinstance(blob, dict) or not set(CHECKPOINT_KEYS) <= set(blob):
+        raise ConfigError(f"{path}: not a model checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+    return blob
+
+
+def fold_pruning(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace each ``<name>_orig`` / ``<name>_mask`` pair left by torch.nn.utils.prune by orig · mask."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state_dict:
+            base = key[: -len("_orig")]
+            out[base] = value * state_dict[base + "_mask"].to(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[EnhancementModel, dict[str, Any]]:
+    """(model in eval mode, the checkpoint's ``extra``); ConfigError naming the file when unusable."""
+    blob = read_checkpoint(path, map_location)
+    try:
+        model = build_model(blob["config"], blob["sample_rate"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: checkpoint config: {exc}") from None
+    try:
+        result = model.load_state_dict(fold_pruning(blob["weights"]), strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"{path}: weights do not match its config ({detail})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"{path}: weights do not match its config (missing: {result.missing_keys[:3]}, "
+                          f"unexpected: {result.unexpected_keys[:3]})")
+    return model.to(map_location).eval(), dict(blob.get("extra", {}))
