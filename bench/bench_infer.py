@@ -40,7 +40,8 @@ def rss_bytes() -> int:
 def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints one JSON line."""
 
-    from effifusion.inference.enhance import ChunkedStream, chunk_geometry, load_enhancer
+    from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
+    from effifusion.inference.backends import load_enhancer
     from effifusion.inference.export import parity_signal
     from effifusion.models.cost import frames_for
     from effifusion.models.registry import load_checkpoint

@@ -34,7 +34,7 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from effifusion.inference.enhance import enhance_paths
+    from effifusion.inference.files import enhance_paths
 
     enhance_paths(args.inputs, args.output, model=args.model, chunk_s=args.chunk_s, device=args.device)
 

@@ -92,7 +92,7 @@ def evaluate(
     items = load_items(Path(prepared_dir), Path(unseen_dir))
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
-    # ONNX Runtime runs on the CPU here (effifusion.inference.enhance); runtime.evaluate_device applies to the checkpoint
+    # ONNX Runtime runs on the CPU here (effifusion.inference.backends); runtime.evaluate_device applies to the checkpoint
     models = {"pytorch": (str(torch_model), cfg["device"]), "onnx": (str(onnx_model), "cpu")}
     rtf_signal = _rtf_signal(items[0]["noisy"], float(cfg["rtf_seconds"]), sr)
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def _init_worker(models: dict[str, tuple[str, str]]) -> None:
 
 def _enhancer(system: str) -> Any:
     if system not in _ENHANCERS:
-        from effifusion.inference.enhance import load_enhancer
+        from effifusion.inference.backends import load_enhancer
 
         path, device = _MODELS[system]
         _ENHANCERS[system] = load_enhancer(path, device=device, threads=1)

@@ -21,9 +21,9 @@ from onnx import TensorProto, helper
 
 from effifusion.dsp.audio import resample
 from effifusion.cli import main as cli_main
-from effifusion.inference.enhance import (
-    ChunkedStream, Enhancer, StreamResampler, enhance_file, enhance_paths, load_enhancer,
-)
+from effifusion.dsp.streaming import ChunkedStream, StreamResampler
+from effifusion.inference.backends import Enhancer, load_enhancer
+from effifusion.inference.files import enhance_file, enhance_paths
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
 from effifusion.models.registry import build_model, save_checkpoint
