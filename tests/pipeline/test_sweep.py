@@ -4,7 +4,8 @@
 -S prune.amount=0.5` plus `dvc queue start` adds a second sweep point in DVC's temporary copies. Checked: the queued experiment
 logs into the repository's own MLflow store (not a temporary copy's), tagged with its DVC experiment
 name and with the measured sparsity of its ratio; the dense training ran once for both points; and
-`effifusion report` builds a report holding both. (One queued point keeps the test within CI's
+`effifusion report` builds a report holding both. Before the sweep, `dvc push` to a local remote and
+`dvc pull` in a fresh clone give a workspace in which every stage is up to date (nothing to recompute). (One queued point keeps the test within CI's
 time; the queue runs any number the same way.)
 """
 
@@ -101,6 +102,17 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     assert "Data and pipelines are up to date" in _run([dvc, "status"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "baseline"], repo)
+
+    # A teammate: `dvc push` to a remote, then a fresh clone + `dvc pull` finds every stage up to date.
+    remote = repo.parent / "dvc-remote"
+    _run([dvc, "remote", "add", "-d", "local", str(remote)], repo)
+    _run([dvc, "push"], repo)
+    clone = repo.parent / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    _run([dvc, "remote", "add", "-d", "-f", "local", str(remote)], clone)
+    _run([dvc, "pull"], clone)
+    assert "Data and pipelines are up to date" in _run([dvc, "status"], clone)
+    assert (clone / "models" / "onnx" / "effifusion.onnx").is_file()
 
     _run([dvc, "exp", "run", "--queue", "-S", "prune.amount=0.5"], repo)
     _run([dvc, "queue", "start"], repo)
