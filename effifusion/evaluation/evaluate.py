@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from effifusion.core import files
 from effifusion.tracking import figures
+from effifusion.tracking.names import RTF, in_section
 from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from effifusion.data.datasets import read_manifest
 from effifusion.core.errors import AudioError, ConfigError, DataError
@@ -494,29 +495,27 @@ def _model_summary(torch_model: Path, onnx_model: Path) -> dict[str, Any]:
 
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Flat MLflow names: test_pesq (PyTorch), test_noisy_pesq, test_onnx_pesq, test_improvement_pesq,
-    test_onnx_minus_torch_pesq, onnx_minus_torch_pesq_max_abs, rtf_torch, rtf_onnx, test_n, ...;
-    the published-convention composites likewise: test_csig_published, test_noisy_csig_published, ..."""
+    """MLflow names, one section per set (effifusion.tracking.names): test/pesq (PyTorch), test/noisy_pesq,
+    test/onnx_pesq, test/improvement_pesq, test/onnx_minus_torch_pesq, test/onnx_minus_torch_pesq_max_abs,
+    test/n, unseen/... alike, the published-convention composites likewise (test/csig_published,
+    test/noisy_csig_published, ...), and the real-time factors as rtf/torch and rtf/onnx."""
     flat: dict[str, float] = {}
-    max_abs = []
     for set_name in SETS:
         if set_name not in metrics:
             continue
         res = metrics[set_name]
-        flat[f"{set_name}_n"] = float(res["n"])
+        row: dict[str, Any] = {"n": res["n"]}
         for m in [k for k in ALL_METRICS if k in res["pytorch"]]:
-            flat[f"{set_name}_{m}"] = res["pytorch"][m]
-            flat[f"{set_name}_noisy_{m}"] = res["noisy"][m]
-            flat[f"{set_name}_onnx_{m}"] = res["onnx"][m]
-            flat[f"{set_name}_improvement_{m}"] = res["improvement"][m]
-            flat[f"{set_name}_onnx_minus_torch_{m}"] = res["onnx_minus_pytorch"][m]
-        max_abs.append(res["onnx_minus_pytorch"]["pesq_max_abs"])
-    if max_abs:
-        flat["onnx_minus_torch_pesq_max_abs"] = max(max_abs)
+            row[m] = res["pytorch"][m]
+            row[f"noisy_{m}"] = res["noisy"][m]
+            row[f"onnx_{m}"] = res["onnx"][m]
+            row[f"improvement_{m}"] = res["improvement"][m]
+            row[f"onnx_minus_torch_{m}"] = res["onnx_minus_pytorch"][m]
+        row["onnx_minus_torch_pesq_max_abs"] = res["onnx_minus_pytorch"]["pesq_max_abs"]
+        flat.update(in_section(set_name, row))
     if "rtf" in metrics:
-        flat["rtf_torch"] = metrics["rtf"]["pytorch"]
-        flat["rtf_onnx"] = metrics["rtf"]["onnx"]
-    return {k: float(v) for k, v in flat.items()}
+        flat.update(in_section(RTF, {"torch": metrics["rtf"]["pytorch"], "onnx": metrics["rtf"]["onnx"]}))
+    return flat
 
 
 def _log_to_mlflow(params: dict[str, Any], run_dir: Path, metrics: dict[str, Any], out_dir: Path) -> None:

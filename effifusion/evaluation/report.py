@@ -6,9 +6,12 @@ as Markdown + CSV + PNG and logged to MLflow as a run of its own (stage ``report
 ``register`` the selected run's ONNX model goes to the model registry.
 
 Model selection never sees the test set: the selected run is the one with the highest validation
-PESQ (``val_pesq``, which the training stage logs at the end of the run: the best model's PESQ on
-held-out *training* speakers). Test and unseen-noise metrics are shown in the table for
-information only. A run without a finite ``val_pesq`` is left out of the choice, with a note.
+PESQ (MLflow metric ``val/pesq``, whose latest value the training stage logs at the end of the run:
+the best model's PESQ on held-out *training* speakers). Test and unseen-noise metrics are shown in
+the table for information only. A run without a finite ``val/pesq`` is left out of the choice, with
+a note. The runs' metrics are read by their MLflow names (effifusion.tracking.names: ``test/pesq``,
+``train/conv_sparsity``, ``export/onnx_zip_bytes``, ...); the table, the CSV and the selection use
+flat column names (``test_pesq``, ``val_pesq``, ...).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 from effifusion.core import files
 from effifusion.tracking import figures
 from effifusion.tracking import runs as tracking
+from effifusion.tracking.names import EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_PESQ, in_section
 from effifusion.core.config import read_params, repo_root
 from effifusion.core.errors import DataError
 
 QUALITY = ("pesq", "csig", "cbak", "covl", "stoi")
 SETS = ("test", "unseen")
 REGISTERED_MODEL = "effifusion-gan"
-SELECT_BY = "val_pesq"  # the training stage's final metric (effifusion.training.trainer._finish); never a test metric
+SELECT_BY = "val_pesq"  # the row column selection reads: MLflow's val/pesq, never a test metric
 
 
 def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, list[Any]]:
@@ -36,7 +40,7 @@ def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, l
     exp_id = tracking.setup(experiment)
     runs = mlflow.search_runs([exp_id], filter_string="tags.stage = 'prune' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], output_format="list")
-    runs = [r for r in runs if "test_pesq" in r.data.metrics]  # only runs that reached evaluate
+    runs = [r for r in runs if TEST_PESQ in r.data.metrics]  # only runs that reached evaluate
     if not runs:
         raise DataError(f"MLflow experiment {experiment!r} at {tracking.tracking_uri()} has no evaluated prune "
                         "runs: run the pipeline (dvc repro) or a sweep (dvc exp run) first")
@@ -52,6 +56,7 @@ def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, l
 
 
 def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
+    """One row per run with flat column names, read from the runs' sectioned MLflow metrics."""
     rows = []
     for r in runs:
         m = r.data.metrics
@@ -59,16 +64,16 @@ def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
             "run": r.info.run_name,
             "dvc_exp": r.data.tags.get("dvc_exp", ""),
             "prune.amount": float(r.data.params["prune.amount"]),
-            "conv_sparsity": m.get("conv_sparsity"),
-            "params_nonzero": int(m["params_nonzero"]) if "params_nonzero" in m else None,
-            "onnx_zip_kib": m["onnx_zip_bytes"] / 1024 if "onnx_zip_bytes" in m else None,
-            "rtf_onnx": m.get("rtf_onnx"),
-            "rtf_torch": m.get("rtf_torch"),
-            "val_pesq": m.get(SELECT_BY),
+            "conv_sparsity": m.get(f"{TRAIN}/conv_sparsity"),
+            "params_nonzero": int(m[f"{TRAIN}/params_nonzero"]) if f"{TRAIN}/params_nonzero" in m else None,
+            "onnx_zip_kib": m[f"{EXPORT}/onnx_zip_bytes"] / 1024 if f"{EXPORT}/onnx_zip_bytes" in m else None,
+            "rtf_onnx": m.get(f"{RTF}/onnx"),
+            "rtf_torch": m.get(f"{RTF}/torch"),
+            SELECT_BY: m.get(VAL_PESQ),
         }
         for s in SETS:
             for q in QUALITY:
-                row[f"{s}_{q}"] = m.get(f"{s}_{q}")
+                row[f"{s}_{q}"] = m.get(f"{s}/{q}")
         row["run_id"] = r.info.run_id
         rows.append(row)
     return rows
@@ -77,18 +82,19 @@ def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
 def select_best(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The row with the highest validation PESQ, and the rows left out for having none.
 
-    Only ``val_pesq`` is read: test and unseen-set metrics never take part in the choice. Rows whose
-    ``val_pesq`` is missing or not finite are returned as excluded (the report lists them); ties go
-    to the lower prune.amount's row, i.e. the first in the sweep's order. Raises DataError when no
-    row has a usable ``val_pesq``.
+    Only ``val_pesq`` (MLflow's ``val/pesq``) is read: test and unseen-set metrics never take part in
+    the choice. Rows whose ``val_pesq`` is missing or not finite are returned as excluded (the report
+    lists them); ties go to the lower prune.amount's row, i.e. the first in the sweep's order. Raises
+    DataError when no row has a usable ``val_pesq``.
     """
     usable, excluded = [], []
     for r in rows:
         v = r.get(SELECT_BY)
         (usable if isinstance(v, (int, float)) and math.isfinite(v) else excluded).append(r)
     if not usable:
-        raise DataError(f"none of the {len(rows)} prune runs has a finite {SELECT_BY!r} metric, so no model can "
-                        "be selected without looking at the test set: rerun the prune stage (it logs val_pesq)")
+        raise DataError(f"none of the {len(rows)} prune runs has a finite {VAL_PESQ!r} metric, so no model "
+                        "can be selected without looking at the test set: rerun the prune stage (it logs "
+                        f"{VAL_PESQ})")
     best = usable[0]
     for r in usable[1:]:
         if r[SELECT_BY] > best[SELECT_BY]:
@@ -161,7 +167,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
 
     tracking.setup(experiment)
     with mlflow.start_run(run_name=f"sweep-report-{len(rows)}pts") as run:
-        mlflow.set_tags({"stage": "report", "dense_run_id": dense_run_id, "selected_by": SELECT_BY,
+        mlflow.set_tags({"stage": "report", "dense_run_id": dense_run_id, "selected_by": VAL_PESQ,
                          "selected_run_id": best["run_id"]})
         for f in [out_dir / "sweep.md", out_dir / "sweep.csv", *figures]:
             mlflow.log_artifact(str(f), "sweep")
@@ -170,7 +176,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
         for s in SETS:  # the selected run's own test results, for information; not a "best test" figure
             if best.get(f"{s}_pesq") is not None:
                 logged[f"selected_{s}_pesq"] = best[f"{s}_pesq"]
-        mlflow.log_metrics(logged)
+        mlflow.log_metrics(in_section(SWEEP, logged))
         report_run = run.info.run_id
     summary: dict[str, Any] = {
         "runs": len(rows), "dense_run_id": dense_run_id, "report_run_id": report_run, "selected_by": SELECT_BY,

@@ -280,12 +280,15 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
 
 
 def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
-    """Log the ONNX model (with signature and input example) and the export metrics to the active run."""
+    """Log the ONNX model (with signature and input example) and the export metrics (export/onnx_bytes,
+    export/onnx_zip_bytes, export/onnx_parity_max_abs) to the active run."""
     import mlflow
     import mlflow.onnx
     import onnx
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
+
+    from effifusion.tracking.names import EXPORT, in_section
 
     if mlflow.active_run() is None:
         raise RuntimeError("log_to_mlflow needs an active MLflow run (use tracking.resume_run)")
@@ -298,9 +301,6 @@ def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
     example = parity_signal(sample_rate // 4, sample_rate)[None]  # 0.25 s, batch 1
     mlflow.onnx.log_model(model_proto, name="onnx", signature=signature, input_example={INPUT_NAME: example},
                           save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
-    mlflow.log_metrics({
-        "onnx_bytes": float(report["onnx_bytes"]),
-        "onnx_zip_bytes": float(report["onnx_zip_bytes"]),
-        "onnx_parity_max_abs": float(report["onnx_parity_max_abs"]),
-    })
+    logged = ("onnx_bytes", "onnx_zip_bytes", "onnx_parity_max_abs")
+    mlflow.log_metrics(in_section(EXPORT, {k: report[k] for k in logged}))
     mlflow.log_dict(report, "export/export.json")

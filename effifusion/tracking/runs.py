@@ -5,6 +5,11 @@ The store is ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo>/mlflow.db`
 even in queued experiments that run in temporary copies under ``.dvc/tmp/exps`` — so every
 experiment of a sweep logs into the same store. Creating a fresh SQLite store races when several
 processes start at once (REFERENCE §8), so creation happens under a file lock.
+
+MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment's
+``mlflow.experimentKind`` tag says otherwise; ``custom_model_development`` (shown as "Machine
+learning") opens it on its runs. The tag is set when the experiment is created, and added to an
+existing experiment that has no kind yet (one chosen by hand is left alone).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from effifusion.core.files import write_json
 from effifusion.core.config import flatten, params_hash, repo_root
 
 RUN_REF = "mlflow_run.json"  # written into a stage's DVC output folder; later stages read it
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI (values: genai_development, ...)
+EXPERIMENT_KIND = "custom_model_development"  # model training: the UI opens on the runs
 
 
 def tracking_uri() -> str:
@@ -45,9 +52,12 @@ def setup(experiment: str) -> str:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             location = artifact_root() if uri.startswith("sqlite:") else None
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before this tag, or by another tool
+                mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

@@ -4,7 +4,7 @@ Pruning is one: the prune stage is the train stage started from the dense checkp
 ``PruningCallback``. Hooks, in the order the trainer calls them:
 
     on_model(model, total_steps)   before the task creates its optimisers (pruning reparametrises)
-    on_step_end(step)              after each optimisation step; returns metrics to log, or None
+    on_step_end(step)              after each optimisation step; returns metrics to log (train/...), or None
     selectable()                   may the current weights compete for "best model"?
     on_finish(model, out_dir, plots_dir) -> metrics   after the best weights are back, before saving
     config() / state_dict() / load_state_dict()       resume identity and position
@@ -82,7 +82,7 @@ class PruningCallback(Callback):
         if new is None:
             return None
         self.rows.append({"step": step, "sparsity": new, "target": self.pruner.target})
-        return {"sparsity": new}
+        return {"conv_sparsity": new}  # the curve that ends at on_finish's conv_sparsity
 
     def selectable(self) -> bool:
         return self.pruner is None or self.pruner.target >= self.pruner.final_amount

@@ -247,7 +247,7 @@ class Trainer:
                  init_dir: Path | None, callbacks: Sequence[Callback], resume_file: Path):
         self.params, self.name, self.schedule = params, name, schedule
         self.callbacks = list(callbacks)
-        self.init_dir, self.resume_file = init_dir, resume_file
+        self.prepared_dir, self.init_dir, self.resume_file = prepared_dir, init_dir, resume_file
         tcfg = params["train"]
         self.tcfg = tcfg
         self.runtime = runtime = params["runtime"]
@@ -353,7 +353,10 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         with run_ctx as run, self.pesq:
             if run is not None:
+                from effifusion.tracking.inputs import log_data_inputs
+
                 self.state.run_id = run.info.run_id
+                log_data_inputs(self.prepared_dir)  # again on resume: MLflow keeps one input per dataset
             self.run_handle = run
             interrupted = self._loop(stop_after_steps, stop_after_s)
             if interrupted:
@@ -458,8 +461,10 @@ class Trainer:
         if self.run_handle is not None and self.pending_log:
             import mlflow
 
+            from effifusion.tracking.names import training_metrics
+
             for s, row in self.pending_log:
-                mlflow.log_metrics(row, step=s)
+                mlflow.log_metrics(training_metrics(row), step=s)
         self.pending_log.clear()
 
     # -- the end ----------------------------------------------------------------------------------
@@ -511,9 +516,9 @@ class Trainer:
             import mlflow
 
             from effifusion.tracking import runs as tracking
+            from effifusion.tracking.names import training_metrics
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-                               step=state.step)
+            mlflow.log_metrics(training_metrics(metrics), step=state.step)
             mlflow.log_artifact(str(out_dir / MODEL_FILE), "checkpoint")
             for cb in self.callbacks:
                 for path in cb.artifacts:

@@ -133,7 +133,7 @@ def evaluated(tmp_path_factory):
         mp.chdir(root)
         world = build_world(root, voicebank)
         with tracking.start_run("prune", world["params"]) as run:
-            mlflow.log_metric("val_pesq", 1.0)
+            mlflow.log_metric("val/pesq", 1.0)
         tracking.write_run_ref(world["torch_model"].parent, run)
         metrics = ev.evaluate(world["params"], **_kwargs(world, root))
     return {**world, "root": root, "metrics": metrics, "run_id": run.info.run_id,
@@ -266,16 +266,17 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     run = client.get_run(evaluated["run_id"])
     logged = run.data.metrics
     m = evaluated["metrics"]
-    assert logged["val_pesq"] == 1.0  # the prune run was resumed, not replaced
-    assert logged["test_pesq"] == pytest.approx(m["test"]["pytorch"]["pesq"])
-    assert logged["test_noisy_pesq"] == pytest.approx(m["test"]["noisy"]["pesq"])
-    assert logged["unseen_onnx_stoi"] == pytest.approx(m["unseen"]["onnx"]["stoi"])
-    assert logged["unseen_improvement_pesq"] == pytest.approx(m["unseen"]["improvement"]["pesq"])
-    assert logged["test_onnx_minus_torch_pesq"] == pytest.approx(m["test"]["onnx_minus_pytorch"]["pesq"])
-    assert logged["rtf_torch"] == pytest.approx(m["rtf"]["pytorch"])
-    assert logged["test_csig_published"] == pytest.approx(m["test"]["pytorch"]["csig_published"])
-    assert logged["unseen_noisy_covl_published"] == pytest.approx(m["unseen"]["noisy"]["covl_published"])
-    assert logged["rtf_onnx"] == pytest.approx(m["rtf"]["onnx"])
+    assert logged["val/pesq"] == 1.0  # the prune run was resumed, not replaced
+    assert logged["test/pesq"] == pytest.approx(m["test"]["pytorch"]["pesq"])
+    assert logged["test/noisy_pesq"] == pytest.approx(m["test"]["noisy"]["pesq"])
+    assert logged["unseen/onnx_stoi"] == pytest.approx(m["unseen"]["onnx"]["stoi"])
+    assert logged["unseen/improvement_pesq"] == pytest.approx(m["unseen"]["improvement"]["pesq"])
+    assert logged["test/onnx_minus_torch_pesq"] == pytest.approx(m["test"]["onnx_minus_pytorch"]["pesq"])
+    assert logged["rtf/torch"] == pytest.approx(m["rtf"]["pytorch"])
+    assert logged["test/csig_published"] == pytest.approx(m["test"]["pytorch"]["csig_published"])
+    assert logged["unseen/noisy_covl_published"] == pytest.approx(m["unseen"]["noisy"]["covl_published"])
+    assert logged["rtf/onnx"] == pytest.approx(m["rtf"]["onnx"])
+    assert {k.split("/")[0] for k in logged} == {"val", "test", "unseen", "rtf"}  # every metric in a section
     names = {Path(a.path).name for a in client.list_artifacts(evaluated["run_id"], "evaluation")}
     assert {"summary.md", "per_utterance.csv", "by_condition.csv", "unseen_pesq_by_snr.png"} <= names
 
@@ -331,8 +332,9 @@ def test_summarize_and_condition_table_on_known_numbers() -> None:
     assert table[("all", "all")]["pytorch_csig"] == pytest.approx(2.5)
 
     flat = ev.mlflow_metrics({**summary, "rtf": {"pytorch": 0.5, "onnx": 0.25}})
-    assert flat["unseen_pesq"] == pytest.approx(2.5) and flat["unseen_noisy_pesq"] == pytest.approx(1.5)
-    assert flat["onnx_minus_torch_pesq_max_abs"] == pytest.approx(0.01) and flat["rtf_onnx"] == 0.25
+    assert flat["unseen/pesq"] == pytest.approx(2.5) and flat["unseen/noisy_pesq"] == pytest.approx(1.5)
+    assert flat["unseen/onnx_minus_torch_pesq_max_abs"] == pytest.approx(0.01) and flat["rtf/onnx"] == 0.25
+    assert flat["unseen/n"] == 3.0 and not [k for k in flat if k.startswith("test/")]
 
 
 def test_spectrogram_items_spread_over_sets_and_snrs() -> None:

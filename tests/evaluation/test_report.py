@@ -36,7 +36,7 @@ def test_select_best_excludes_runs_without_validation_pesq():
 
 
 def test_select_best_fails_in_one_line_when_no_run_has_validation_pesq():
-    with pytest.raises(DataError, match="val_pesq") as info:
+    with pytest.raises(DataError, match="val/pesq") as info:
         select_best([_row(0.2, val=None, test=3.0), _row(0.3, val=None, test=2.0)])
     assert "\n" not in str(info.value)
 
@@ -44,14 +44,16 @@ def test_select_best_fails_in_one_line_when_no_run_has_validation_pesq():
 def test_sweep_rows_read_val_pesq_from_the_run_metrics():
     run = SimpleNamespace(
         info=SimpleNamespace(run_name="prune-30%", run_id="abc"),
-        data=SimpleNamespace(metrics={"val_pesq": 2.5, "test_pesq": 2.9, "conv_sparsity": 0.3},
+        data=SimpleNamespace(metrics={"val/pesq": 2.5, "test/pesq": 2.9, "train/conv_sparsity": 0.3,
+                                      "export/onnx_zip_bytes": 2048.0, "rtf/onnx": 0.2},
                              params={"prune.amount": "0.3"}, tags={"dvc_exp": "e1"}))
     # a run logged before the prune stage logged val_pesq
     old = SimpleNamespace(info=SimpleNamespace(run_name="old", run_id="def"),
-                          data=SimpleNamespace(metrics={"test_pesq": 3.5}, params={"prune.amount": "0.4"},
+                          data=SimpleNamespace(metrics={"test/pesq": 3.5}, params={"prune.amount": "0.4"},
                                                tags={}))
     rows = sweep_rows([run, old])
-    assert rows[0]["val_pesq"] == 2.5 and rows[0]["test_pesq"] == 2.9
+    assert rows[0]["val_pesq"] == 2.5 and rows[0]["test_pesq"] == 2.9 and rows[0]["conv_sparsity"] == 0.3
+    assert rows[0]["onnx_zip_kib"] == 2.0 and rows[0]["rtf_onnx"] == 0.2
     assert rows[1]["val_pesq"] is None
     assert select_best(rows)[0]["run_id"] == "abc"
 
@@ -73,11 +75,12 @@ def test_sweep_report_selects_by_validation_and_labels_test_results(tmp_path, mo
         with mlflow.start_run(run_name=f"prune-{round(amount * 100)}%") as run:
             mlflow.set_tags({"stage": "prune", "dense_run_id": "dense1"})
             mlflow.log_param("prune.amount", amount)
-            metrics = {"test_pesq": test, "unseen_pesq": test - 0.3, "conv_sparsity": amount,
-                       "params_nonzero": 1000 * (1 - amount), "onnx_zip_bytes": 4096.0, "rtf_onnx": 0.1}
+            metrics = {"test/pesq": test, "unseen/pesq": test - 0.3, "train/conv_sparsity": amount,
+                       "train/params_nonzero": 1000 * (1 - amount), "export/onnx_zip_bytes": 4096.0,
+                       "rtf/onnx": 0.1}
             if val is not None:
-                mlflow.log_metric("val_pesq", val - 0.5, step=10)  # an earlier validation...
-                metrics["val_pesq"] = val  # ...then the final one, logged by _finish at the last step
+                mlflow.log_metric("val/pesq", val - 0.5, step=10)  # an earlier validation...
+                metrics["val/pesq"] = val  # ...then the final one, logged by _finish at the last step
             mlflow.log_metrics(metrics, step=20)
             ids[amount] = run.info.run_id
 
@@ -94,8 +97,8 @@ def test_sweep_report_selects_by_validation_and_labels_test_results(tmp_path, mo
     assert "val_pesq" in (out / "sweep.csv").read_text().splitlines()[0]
 
     logged = mlflow.MlflowClient().get_run(summary["report_run_id"]).data
-    assert logged.metrics["best_val_pesq"] == pytest.approx(2.6)
-    assert logged.metrics["selected_prune_amount"] == pytest.approx(0.3)
-    assert logged.metrics["selected_test_pesq"] == pytest.approx(2.8)
-    assert not any(k.startswith("best_test") for k in logged.metrics)
-    assert logged.tags["selected_by"] == "val_pesq"
+    assert logged.metrics["sweep/best_val_pesq"] == pytest.approx(2.6)
+    assert logged.metrics["sweep/selected_prune_amount"] == pytest.approx(0.3)
+    assert logged.metrics["sweep/selected_test_pesq"] == pytest.approx(2.8)
+    assert not any(k.startswith("sweep/best_test") for k in logged.metrics)
+    assert logged.tags["selected_by"] == "val/pesq"

@@ -172,8 +172,8 @@ def test_log_to_mlflow(exported: dict, tmp_path: Path) -> None:
         loaded = mlflow.pyfunc.load_model(models[0].model_uri)
     finally:
         mlflow.set_tracking_uri(previous_uri)
-    assert metrics["onnx_bytes"] == exported["report"]["onnx_bytes"]
-    assert metrics["onnx_zip_bytes"] == exported["report"]["onnx_zip_bytes"]
+    assert metrics["export/onnx_bytes"] == exported["report"]["onnx_bytes"]
+    assert metrics["export/onnx_zip_bytes"] == exported["report"]["onnx_zip_bytes"]
     spec = loaded.metadata.signature.inputs.inputs[0]
     assert spec.name == INPUT_NAME and spec.shape == (-1, -1)
     x = parity_signal(3000, 16000)[None]

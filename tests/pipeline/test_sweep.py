@@ -127,9 +127,15 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     by_amount = {float(r.data.params["prune.amount"]): r for r in prune_runs}
     assert set(by_amount) == {0.3, 0.5}
     assert by_amount[0.5].data.tags.get("dvc_exp")  # the queued experiment's name
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
     for amount, run in by_amount.items():
-        assert run.data.metrics["conv_sparsity"] == pytest.approx(amount, abs=2e-3)
-        assert "test_pesq" in run.data.metrics  # export and evaluate logged into the same run
+        assert run.data.metrics["train/conv_sparsity"] == pytest.approx(amount, abs=2e-3)
+        assert {"test/pesq", "export/onnx_zip_bytes"} <= set(run.data.metrics)  # export, evaluate logged here
+        for data_input in run.inputs.dataset_inputs:  # the data DVC's hash names, also in the queued copy
+            assert data_input.dataset.digest == prepared_md5
+            assert {t.key: t.value for t in data_input.tags}["data_hash_source"] == "dvc.lock:prepare"
+        assert len(run.inputs.dataset_inputs) == 2
         assert run.info.run_name.startswith(f"prune-{round(amount * 100)}%")
     train_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
     assert len(train_runs) == 1  # the sweep reused the dense model instead of retraining it

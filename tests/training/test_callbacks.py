@@ -25,7 +25,8 @@ def test_pruning_callback_schedule_selection_and_files(tmp_path):
     assert hasattr(model[0], "weight_orig")  # reparametrised before any optimiser is created
     assert not cb.selectable()
     logged = [cb.on_step_end(s) for s in range(2)]
-    assert logged[0] is None and logged[1]["sparsity"] == pytest.approx(0.4375, abs=0.05)  # the cubic ramp
+    assert logged[0] is None
+    assert logged[1]["conv_sparsity"] == pytest.approx(0.4375, abs=0.05)  # the cubic ramp
     assert not cb.selectable()
     logged += [cb.on_step_end(s) for s in range(2, 4)]
     assert cb.selectable()  # ramp over 2 of 4 steps: at 0.5 from step 2 on

@@ -156,9 +156,17 @@ def test_training_run_is_logged_to_mlflow(prepared, tmp_path, monkeypatch):
     assert run.data.tags["dvc_exp"] == "sunny-sweep"
     assert len(run.data.tags["params_hash"]) == 12
     assert run.info.run_name.startswith("train-C8x1")
-    assert "val_pesq" in run.data.metrics and "g_total" in run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "g_total")
+    assert {"val/pesq", "val/best_step", "train/g_total", "train/d_loss", "train/lr", "train/sparsity",
+            "train/params_nonzero", "train/steps_per_s"} <= set(run.data.metrics)
+    assert not [k for k in run.data.metrics if "/" not in k]  # every metric in a section
+    history = client.get_metric_history(run.info.run_id, "train/g_total")
     assert len(history) >= 4  # a curve, not a single point
+    val_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/pesq"))
+    assert val_steps == [3, 6, 8, 8]  # every 3 steps and at the end of 8, then the selected weights' value
+    contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"training", "validation"}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "figures", "val_examples"} <= artifacts
     figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
