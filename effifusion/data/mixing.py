@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from scipy.signal import lfilter
 
 from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError
-from effifusion.core.files import atomic_dir
+from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel
 
 # ITU-T P.56 method B constants.
@@ -202,7 +201,7 @@ def mix_unseen(
         seconds = time.perf_counter() - start
         report = _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate, workers,
                                 seconds)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(tmp / "report.json", report)
     return report
 
 

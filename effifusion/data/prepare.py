@@ -9,7 +9,6 @@ Validation speakers are split out of the training set (never the test set, REFER
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from effifusion.dsp.audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
-from effifusion.core.files import atomic_dir
+from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel
 
 # split name -> (clean folder, noisy folder, log file) inside the raw corpus
@@ -124,7 +123,7 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
             "seconds": round(seconds, 3),
             "files_per_s": round(files / seconds, 2) if seconds > 0 else None,
         }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(tmp / "report.json", report)
     return report
 
 

@@ -8,13 +8,17 @@ what an exact resume needs beyond the model's weights (a pending PESQ batch, an 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import EnhancementModel
+from effifusion.training.losses import generator_losses
 
 Wrap = Callable[..., nn.Module]  # wrap(module, compile=False) -> DDP- and/or torch.compile-wrapped module
 
@@ -70,6 +74,53 @@ class Task:
     def modules(self) -> list[nn.Module]:
         """Every network the task trains, model first (DDP divergence checks walk them)."""
         return [self.model]
+
+
+@dataclass
+class Spectra:
+    """A batch through a magnitude-phase model: targets, estimates, and what the losses need."""
+
+    clean_mag: torch.Tensor
+    clean_pha: torch.Tensor
+    clean_com: torch.Tensor
+    est_mag: torch.Tensor
+    est_pha: torch.Tensor
+    est_com: torch.Tensor
+    est_wav: torch.Tensor
+    est_com_consistent: torch.Tensor  # STFT(iSTFT(estimate)): the consistency loss's target
+
+    def losses(self, clean: torch.Tensor, metric_score: torch.Tensor | None, weights: dict[str, float]
+               ) -> dict[str, torch.Tensor]:
+        return generator_losses(clean, self.est_wav, self.clean_mag, self.clean_pha, self.clean_com, self.est_mag,
+                                self.est_pha, self.est_com, self.est_com_consistent, metric_score, weights)
+
+
+def forward_spectra(net: nn.Module, frontend: StftFrontEnd, clean: torch.Tensor, noisy: torch.Tensor,
+                    amp: bool) -> Spectra:
+    """The model ``net(mag, pha) -> (mag, pha, complex)`` on a batch, in float32 outside bf16 autocast."""
+    clean_mag, clean_pha, clean_com = frontend.analyse(clean)
+    noisy_mag, noisy_pha, _ = frontend.analyse(noisy)
+    with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=amp):
+        est_mag, est_pha, est_com = net(noisy_mag, noisy_pha)
+    est_mag, est_pha, est_com = est_mag.float(), est_pha.float(), est_com.float()
+    est_wav = frontend.synthesise(est_mag, est_pha, length=clean.shape[-1])
+    _, _, est_com_consistent = frontend.analyse(est_wav)
+    return Spectra(clean_mag, clean_pha, clean_com, est_mag, est_pha, est_com, est_wav, est_com_consistent)
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any, grad_clip: float) -> None:
+    """zero_grad, backward, optional gradient-norm clipping, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+def check_finite(losses: dict[str, float]) -> dict[str, float]:
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise FloatingPointError(f"non-finite loss at this step: {losses} (lower train.lr or enable grad_clip)")
+    return losses
 
 
 def snapshot_weights(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ its own front end's features (EffiFusion-GAN, MUSE-style models).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,9 @@ from effifusion.core.files import atomic_path
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import EnhancementModel
 from effifusion.models.discriminator import build_discriminator
-from effifusion.training.losses import discriminator_loss, generator_losses, pesq_to_target
+from effifusion.training.losses import discriminator_loss, pesq_to_target
 from effifusion.training.pesq_pool import PesqPool
-from effifusion.training.tasks.base import Task, Wrap, snapshot_weights
+from effifusion.training.tasks.base import Task, Wrap, check_finite, forward_spectra, optimise, snapshot_weights
 
 DISCRIMINATOR_FILE = "discriminator.pt"
 
@@ -77,14 +76,9 @@ class GanStep:
     def __call__(self, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
         device = clean.device
         t0 = time.perf_counter()
-        clean_mag, clean_pha, clean_com = self.frontend.analyse(clean)
-        noisy_mag, noisy_pha, _ = self.frontend.analyse(noisy)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
-            est_mag, est_pha, est_com = self.generator(noisy_mag, noisy_pha)
-        est_mag, est_pha, est_com = est_mag.float(), est_pha.float(), est_com.float()
-        est_wav = self.frontend.synthesise(est_mag, est_pha, length=clean.shape[-1])
-        _, _, est_com_consistent = self.frontend.analyse(est_wav)
-        scores = self.pesq.submit(clean.detach().cpu().numpy(), est_wav.detach().float().cpu().numpy())
+        s = forward_spectra(self.generator, self.frontend, clean, noisy, self.amp)
+        clean_mag, est_mag = s.clean_mag, s.est_mag
+        scores = self.pesq.submit(clean.detach().cpu().numpy(), s.est_wav.detach().float().cpu().numpy())
         self._sync(device)
         t1 = time.perf_counter()
 
@@ -121,22 +115,15 @@ class GanStep:
             d_core.requires_grad_(False)
             metric = d_core(clean_mag, est_mag)
             d_core.requires_grad_(True)
-        losses = generator_losses(clean, est_wav, clean_mag, clean_pha, clean_com, est_mag, est_pha, est_com,
-                                  est_com_consistent, metric, self.loss_weights)
-        self.opt_g.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-        self.opt_g.step()
+        losses = s.losses(clean, metric, self.loss_weights)
+        optimise(self.opt_g, losses["total"], self.generator.parameters(), self.grad_clip)
         self._sync(device)
         t3 = time.perf_counter()
         self.timings["g_s"] += (t1 - t0) + (t3 - t2)
         self.timings["d_s"] += t2 - t1
         out = {f"g_{k}": float(v.detach()) for k, v in losses.items()}
         out["d_loss"] = float(loss_d.detach())
-        if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(f"non-finite loss at this step: {out} (lower train.lr or enable grad_clip)")
-        return out
+        return check_finite(out)
 
 
 class MetricGanTask(Task):

@@ -8,14 +8,12 @@ predictive-only baselines; ``train.objective: predictive`` selects it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from effifusion.models.base import EnhancementModel
-from effifusion.training.losses import generator_losses
-from effifusion.training.tasks.base import Task, Wrap
+from effifusion.training.tasks.base import Task, Wrap, check_finite, forward_spectra, optimise
 
 
 class PredictiveTask(Task):
@@ -38,25 +36,10 @@ class PredictiveTask(Task):
         self.net = wrap(self.model, compile=True)
 
     def step(self, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
-        front = self.model.frontend
-        clean_mag, clean_pha, clean_com = front.analyse(clean)
-        noisy_mag, noisy_pha, _ = front.analyse(noisy)
-        with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            est_mag, est_pha, est_com = self.net(noisy_mag, noisy_pha)
-        est_mag, est_pha, est_com = est_mag.float(), est_pha.float(), est_com.float()
-        est_wav = front.synthesise(est_mag, est_pha, length=clean.shape[-1])
-        _, _, est_com_consistent = front.analyse(est_wav)
-        losses = generator_losses(clean, est_wav, clean_mag, clean_pha, clean_com, est_mag, est_pha, est_com,
-                                  est_com_consistent, None, self.weights)
-        self.opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
-        self.opt.step()
-        out = {f"g_{k}": float(v.detach()) for k, v in losses.items()}
-        if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(f"non-finite loss at this step: {out} (lower train.lr or enable grad_clip)")
-        return out
+        s = forward_spectra(self.net, self.model.frontend, clean, noisy, self.amp)
+        losses = s.losses(clean, None, self.weights)
+        optimise(self.opt, losses["total"], self.net.parameters(), self.grad_clip)
+        return check_finite({f"g_{k}": float(v.detach()) for k, v in losses.items()})
 
     def end_epoch(self) -> None:
         self.sched.step()
