@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from effifusion.core.config import load_params, run_stage
+from effifusion.core.files import write_json
 from effifusion.data.mixing import mix_unseen
 
 
@@ -11,10 +12,12 @@ def main() -> None:
     report = mix_unseen(Path("data/prepared"), Path("data/raw"), Path("data/unseen"), params["mix_unseen"],
                         seed=params["seed"], sample_rate=params["audio"]["sample_rate"],
                         workers=params["runtime"]["data_workers"])
-    snr = report["measured_snr_db"]
+    snr, timing = report["measured_snr_db"], report["timing"]
+    write_json(Path("metrics/mix_unseen.json"), {"files": report["counts"]["files"],
+                                                 "snr_error_max_abs_db": snr["error_max_abs_db"], **timing})
     print(f"mix_unseen: {report['counts']['files']} mixtures ({report['counts']['noises']} noises x "
           f"{report['counts']['snrs']} SNRs), SNR error max {snr['error_max_abs_db']:.3f} dB, "
-          f"{report['seconds']:.1f} s ({report['files_per_s']:.1f} files/s)")
+          f"{timing['seconds']:.1f} s ({timing['files_per_s']:.1f} files/s)")
 
 
 if __name__ == "__main__":

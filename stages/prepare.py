@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from effifusion.core.config import load_params, run_stage
+from effifusion.core.files import write_json
 from effifusion.data.prepare import prepare_corpus
 
 
@@ -10,10 +11,11 @@ def main() -> None:
     params = load_params()
     report = prepare_corpus(Path("data/raw"), Path("data/prepared"), params["prepare"],
                             sample_rate=params["audio"]["sample_rate"], workers=params["runtime"]["data_workers"])
-    counts = report["counts"]
+    counts, timing = report["counts"], report["timing"]
+    write_json(Path("metrics/prepare.json"), {"pairs": counts, "skipped": report["skipped"], **timing})
     print(f"prepare: train {counts['train']}, val {counts['val']}, test {counts['test']} pairs, "
-          f"{report['skipped']} bad pairs skipped, {report['seconds']:.1f} s "
-          f"({report['files_per_s']:.1f} files/s)")
+          f"{report['skipped']} bad pairs skipped, {timing['seconds']:.1f} s "
+          f"({timing['files_per_s']:.1f} files/s)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from scipy.signal import lfilter
 from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.core.files import atomic_dir, write_json
-from effifusion.core.parallel import run_parallel
+from effifusion.core.parallel import run_parallel, timing_report
 
 # ITU-T P.56 method B constants.
 P56_TIME_CONSTANT_S = 0.03   # envelope smoothing
@@ -162,8 +162,8 @@ def mix_unseen(
     utterances, chosen so every utterance is used about equally; the noise excerpt's offset is
     drawn from a seed derived from (seed, utterance, noise, SNR), so re-runs give identical files
     whatever the worker count. A noise file shorter than an utterance is looped. Writes
-    ``noisy/*.wav``, ``unseen.csv``, ``log_unseen.txt`` and ``report.json`` into a temporary
-    folder renamed into place; returns the report.
+    ``noisy/*.wav``, ``unseen.csv``, ``log_unseen.txt`` and ``report.json`` (settings and results
+    only, no timings) into a temporary folder renamed into place; returns the report plus ``timing``.
     """
     start = time.perf_counter()
     prepared_dir, raw_dir, out_dir = Path(prepared_dir), Path(raw_dir), Path(out_dir)
@@ -199,10 +199,9 @@ def mix_unseen(
         results.sort(key=lambda r: r["utt"])
         _write_outputs(tmp, results)
         seconds = time.perf_counter() - start
-        report = _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate, workers,
-                                seconds)
+        report = _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate)
         write_json(tmp / "report.json", report)
-    return report
+    return {**report, "timing": timing_report(workers, seconds, len(results))}
 
 
 def _cfg(cfg: dict, key: str):
@@ -305,8 +304,7 @@ def _write_outputs(root: Path, results: list[dict]) -> None:
     (root / "log_unseen.txt").write_text("".join(lines))
 
 
-def _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate, workers,
-                   seconds) -> dict:
+def _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_rate) -> dict:
     errors = np.array([r["measured_snr_db"] - r["snr_db"] for r in results])
     uses = {r["utt"]: 0 for r in test_rows}
     for r in results:
@@ -332,7 +330,4 @@ def _unseen_report(results, noises, snrs, test_rows, noise_paths, seed, sample_r
         },
         "looped_noise_files": sum(r["looped"] for r in results),
         "clipped_files": sum(r["clipped_samples"] > 0 for r in results),
-        "workers": workers,
-        "seconds": round(seconds, 3),
-        "files_per_s": round(len(results) / seconds, 2) if seconds > 0 else None,
     }
