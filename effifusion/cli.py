@@ -1,7 +1,8 @@
 """`effifusion` command line: the commands users run outside the DVC pipeline.
 
 Each subcommand imports its module lazily so `effifusion --help` stays fast. Errors the user can
-fix (EffiFusionError) are printed as one line naming the file and problem, exit code 2.
+fix (EffiFusionError, MLflow store errors) are printed as one line naming the file and problem,
+exit code 2.
 """
 
 from __future__ import annotations
@@ -94,13 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from effifusion.core.errors import EffiFusionError
+    from effifusion.core.errors import user_message
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except EffiFusionError as exc:
-        print(f"effifusion {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"effifusion {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,7 +13,7 @@ def main() -> None:
     out_dir = Path("models/onnx")
     report = export_onnx(Path("models/pruned/generator.pt"), out_dir, params["export"], params["audio"])
     write_json(Path("metrics/export.json"), report)
-    with tracking.resume_run(Path("models/pruned"), params, "export"):
+    with tracking.resume_run(Path("models/pruned/generator.pt"), params, "export"):
         log_to_mlflow(out_dir / ONNX_FILE, report)
     print(f"export: {report['onnx_bytes']:,} bytes ({report['onnx_zip_bytes']:,} zipped), "
           f"{report['params_nonzero']:,}/{report['params_total']:,} non-zero params, "

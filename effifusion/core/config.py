@@ -106,14 +106,23 @@ def apply_preset(name_or_path: str, params_path: str | os.PathLike = PARAMS_FILE
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a user-fixable EffiFusionError becomes one line on stderr and exit 2."""
+    """Run a stage's main(); a user-fixable error becomes one line on stderr and exit 2.
+
+    SIGTERM (``kill``, a scheduler's time limit) raises SystemExit, so open MLflow runs are closed
+    as FAILED and temporary files removed on the way out instead of being left behind.
+    """
+    import signal
     import sys
 
-    from effifusion.core.errors import EffiFusionError
+    from effifusion.core.errors import user_message
 
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         main()
-    except EffiFusionError as exc:
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
         stage = Path(sys.argv[0]).stem
-        print(f"stage {stage}: error: {exc}", file=sys.stderr)
+        print(f"stage {stage}: error: {message}", file=sys.stderr)
         sys.exit(2)

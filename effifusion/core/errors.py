@@ -20,3 +20,21 @@ class DownloadError(EffiFusionError):
 
 class ConfigError(EffiFusionError):
     """params.yaml or a preset holds a value the pipeline cannot use."""
+
+
+class TrackingError(EffiFusionError):
+    """The MLflow tracking store cannot be reached or refused a request."""
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to print for an error the user can act on, or None for a bug (keep the traceback).
+
+    MLflow's own exceptions (a store that went away mid-run, a refused request) count as the user's:
+    their first line says what the store answered.
+    """
+    if isinstance(exc, EffiFusionError):
+        return str(exc)
+    if type(exc).__module__.startswith("mlflow.") and type(exc).__name__.endswith("Exception"):
+        text = str(exc).strip()
+        return f"MLflow: {text.splitlines()[0] if text else type(exc).__name__}"
+    return None

@@ -74,8 +74,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Enhance, score and report both sets with both models; return the metrics written to ``metrics_path``.
 
-    ``track`` logs the metrics and the report files (under ``evaluation/``) into the MLflow run recorded
-    in ``torch_model``'s folder (the prune stage's run). DataError names a missing manifest or model
+    ``track`` logs the metrics and the report files (under ``evaluation/``) into the MLflow run that
+    wrote ``torch_model`` (the prune stage's run, found by the checkpoint's md5). DataError names a missing manifest or model
     and the stage that produces it; ConfigError a bad ``evaluate`` setting.
     """
     start = time.perf_counter()
@@ -86,10 +86,10 @@ def evaluate(
     torch_model, onnx_model = Path(torch_model), Path(onnx_model)
     _require_file(torch_model, "pruned generator checkpoint", "prune")
     _require_file(onnx_model, "ONNX model", "export")
-    if track:  # fail now, not after the work: the run to log into is the one that trained the model
-        from effifusion.tracking.runs import read_run_ref
+    if track:  # fail now, not after the work, if the tracking store cannot be reached
+        from effifusion.tracking.runs import setup
 
-        read_run_ref(torch_model.parent)
+        setup(params["mlflow"]["experiment"])
     items = load_items(Path(prepared_dir), Path(unseen_dir))
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
@@ -113,7 +113,7 @@ def evaluate(
         write_reports(tmp, rows, metrics, items, enhanced_dir, int(cfg["num_spectrograms"]), sr)
     files.write_json(Path(metrics_path), metrics)
     if track:
-        _log_to_mlflow(params, torch_model.parent, metrics, out_dir)
+        _log_to_mlflow(params, torch_model, metrics, out_dir)
     return metrics
 
 
@@ -518,11 +518,11 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _log_to_mlflow(params: dict[str, Any], run_dir: Path, metrics: dict[str, Any], out_dir: Path) -> None:
+def _log_to_mlflow(params: dict[str, Any], model: Path, metrics: dict[str, Any], out_dir: Path) -> None:
     import mlflow
 
     from effifusion.tracking import runs as tracking
 
-    with tracking.resume_run(run_dir, params, "evaluate"):
+    with tracking.resume_run(model, params, "evaluate"):
         mlflow.log_metrics(mlflow_metrics(metrics))
         mlflow.log_artifacts(str(out_dir), "evaluation")

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from effifusion.training.tasks import task_class
 
 PARAM_SECTIONS = ("seed", "audio", "model", "discriminator", "train")
 MODEL_FILE = "generator.pt"
+RESUME_KEYS = {"config_hash", "model", "task", "callbacks", "state", "rng"}  # what _save_resume writes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +102,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _previous(resume_file: Path) -> Path:
+    return resume_file.with_name(resume_file.stem + ".prev" + resume_file.suffix)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -234,6 +240,10 @@ def fit(
     ``track=False`` skips MLflow (benchmarks).
     """
     check_model_config(params["model"])  # before any data is read
+    if track and os.environ.get("RANK", "0") == "0":  # an unreachable tracking store fails now, not after an epoch
+        from effifusion.tracking.runs import setup
+
+        setup(params["mlflow"]["experiment"])
     trainer = Trainer(params, name, schedule, prepared_dir=prepared_dir, init_dir=init_dir, callbacks=callbacks,
                       resume_file=resume_dir / f"{name}.pt")
     return trainer.run(out_dir=out_dir, metrics_path=metrics_path, plots_dir=plots_dir,
@@ -308,9 +318,9 @@ class Trainer:
         self.task.wrap(self._wrap)
 
     def _resume(self) -> None:
-        if not self.resume_file.is_file():
+        ckpt = self._load_resume()
+        if ckpt is None:
             return
-        ckpt = torch.load(self.resume_file, map_location=self.device, weights_only=False)
         if ckpt.get("config_hash") != self.chash or ckpt["state"]["step"] > self.total_steps:
             if self.dist.is_main:
                 why = ("it was made with other params or weights" if ckpt.get("config_hash") != self.chash
@@ -325,6 +335,33 @@ class Trainer:
         _set_rng_state(ckpt["rng"])
         if self.dist.is_main:
             print(f"[{self.name}] resuming from {self.resume_file} at step {self.state.step}/{self.total_steps}")
+
+    def _load_resume(self) -> dict[str, Any] | None:
+        """The newest readable resume checkpoint: ``NAME.pt``, else the one before it (``NAME.prev.pt``).
+
+        A file that does not load (cut short by a full disk, overwritten, not a checkpoint) is set
+        aside as ``*.corrupt`` with a one-line warning, never a traceback, and training goes on
+        from the previous checkpoint or from the start.
+        """
+        for path in (self.resume_file, _previous(self.resume_file)):
+            if not path.is_file():
+                continue
+            try:
+                ckpt = torch.load(path, map_location=self.device, weights_only=False)
+                if not isinstance(ckpt, dict) or not RESUME_KEYS <= set(ckpt):
+                    raise ValueError(f"not a resume checkpoint (keys {sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__})")
+            except Exception as exc:  # unpickling, zip, EOF and key errors all mean: unusable
+                if self.dist.is_main:
+                    aside = path.with_name(path.name + ".corrupt")
+                    os.replace(path, aside)
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    print(f"[{self.name}] warning: {path} is unreadable ({type(exc).__name__}: {reason}); "
+                          f"moved to {aside.name}", file=sys.stderr)
+                continue
+            if path != self.resume_file and self.dist.is_main:
+                print(f"[{self.name}] resuming from the previous checkpoint {path}", file=sys.stderr)
+            return ckpt
+        return None
 
     def _wrap(self, module: nn.Module, compile: bool = False) -> nn.Module:
         if self.dist.world_size > 1:
@@ -346,8 +383,9 @@ class Trainer:
             tags = {}
             if self.init_dir is not None:
                 tags["init_from"] = str(self.init_dir)
-                if (self.init_dir / tracking.RUN_REF).is_file():  # ties the runs of one sweep to their dense model
-                    tags["dense_run_id"] = tracking.read_run_ref(self.init_dir)["run_id"]
+                dense = tracking.find_model_run(self.init_dir / MODEL_FILE, self.params["mlflow"]["experiment"])
+                if dense is not None:  # ties the runs of one sweep to their dense model
+                    tags["dense_run_id"] = dense.info.run_id
             run_ctx = tracking.start_run(self.name, self.params, run_id=self.state.run_id, extra_tags=tags)
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,6 +494,8 @@ class Trainer:
                 "rng": _rng_state()}
         with atomic_path(self.resume_file) as tmp:
             torch.save(blob, tmp)
+            if self.resume_file.is_file():  # keep one good checkpoint behind the newest
+                os.replace(self.resume_file, _previous(self.resume_file))
 
     def _flush_logs(self) -> None:
         if self.run_handle is not None and self.pending_log:
@@ -485,7 +525,7 @@ class Trainer:
         nonzero, total = count_nonzero(model)
         save_checkpoint(out_dir / MODEL_FILE, model,
                         extra={"stage": self.name, "step": best.step if best else state.step,
-                               "val_pesq": best.val if best else None, "run_id": state.run_id})
+                               "val_pesq": best.val if best else None})
         self.task.save(out_dir)
 
         if best is not None:  # the validation that chose these weights already scored them
@@ -530,7 +570,7 @@ class Trainer:
                     mlflow.log_artifact(str(f), "figures")
                 for f in figures.audio_examples(self.val_items[:3], outputs, self.sr, Path(tmp) / "examples"):
                     mlflow.log_artifact(str(f), "val_examples")
-            tracking.write_run_ref(out_dir, run)
+            tracking.tag_model(out_dir / MODEL_FILE)  # how export and evaluate find this run
         return metrics
 
 

@@ -134,7 +134,7 @@ def evaluated(tmp_path_factory):
         world = build_world(root, voicebank)
         with tracking.start_run("prune", world["params"]) as run:
             mlflow.log_metric("val/pesq", 1.0)
-        tracking.write_run_ref(world["torch_model"].parent, run)
+            tracking.tag_model(world["torch_model"])
         metrics = ev.evaluate(world["params"], **_kwargs(world, root))
     return {**world, "root": root, "metrics": metrics, "run_id": run.info.run_id,
             "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
@@ -291,11 +291,6 @@ def test_missing_inputs_name_the_producing_stage(evaluated, tmp_path) -> None:
         ev.evaluate(evaluated["params"], **{**kwargs, "unseen_dir": tmp_path / "unseen"})
     with pytest.raises(DataError, match=r"test\.csv: test manifest not found .*prepare"):
         ev.evaluate(evaluated["params"], **{**kwargs, "prepared_dir": tmp_path / "prepared"})
-    unreferenced = tmp_path / "models" / "generator.pt"  # a checkpoint without its MLflow run reference
-    unreferenced.parent.mkdir()
-    shutil.copy(evaluated["torch_model"], unreferenced)
-    with pytest.raises(DataError, match=r"mlflow_run\.json: missing MLflow run reference"):
-        ev.evaluate(evaluated["params"], **{**kwargs, "torch_model": unreferenced, "track": True})
     bad = {**evaluated["params"], "runtime": {**evaluated["params"]["runtime"], "evaluate_workers": 0}}
     with pytest.raises(ConfigError, match="runtime.evaluate_workers"):
         ev.evaluate(bad, **kwargs)

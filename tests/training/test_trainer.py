@@ -18,6 +18,7 @@ from effifusion.models.registry import build_model, load_checkpoint
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.stages import prune_finetune, train_dense
 from effifusion.training.tasks.metric_gan import GanStep
+from effifusion.tracking import runs as tracking
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,35 @@ def test_raising_epochs_continues_a_finished_run(prepared, tmp_path, capsys):
     assert "beyond this schedule" in capsys.readouterr().out
 
 
+def test_a_corrupt_checkpoint_is_set_aside_and_training_goes_on(prepared, tmp_path, capsys):
+    """A cut-short resume file falls back to the one before it; garbage with nothing behind it starts
+    afresh. Both end with the weights of an uninterrupted run, and each says so in one line."""
+    straight = _run(tiny_params(), "train", prepared, tmp_path / "straight")
+    g_straight, _ = load_checkpoint(tmp_path / "straight" / "models_train" / "generator.pt")
+    params = tiny_params()
+    params["runtime"]["checkpoint_every_steps"] = 1
+    for case in ("truncated", "garbage"):
+        out = tmp_path / case
+        _run(params, "train", prepared, out, stop_after_steps=3)
+        ckpt = out / "ckpt" / "train.pt"
+        assert (out / "ckpt" / "train.prev.pt").is_file()
+        if case == "truncated":
+            ckpt.write_bytes(ckpt.read_bytes()[:1000])
+        else:
+            ckpt.write_bytes(b"not a checkpoint at all")
+            (out / "ckpt" / "train.prev.pt").unlink()
+        capsys.readouterr()
+        m = _run(params, "train", prepared, out)
+        err = capsys.readouterr().err
+        assert f"{ckpt} is unreadable" in err and "moved to train.pt.corrupt" in err, err
+        assert "Traceback" not in err and (out / "ckpt" / "train.pt.corrupt").is_file()
+        assert ("resuming from the previous checkpoint" in err) == (case == "truncated")
+        assert m["steps"] == straight["steps"]
+        g, _ = load_checkpoint(out / "models_train" / "generator.pt")
+        for (k, a), b in zip(g_straight.state_dict().items(), g.state_dict().values()):
+            assert torch.equal(a, b), (case, k)
+
+
 def test_resume_ignores_a_checkpoint_of_other_params(prepared, tmp_path):
     _run(tiny_params(), "train", prepared, tmp_path, stop_after_steps=2)
     m = _run(tiny_params(train__lr=1e-4), "train", prepared, tmp_path)
@@ -147,9 +177,10 @@ def test_training_run_is_logged_to_mlflow(prepared, tmp_path, monkeypatch):
     params = tiny_params()
     train_dense(params, prepared_dir=prepared, out_dir=tmp_path / "dense",
                 metrics_path=tmp_path / "train.json", plots_dir=tmp_path / "plots", resume_dir=tmp_path / "ck")
-    ref = json.loads((tmp_path / "dense" / "mlflow_run.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["discriminator.pt", "generator.pt"]
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    run = client.get_run(ref["run_id"])
+    run = tracking.find_model_run(tmp_path / "dense" / "generator.pt", params["mlflow"]["experiment"])
+    run = client.get_run(run.info.run_id)  # the output holds no run id: the run is found by the model's md5
     assert run.data.params["prune.amount"] == "0.3"
     assert run.data.params["model.channels"] == "8"
     assert run.data.tags["stage"] == "train"
