@@ -37,7 +37,9 @@ def umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
 
-    The caller writes the temporary file by name (soundfile, torch.save, onnx all take a path).
+    The caller writes the temporary file by name (soundfile and onnx take a path). ``torch.save``
+    names its zip archive after the file it is given, so give it ``open(tmp, "wb")`` instead: with the
+    random temporary name, two saves of the same tensors would differ and DVC would see a change.
     On error the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)

@@ -58,7 +58,8 @@ def save_checkpoint(path: str | os.PathLike, model: EnhancementModel, extra: dic
     blob = {"arch": model.arch, "config": model.config(), "sample_rate": int(model.sample_rate),
             "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": dict(extra or {})}
     with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+        with open(tmp, "wb") as f:  # a path would name the archive after the random temporary file
+            torch.save(blob, f)
 
 
 def _upgrade(blob: dict[str, Any]) -> dict[str, Any]:

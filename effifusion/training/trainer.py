@@ -493,7 +493,8 @@ class Trainer:
                 "callbacks": [cb.state_dict() for cb in self.callbacks], "state": self.state.to_dict(),
                 "rng": _rng_state()}
         with atomic_path(self.resume_file) as tmp:
-            torch.save(blob, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(blob, f)
             if self.resume_file.is_file():  # keep one good checkpoint behind the newest
                 os.replace(self.resume_file, _previous(self.resume_file))
 

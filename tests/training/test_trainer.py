@@ -124,6 +124,17 @@ def test_a_corrupt_checkpoint_is_set_aside_and_training_goes_on(prepared, tmp_pa
             assert torch.equal(a, b), (case, k)
 
 
+def test_a_rerun_writes_the_same_model_bytes(prepared, tmp_path):
+    """`dvc repro -f train` must leave the prune stage up to date: the output folder is a function of
+    data, params and code only (no run id, no timing), and CPU training is deterministic."""
+    for run in ("first", "second"):
+        _run(tiny_params(train__epochs=1), "train", prepared, tmp_path / run)
+    first, second = (sorted((tmp_path / run / "models_train").iterdir()) for run in ("first", "second"))
+    assert [p.name for p in first] == ["discriminator.pt", "generator.pt"]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_resume_ignores_a_checkpoint_of_other_params(prepared, tmp_path):
     _run(tiny_params(), "train", prepared, tmp_path, stop_after_steps=2)
     m = _run(tiny_params(train__lr=1e-4), "train", prepared, tmp_path)

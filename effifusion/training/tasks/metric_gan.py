@@ -194,7 +194,8 @@ class MetricGanTask(Task):
     def save(self, out_dir: Path) -> list[Path]:
         path = Path(out_dir) / DISCRIMINATOR_FILE
         with atomic_path(path) as tmp:
-            torch.save(self.discriminator.state_dict(), tmp)
+            with open(tmp, "wb") as f:  # a file object: the archive is not named after tmp
+                torch.save(self.discriminator.state_dict(), f)
         return [path]
 
     def metrics(self) -> dict[str, float]:
