@@ -271,12 +271,16 @@ def tag_model(path: str | os.PathLike) -> None:
 
 
 def find_model_run(path: str | os.PathLike, experiment: str) -> Any | None:
-    """The newest run of ``experiment`` tagged with this model file's md5, or None."""
+    """The first run of ``experiment`` tagged with this model file's md5, or None.
+
+    A forced rerun that writes the same bytes made the same model: later stages keep logging into,
+    and a sweep keeps grouping under, the run that made it first.
+    """
     import mlflow
 
     exp_id = setup(experiment)
     found = mlflow.search_runs(experiment_ids=[exp_id], filter_string=f"tags.{MODEL_TAG} = '{model_md5(path)}'",
-                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+                               order_by=["attributes.start_time ASC"], max_results=1, output_format="list")
     return found[0] if found else None
 
 

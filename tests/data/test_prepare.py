@@ -197,3 +197,21 @@ def test_two_worker_processes_give_identical_output_and_report_worker_errors(raw
     path = _stereo(raw)
     with pytest.raises(AudioError, match=re.escape(str(path))):
         prepare_corpus(raw, raw.parent / "three", CFG, workers=2)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])
+def test_outputs_get_the_umask_mode_not_0600(raw, mask, file_mode, dir_mode):
+    """Before: every output was 0600 whatever the umask (temporary file + rename): on a shared
+    machine teammates could not read data/prepared."""
+    import os
+
+    out = raw.parent / "prepared"
+    old = os.umask(mask)
+    try:
+        prepare_corpus(raw, out, CFG, workers=2)
+    finally:
+        os.umask(old)
+    paths = [out, *out.rglob("*")]
+    assert len(paths) > 20
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == (dir_mode if p.is_dir() else file_mode), p
