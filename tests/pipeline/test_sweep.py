@@ -100,6 +100,12 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(evaluation) >= {"test", "unseen"}
     assert "Data and pipelines are up to date" in _run([dvc, "status"], repo)
+    # A forced rerun of training writes the same bytes (no run id or timing in models/dense): prune,
+    # export and evaluate stay up to date instead of days of GPU time rerun for nothing. (The kept
+    # checkpoint is finished, so this rerun trains no step; the rerun without it is in test_trainer.)
+    forced = _run([dvc, "repro", "-s", "-f", "train"], repo)
+    assert re.findall(r"Running stage '([^']+)'", forced) == ["train"]
+    assert "Data and pipelines are up to date" in _run([dvc, "status"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "baseline"], repo)
 
@@ -138,7 +144,11 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
         assert len(run.inputs.dataset_inputs) == 2
         assert run.info.run_name.startswith(f"prune-{round(amount * 100)}%")
     train_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
-    assert len(train_runs) == 1  # the sweep reused the dense model instead of retraining it
+    # one: the forced rerun continued the finished checkpoint into the same run (retraining from
+    # scratch writes the same bytes too: tests/training/test_trainer.py), and the sweep reused the
+    # dense model instead of retraining it
+    assert len(train_runs) == 1
+    assert {r.data.tags["dense_run_id"] for r in prune_runs} == {train_runs[0].info.run_id}
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into a temporary copy
 
     exp_show = json.loads(_run([dvc, "exp", "show", "--json"], repo))
