@@ -291,7 +291,7 @@ def test_missing_and_corrupt_model_and_missing_input(tmp_path: Path, capsys: pyt
     bad_pt = tmp_path / "bad.pt"
     bad_pt.write_bytes(b"garbage")
     err = cli_error(["enhance", str(wav), *out, "--model", str(bad_pt)], capsys)
-    assert "bad.pt: not a readable model checkpoint" in err
+    assert "bad.pt: not a model checkpoint (not a file torch.save writes" in err
     err = cli_error(["enhance", str(tmp_path / "nope.wav"), *out, "--model", str(bad)], capsys)
     assert "nope.wav: file or folder not found" in err
 
@@ -302,3 +302,26 @@ def test_output_may_not_overwrite_input(identity_onnx: Path, tmp_path: Path,
     sf.write(wav, parity_signal(8000, 16000), 16000)
     err = cli_error(["enhance", str(wav), "-o", str(tmp_path), "--model", str(identity_onnx)], capsys)
     assert "would overwrite the input" in err
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("random.pt", "random", "not a model checkpoint (not a file torch.save writes, or cut short)"),
+    ("notes.pt", "text", "not a model checkpoint (not a file torch.save writes, or cut short)"),
+    ("tensor.pt", "tensor", "not a model checkpoint (expected keys arch, config, sample_rate, weights)"),
+    ("random.onnx", "random", "not a loadable ONNX model (Protobuf parsing failed.)"),
+    ("notes.onnx", "text", "not a loadable ONNX model (Protobuf parsing failed.)"),
+])
+def test_garbage_model_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture, name: str,
+                                             content: str, message: str) -> None:
+    wav = tmp_path / "x.wav"
+    sf.write(wav, parity_signal(8000, 16000), 16000)
+    model = tmp_path / name
+    if content == "random":
+        model.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif content == "text":
+        model.write_text("this is not a model\n" * 20)
+    else:
+        torch.save(torch.zeros(3), model)
+    err = cli_error(["enhance", str(wav), "-o", str(tmp_path / "o"), "--model", str(model)], capsys)
+    assert err == f"effifusion enhance: error: {model}: {message}"
+    assert not (tmp_path / "o" / "x.wav").exists()
