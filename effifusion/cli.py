@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reported as csig_published, ...)")
     s.set_defaults(func=_score)
 
-    s = sub.add_parser("enhance", help="enhance WAV files or folders with the exported model")
-    s.add_argument("inputs", nargs="+", help="WAV files or folders")
-    s.add_argument("-o", "--output", required=True, help="output folder")
+    s = sub.add_parser("enhance", help="enhance audio files or folders with the exported model")
+    s.add_argument("inputs", nargs="+", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
+    s.add_argument("-o", "--output", required=True, help="output folder (created; checked writable before any work)")
     s.add_argument("--model", default="models/onnx/effifusion.onnx", help=".onnx model or generator .pt")
     s.add_argument("--chunk-s", type=float, default=4.0,
                    help="chunk length in s for long recordings (attention memory grows with its square)")
