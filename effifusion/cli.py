@@ -29,7 +29,7 @@ def _score(args: argparse.Namespace) -> None:
     from effifusion.evaluation.metrics import score_dirs
 
     means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
-                       convention=args.convention)
+                       convention=args.convention, allow_missing=args.allow_missing)
     print(json.dumps(means, indent=2))
 
 
@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")
     s.add_argument("--clean", required=True, help="folder of clean references")
     s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
-    s.add_argument("--out", default=None, help="write per-file rows to this CSV")
+    s.add_argument("--out", default=None, help="write per-file rows to this CSV (checked writable first)")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="score the files present when some clean references have no enhanced file "
+                        "(default: that is an error)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--convention", choices=("matlab", "published"), default="matlab",
                    help="CSIG/CBAK/COVL as Loizou's MATLAB code computes them (default), or as the "
