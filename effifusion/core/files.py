@@ -127,7 +127,7 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "output folder") -
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder}: is a file, not a folder")
+        raise DataError(f"{folder}: is a file, so it cannot be the {what}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".effifusion-probe.{os.getpid()}.", suffix=TMP_SUFFIX)

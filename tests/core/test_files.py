@@ -75,7 +75,7 @@ def test_check_writable_dir_creates_probes_and_names_the_folder(tmp_path: Path) 
     folder = files.check_writable_dir(tmp_path / "new" / "deeper")
     assert folder.is_dir() and not list(folder.iterdir())  # the probe is gone
     (tmp_path / "file").write_text("")
-    with pytest.raises(DataError, match=r"file: is a file, not a folder"):
+    with pytest.raises(DataError, match=r"file: is a file, so it cannot be the output folder$"):
         files.check_writable_dir(tmp_path / "file")
     with pytest.raises(DataError, match=r"file/sub: output folder is not writable"):
         files.check_writable_dir(tmp_path / "file" / "sub")

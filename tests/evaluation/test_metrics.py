@@ -354,7 +354,7 @@ def test_cli_score_unusable_out_fails_before_scoring(tmp_path, capsys, monkeypat
     argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--workers", "1", "--out"]
     cases = {
         tmp_path: f"{tmp_path}: is a folder; --out takes a CSV file path",
-        clean / "a.wav" / "scores.csv": f"{clean / 'a.wav'}: is a file, not a folder",
+        clean / "a.wav" / "scores.csv": f"{clean / 'a.wav'}: is a file, so it cannot be the folder of --out scores.csv",
     }
     for out, message in cases.items():
         assert main([*argv, str(out)]) == 2
