@@ -30,7 +30,7 @@ def _score(args: argparse.Namespace) -> None:
     from effifusion.evaluation.metrics import score_dirs
 
     means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
-                       convention=args.convention)
+                       convention=args.convention, allow_missing=args.allow_missing)
     print(json.dumps(means, indent=2))
 
 
@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")
     s.add_argument("--clean", required=True, help="folder of clean references")
     s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
-    s.add_argument("--out", default=None, help="write per-file rows to this CSV")
+    s.add_argument("--out", default=None, help="write per-file rows to this CSV (checked writable first)")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="score the files present when some clean references have no enhanced file "
+                        "(default: that is an error)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--convention", choices=("matlab", "published"), default="matlab",
                    help="CSIG/CBAK/COVL as Loizou's MATLAB code computes them (default), or as the "
@@ -75,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reported as csig_published, ...)")
     s.set_defaults(func=_score)
 
-    s = sub.add_parser("enhance", help="enhance WAV files or folders with the exported model")
-    s.add_argument("inputs", nargs="+", help="WAV files or folders")
-    s.add_argument("-o", "--output", required=True, help="output folder")
+    s = sub.add_parser("enhance", help="enhance audio files or folders with the exported model")
+    s.add_argument("inputs", nargs="+", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
+    s.add_argument("-o", "--output", required=True, help="output folder (created; checked writable before any work)")
     s.add_argument("--model", default="models/onnx/effifusion.onnx", help=".onnx model or generator .pt")
     s.add_argument("--chunk-s", type=float, default=4.0,
                    help="chunk length in s for long recordings (attention memory grows with its square)")

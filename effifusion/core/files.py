@@ -6,6 +6,10 @@ run leaves either the old file or the new one. ``tempfile.mkstemp`` creates file
 whatever the umask; the finished file gets the mode a plain ``open()`` would have given it
 (0666 minus the umask), so on a shared machine outputs stay readable by the group.
 Folders are built the same way with ``atomic_dir``.
+
+A killed run cannot remove its temporary file, so each one carries its writer's pid
+(``.NAME.<pid>.<random>.tmp``) and every write sweeps its own folder for temporaries whose writer is
+gone (``remove_stale_temps``). A temporary of a live process is never touched.
 """
 
 from __future__ import annotations
@@ -15,15 +19,26 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from effifusion.core.errors import DataError
+
 TMP_SUFFIX = ".tmp"
+OLD_TEMP_AGE_S = 3600.0    # a temporary without a pid (written before pids were in the name) is stale after this
+DEAD_PID_GRACE_S = 60.0    # a dead pid's temporary must also be this old: a process in another pid namespace
+                           # (a container sharing the folder) may be writing it, and a write in progress is fresh
+SWEEP_EVERY_S = 60.0       # sweep a folder at most this often per process: a folder of 10 000 outputs is
+                           # listed once a minute, not once per file
+_PID_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")   # .NAME.<pid>.<random>.tmp
+_last_sweep: dict[str, float] = {}
 
 
 def umask() -> int:
@@ -40,11 +55,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The caller writes the temporary file by name (soundfile and onnx take a path). ``torch.save``
     names its zip archive after the file it is given, so give it ``open(tmp, "wb")`` instead: with the
     random temporary name, two saves of the same tensors would differ and DVC would see a change.
-    On error the temporary file is removed and ``path`` is left as it was.
+    On error the temporary file is removed and ``path`` is left as it was. Stale temporaries of
+    killed runs in the same folder are removed first (``remove_stale_temps``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    _sweep(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -54,6 +71,73 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.*.tmp`` files in ``folder`` that a killed run left; return them.
+
+    Stale: the pid in the name is no running process (and the file is older than DEAD_PID_GRACE_S),
+    or the name has no pid and the file is older than OLD_TEMP_AGE_S. Not recursive.
+    """
+    removed = []
+    now = time.time()
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        try:
+            age = now - tmp.lstat().st_mtime
+            match = _PID_TEMP.match(tmp.name)
+            if match and int(match.group(1)) > 0:
+                stale = age > DEAD_PID_GRACE_S and not _pid_alive(int(match.group(1)))
+            else:
+                stale = age > OLD_TEMP_AGE_S
+            if stale and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or another user's file: not ours to force
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """False only when no process has this pid (signal 0 checks without sending anything)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+def _sweep(folder: Path) -> None:
+    """remove_stale_temps on ``folder`` unless this process swept it in the last SWEEP_EVERY_S."""
+    key, now = str(folder.resolve()), time.monotonic()
+    if now - _last_sweep.get(key, -math.inf) < SWEEP_EVERY_S:
+        return
+    _last_sweep[key] = now
+    try:
+        remove_stale_temps(folder)
+    except OSError:  # cleaning up must never stop a write
+        pass
+
+
+def check_writable_dir(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and write a probe file in it: DataError naming it when either fails.
+
+    Run before long work so an unwritable destination fails in the first second, not at the end.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file, so it cannot be the {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".effifusion-probe.{os.getpid()}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{folder}: {what} is not writable ({exc.strerror or exc})") from None
+    return folder
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

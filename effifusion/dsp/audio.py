@@ -3,11 +3,16 @@
 WAV files are read and written with soundfile (torchaudio's I/O moved to torchcodec); every
 read is validated so a bad file fails with its name and the problem, not deep inside a model.
 Writes go to a temporary file first and are renamed into place, so nothing is half-written.
+
+libsndfile reads a WAV cut short inside its data (an interrupted copy or download) without a word
+and returns the frames present; ``wav_truncation`` compares the header with the file size so
+readers can refuse it (``read_wav``) or say so (``effifusion enhance``).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,42 @@ RESAMPLING = {
 }
 
 
+WAV_UNKNOWN_SIZES = (0, 0x7FFFFFFF, 0xFFFFFFFF)  # data sizes streaming writers leave for "until the end"
+
+
+def wav_truncation(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(frames the header declares, frames the file holds) when a RIFF WAV is cut short, else None.
+
+    Reads the RIFF chunk headers (plain PCM/float and WAVE_FORMAT_EXTENSIBLE alike: block_align
+    sits at the same place in both) up to the ``data`` chunk and compares its size with the bytes
+    present. None for complete files, other formats (RF64 and W64 included), unknown sizes and
+    headers too damaged to tell.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos, block_align = 12, 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+                if chunk_id == b"fmt ":
+                    fmt = f.read(min(chunk_size, 16))
+                    if len(fmt) >= 14:
+                        block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif chunk_id == b"data":
+                    present = size - (pos + 8)
+                    if not block_align or chunk_size in WAV_UNKNOWN_SIZES or chunk_size <= present:
+                        return None
+                    return chunk_size // block_align, present // block_align
+                pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even length
+    except (OSError, struct.error):
+        return None
+    return None
+
+
 def read_wav(
     path: str | os.PathLike,
     *,
@@ -40,12 +81,16 @@ def read_wav(
 ) -> tuple[np.ndarray, int]:
     """Read a WAV as float32 in [-1, 1]; shape [n] when mono else [n, channels].
 
-    Raises AudioError naming the file when it is unreadable, empty, not finite, silent,
-    has more than one channel while ``mono`` is asked for, or has another rate than ``sample_rate``.
+    Raises AudioError naming the file when it is unreadable, cut short (training and scoring must
+    not use half a file), empty, not finite, silent, has more than one channel while ``mono`` is
+    asked for, or has another rate than ``sample_rate``.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
+    cut = wav_truncation(path)
+    if cut:
+        raise AudioError(f"{path}: cut short: header says {cut[0]} frames, file holds {cut[1]}")
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:

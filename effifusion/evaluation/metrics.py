@@ -35,10 +35,10 @@ from scipy.signal import firls, resample_poly
 from scipy.signal.windows import kaiser
 
 from effifusion.dsp.audio import SILENCE_PEAK, read_wav
-from effifusion.core.files import atomic_path
+from effifusion.core.files import atomic_path, check_writable_dir
 from effifusion.core.parallel import single_thread_worker
 from effifusion.evaluation.pesq import PESQ_SAMPLE_RATE, pesq_wb
-from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
+from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError, say
 
 METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
 COMPOSITES = ("csig", "cbak", "covl")  # the measures whose value depends on the convention
@@ -48,6 +48,7 @@ CONVENTION_NOTES = {
     "matlab": "matlab (Loizou compute_metrics, int16 scale)",
     "published": "CMGAN/MP-SENet Python port on float input",
 }
+LISTED_NAMES = 5               # file names quoted in a one-line message about missing files
 MIN_DURATION_S = 0.25          # PESQ needs at least a quarter second of speech
 MAX_TRIM_SAMPLES = 1600        # length mismatch trimmed silently up to this (0.1 s at 16 kHz) ...
 MAX_TRIM_FRACTION = 0.01       # ... or up to 1 % of the longer signal
@@ -493,35 +494,68 @@ def score_dirs(
     out_csv: str | os.PathLike | None = None,
     workers: int | None = None,
     convention: str = DEFAULT_CONVENTION,
+    allow_missing: bool = False,
 ) -> dict:
     """Score every enhanced WAV against the clean WAV of the same file name (``effifusion score``).
 
-    Files present on only one side are left out and reported. Returns {"n", "convention",
-    "convention_note" (what it means), "means" (per metric), "unmatched_enhanced" (names without a clean
-    reference), "missing_enhanced" (count of clean files without an output)}; per-file rows go to
-    ``out_csv`` when given (written also when some files fail, before the AudioError that lists them).
-    Composites in the "published" convention are named csig_published, cbak_published,
-    covl_published in the means and the CSV (convention_key), so they cannot pass for MATLAB ones.
+    A clean reference without an enhanced file is a DataError naming how many and the first few
+    (a mean over a subset would pass for the whole set), unless ``allow_missing``: then a warning
+    line and the means over the files present. An enhanced file without a clean reference is left
+    out with a warning line. ``out_csv`` is checked writable before any scoring.
+
+    Returns {"n", "convention", "convention_note" (what it means), "means" (per metric),
+    "unmatched_enhanced" (names without a clean reference), "missing_enhanced" (count of clean files
+    without an output)}; per-file rows go to ``out_csv`` when given (written also when some files
+    fail, before the AudioError that lists them). Composites in the "published" convention are named
+    csig_published, cbak_published, covl_published in the means and the CSV (convention_key), so
+    they cannot pass for MATLAB ones.
     """
     check_convention(convention)
+    if out_csv is not None:
+        out_csv = _check_out_csv(Path(out_csv))
     clean_dir, enhanced_dir = Path(clean_dir), Path(enhanced_dir)
     clean, enhanced = _wav_names(clean_dir), _wav_names(enhanced_dir)
     common = sorted(clean.keys() & enhanced.keys())
     if not common:
         raise DataError(f"no WAV file names in common between {enhanced_dir} ({len(enhanced)} WAVs) and the "
                         f"clean references in {clean_dir} ({len(clean)} WAVs)")
+    missing, unmatched = sorted(clean.keys() - enhanced.keys()), sorted(enhanced.keys() - clean.keys())
+    if missing:
+        text = (f"{len(missing)} of {len(clean)} clean references in {clean_dir} have no enhanced file in "
+                f"{enhanced_dir} ({_names(missing)})")
+        if not allow_missing:
+            raise DataError(f"{text}; pass --allow-missing to score the {len(common)} present")
+        say("score", "warning", f"{text}; means are over the {len(common)} present")
+    if unmatched:
+        say("score", "warning", f"{len(unmatched)} enhanced file(s) in {enhanced_dir} have no clean reference in "
+                                f"{clean_dir} ({_names(unmatched)}); left out")
     pairs = [(Path(name).stem, clean[name], enhanced[name]) for name in common]
     rows = score_files(pairs, workers=workers, allow_errors=True, convention=convention)
     rows = [{convention_key(k, convention) if k in METRICS else k: v for k, v in row.items()} for row in rows]
     keys = [convention_key(m, convention) for m in METRICS]
     if out_csv is not None:
-        write_rows_csv(out_csv, rows)
+        try:
+            write_rows_csv(out_csv, rows)
+        except OSError as exc:  # checked before scoring; the disk can still fill up meanwhile
+            raise DataError(f"{out_csv}: cannot be written ({exc.strerror or exc})") from None
     _raise_failures(rows, f" (rows with the errors in {out_csv})" if out_csv is not None else "")
     return {
         "n": len(rows),
         "convention": convention,
         "convention_note": f"csig/cbak/covl: {CONVENTION_NOTES[convention]}",
         "means": {k: float(np.mean([row[k] for row in rows])) for k in keys},
-        "unmatched_enhanced": sorted(enhanced.keys() - clean.keys()),
-        "missing_enhanced": len(clean.keys() - enhanced.keys()),
+        "unmatched_enhanced": unmatched,
+        "missing_enhanced": len(missing),
     }
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:LISTED_NAMES]) + (", ..." if len(names) > LISTED_NAMES else "")
+
+
+def _check_out_csv(path: Path) -> Path:
+    """DataError naming ``path`` when the CSV could not be written, checked before minutes of scoring."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; --out takes a CSV file path")
+    check_writable_dir(path.parent, f"folder of --out {path.name}")
+    return path

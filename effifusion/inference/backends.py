@@ -54,7 +54,8 @@ def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | No
     """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU) or a model checkpoint ``.pt`` (PyTorch).
 
     ``threads`` sets ONNX Runtime's intra-op threads, or torch.set_num_threads for checkpoints
-    (process-wide). A missing or unreadable model is a ConfigError naming the file.
+    (process-wide). A missing or unreadable model (random bytes, text, a .pt that is no checkpoint, an
+    ONNX graph that is no effifusion export) is a ConfigError naming the file and the problem.
     """
     path = Path(model_path)
     if not path.is_file():
@@ -74,11 +75,7 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
     if device != "cpu":
         raise ConfigError(f"--device {device}: ONNX models run on the CPU here; "
                           f"use a model checkpoint .pt for {device}")
-    try:
-        session = onnx_session(path, threads)
-    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a loadable ONNX model ({first[:300]})") from None
+    session = onnx_session(path, threads)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]

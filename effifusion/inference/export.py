@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import warnings
 import zipfile
@@ -178,7 +179,8 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
     The memory-pattern planner is off: with attention scores of 1.6 GB per tensor at 10 s it doubled
     peak memory (16.6 GB instead of 8.4 GB for a 10 s input, demo model); keeping the arena on makes
-    repeated same-size chunks 3x faster than without it (measured, 2 threads).
+    repeated same-size chunks 3x faster than without it (measured, 2 threads). A file ONNX Runtime
+    cannot load is a ConfigError naming it.
     """
     import onnxruntime as ort
 
@@ -188,7 +190,18 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
+        raise ConfigError(f"{path}: not a loadable ONNX model ({_ort_problem(exc, path)})") from None
+
+
+def _ort_problem(exc: Exception, path: Path) -> str:
+    """ONNX Runtime's message without its code prefix and the path it repeats."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = text.replace(f"Load model from {path} failed:", "").strip()
+    return text[:300] or type(exc).__name__
 
 
 def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float], sample_rate: int

@@ -11,31 +11,59 @@ length (REFERENCE §7; the scores do not depend on the channel count C). Measure
 (bench/bench_infer.py, demo and paper configs): 10 s chunks 8.6-9.4 GB in ONNX Runtime, 4.2 GB in
 PyTorch; 4 s chunks 1.4-1.8 GB and 0.8-1.2 GB, at the same or lower compute per second of audio.
 
-Silent input (peak below ``audio.SILENCE_PEAK``, -80 dBFS) is legitimate in a recording and there is
-nothing to enhance: silent files and silent channels are written unchanged, with a warning.
-Unreadable and empty files fail with an AudioError naming the file.
+Formats: any file libsndfile reads (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...). Folders take
+every file whose extension is such a format (AUDIO_SUFFIXES) and say in one line how many other
+files they skipped; hidden files and folders are ignored. The output keeps the input's container
+and, where libsndfile can write it, its subtype (else PCM_16 or the container's default); when the
+container cannot be written at all, or the name's extension does not fit the container, the
+output is named for what it holds (a warning says so), never WAV bytes under ``.ogg``.
+
+Problems: silent input (peak below ``audio.SILENCE_PEAK``, -80 dBFS) is legitimate in a recording and
+there is nothing to enhance: silent files and silent channels are written unchanged, with a warning.
+A WAV cut short inside its data is enhanced as far as it goes, with a warning giving both lengths.
+Unreadable and empty files fail with an AudioError naming the file. With several files, a file that
+fails does not stop the others: every file is attempted, the good ones are finished, then each
+failure is printed as one line (``<path>: <problem>``) and FilesFailed ("K of N files failed") is
+raised. An output folder that cannot be written, ``-o`` naming a file, and an unusable model fail
+in one line before any file is read.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import sys
+import os
 from collections import deque
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from effifusion.core.errors import AudioError, DataError
-from effifusion.core.files import atomic_path
-from effifusion.dsp.audio import SILENCE_PEAK
+from effifusion.core.errors import AudioError, DataError, EffiFusionError, FilesFailed, say
+from effifusion.core.files import atomic_path, check_writable_dir
+from effifusion.dsp.audio import SILENCE_PEAK, wav_truncation
 from effifusion.dsp.streaming import ChunkedStream, StreamResampler, chunk_geometry
 from effifusion.inference.backends import Enhancer, load_enhancer
 
 READ_BLOCK_S = 2.0  # seconds of input read per step while streaming a file
-PCM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "PCM_U8", "PCM_S8")
-KEPT_SUBTYPES = PCM_SUBTYPES + ("FLOAT", "DOUBLE")
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # written unclipped; every other subtype is clipped to [-1, 1]
+# Extensions folders take: libsndfile's format names plus the usual aliases. RAW is left out: a
+# header-less file cannot be read without being told its rate, channels and sample format.
+SUFFIX_ALIASES = {".aif": "AIFF", ".aifc": "AIFF", ".oga": "OGG", ".opus": "OGG", ".snd": "AU",
+                  ".sph": "NIST", ".wav": ("WAV", "WAVEX", "RF64", "NIST")}  # TIMIT's NIST files are .WAV
+
+
+def _suffix_formats() -> dict[str, frozenset[str]]:
+    table: dict[str, set[str]] = {f".{fmt.lower()}": {fmt} for fmt in sf.available_formats() if fmt != "RAW"}
+    for suffix, fmts in SUFFIX_ALIASES.items():
+        table.setdefault(suffix, set()).update((fmts,) if isinstance(fmts, str) else fmts)
+    return {suffix: frozenset(fmts) for suffix, fmts in table.items()}
+
+
+SUFFIX_FORMATS = _suffix_formats()  # extension -> the containers a file of that name may hold
+AUDIO_SUFFIXES = frozenset(SUFFIX_FORMATS)
 
 
 def _open_input(path: Path) -> sf.SoundFile:
@@ -73,26 +101,64 @@ def _scan(f: sf.SoundFile, path: Path, block: int) -> np.ndarray:
     return peak
 
 
-def _output_format(f: sf.SoundFile) -> tuple[str, str]:
-    """(format, subtype) for the output: the input's where soundfile can write it, else WAV / PCM_16."""
-    if f.subtype in KEPT_SUBTYPES and sf.check_format(f.format, f.subtype):
-        return f.format, f.subtype
-    if sf.check_format(f.format, "PCM_16"):
-        return f.format, "PCM_16"
-    return "WAV", "PCM_16"
+@lru_cache(maxsize=256)
+def _writable(fmt: str, subtype: str, samplerate: int, channels: int) -> bool:
+    """Whether libsndfile writes this combination (tried in memory: some containers limit rates or channels)."""
+    if not subtype or not sf.check_format(fmt, subtype):
+        return False
+    try:
+        with sf.SoundFile(io.BytesIO(), "w", samplerate=samplerate, channels=channels, format=fmt,
+                          subtype=subtype):
+            return True
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        return False
+
+
+def output_plan(fmt: str, subtype: str, samplerate: int, channels: int, dst: Path
+                ) -> tuple[str, str, Path, str | None]:
+    """(format, subtype, path, note) for an input of ``fmt``/``subtype`` meant to be written to ``dst``.
+
+    The input's container, with its subtype where writable, else PCM_16 or the container's default;
+    WAV when the container cannot be written at all. The path's extension is changed when it does
+    not fit the container written (``note`` then says why), so the name never lies about the bytes.
+    """
+    out_fmt = out_subtype = None
+    for candidate in dict.fromkeys((subtype, "PCM_16", sf.default_subtype(fmt))):
+        if candidate and _writable(fmt, candidate, samplerate, channels):
+            out_fmt, out_subtype = fmt, candidate
+            break
+    note = None
+    if out_fmt is None:
+        out_fmt = "WAV"
+        out_subtype = subtype if _writable("WAV", subtype, samplerate, channels) else "PCM_16"
+        note = f"{fmt} files of {samplerate} Hz, {channels} channel(s) cannot be written; written as WAV"
+    if out_fmt not in SUFFIX_FORMATS.get(dst.suffix.lower(), ()):
+        suffix = ".wav" if out_fmt in ("WAV", "WAVEX", "RF64") else f".{out_fmt.lower()}"
+        renamed = dst.with_name(dst.stem + suffix)
+        note = f"{note or f'holds {fmt} audio'}; output named {renamed.name}"
+        dst = renamed
+    return out_fmt, out_subtype, dst, note
 
 
 def _warn(message: str) -> None:
-    tqdm.write(f"effifusion enhance: warning: {message}", file=sys.stderr)
+    say("enhance", "warning", message)
 
 
 def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 4.0, overlap_s: float = 1.0,
                  progress: bool = True) -> Path:
-    """Enhance one audio file into ``dst`` (same rate, channels, length; subtype kept where writable)."""
+    """Enhance one audio file into ``dst`` and return the path written: ``dst``, or ``dst`` with the
+    extension of the container written where the two differ (see ``output_plan``).
+
+    Same rate, channels and length as the input; container and subtype kept where writable.
+    """
     src, dst = Path(src), Path(dst)
     chunk, overlap = chunk_geometry(chunk_s, overlap_s, enhancer.sample_rate)
     with _open_input(src) as f:
         sr, channels, frames = f.samplerate, f.channels, f.frames
+        cut = wav_truncation(src)
+        if cut:
+            _warn(f"{src}: cut short: header says {cut[0]} frames, file holds {cut[1]}; "
+                  f"enhanced the {cut[1]} present")
         block = max(1, int(READ_BLOCK_S * sr))
         silent = _scan(f, src, block) < SILENCE_PEAK
         if silent.all():
@@ -100,17 +166,22 @@ def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 4.0,
         elif silent.any():
             _warn(f"{src}: channel(s) {', '.join(str(c + 1) for c in np.flatnonzero(silent))} silent; "
                   "written unchanged")
-        fmt, subtype = _output_format(f)
-        with atomic_path(dst) as tmp:
-            with sf.SoundFile(str(tmp), "w", samplerate=sr, channels=channels, subtype=subtype,
-                              format=fmt) as out:
-                writer = _Writer(out, frames, subtype in PCM_SUBTYPES)
-                if silent.all():
-                    for x in _read_blocks(f, src, block):
-                        writer.write(x)
-                else:
-                    _enhance_stream(enhancer, f, src, block, silent, chunk, overlap, writer, progress)
-                writer.finish()
+        fmt, subtype, dst, note = output_plan(f.format, f.subtype, sr, channels, dst)
+        if note:
+            _warn(f"{src}: {note}")
+        try:
+            with atomic_path(dst) as tmp:
+                with sf.SoundFile(str(tmp), "w", samplerate=sr, channels=channels, subtype=subtype,
+                                  format=fmt) as out:
+                    writer = _Writer(out, frames, subtype not in FLOAT_SUBTYPES)
+                    if silent.all():
+                        for x in _read_blocks(f, src, block):
+                            writer.write(x)
+                    else:
+                        _enhance_stream(enhancer, f, src, block, silent, chunk, overlap, writer, progress)
+                    writer.finish()
+        except (OSError, sf.LibsndfileError) as exc:  # a full disk, a file where a subfolder should be
+            raise DataError(f"{src}: cannot write {dst} ({getattr(exc, 'strerror', None) or exc})") from None
     return dst
 
 
@@ -187,19 +258,25 @@ def _take(delay: deque, n: int, channels: int) -> np.ndarray:
 
 
 def _collect(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
-    """(source, destination) pairs: files map to output/<name>, folders to output/<path inside the folder>."""
+    """(source, destination) pairs: files map to output/<name>, folders to output/<path inside the folder>.
+
+    Folders are searched recursively for AUDIO_SUFFIXES, leaving out hidden files and folders and the
+    output folder; the other files are counted in one warning line per folder.
+    """
     out_root = output.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                q for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() == ".wav" and not q.name.startswith(".")
-                and out_root not in q.resolve().parents
-            )
+            found, skipped = _scan_folder(p, out_root)
+            plural = len(skipped) > 1
             if not found:
-                raise DataError(f"{p}: no .wav files in this folder")
+                other = f" ({len(skipped)} other file{'s' if plural else ''})" if skipped else ""
+                raise DataError(f"{p}: no audio files in this folder{other}")
+            if skipped:
+                kinds = sorted({q.suffix.lower() or "no extension" for q in skipped})
+                _warn(f"{p}: skipped {len(skipped)} file{'s' if plural else ''} that {'are' if plural else 'is'} "
+                      f"not audio ({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''})")
             pairs += [(q, output / q.relative_to(p)) for q in found]
         elif p.is_file():
             pairs.append((p, output / p.name))
@@ -207,6 +284,7 @@ def _collect(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
             raise AudioError(f"{p}: file or folder not found")
     seen: dict[Path, Path] = {}
     for src, dst in pairs:
+        dst = _planned_path(src, dst)
         key = dst.resolve()
         if key == src.resolve():
             raise DataError(f"{src}: output {dst} would overwrite the input (choose another -o folder)")
@@ -216,19 +294,60 @@ def _collect(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _scan_folder(folder: Path, out_root: Path) -> tuple[list[Path], list[Path]]:
+    """(audio files, other files) below ``folder``, sorted; hidden entries and ``out_root`` left out."""
+    found, skipped = [], []
+    for here, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and Path(here, d).resolve() != out_root]
+        for name in names:
+            q = Path(here, name)
+            if name.startswith(".") or not q.is_file():
+                continue
+            (found if q.suffix.lower() in AUDIO_SUFFIXES else skipped).append(q)
+    return sorted(found), sorted(skipped)
+
+
+def _planned_path(src: Path, dst: Path) -> Path:
+    """The path enhance_file will write for ``src`` (the extension may change); ``dst`` if unreadable."""
+    try:
+        info = sf.info(str(src))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+        return dst  # enhance_file reports the problem with this file
+    return output_plan(info.format, info.subtype, info.samplerate, info.channels, dst)[2]
+
+
 def enhance_paths(inputs: list[str], output: str, model: str, chunk_s: float = 4.0, device: str = "cpu"
                   ) -> list[Path]:
-    """Enhance files and folders (recursively, *.wav) into ``output``; return the written paths.
+    """Enhance files and folders (recursively, every audio format) into ``output``; return the written paths.
 
     Files keep their name, folders their structure below the folder. Every file keeps its sample
-    rate, channel count, length and (where writable) sample format. Chunks overlap by
-    min(1 s, chunk_s / 4).
+    rate, channel count, length, container and (where writable) sample format. Chunks overlap by
+    min(1 s, chunk_s / 4). The output folder and the model are checked before any file is read;
+    with several files each is attempted, failures are printed one line each after the others are
+    done, and FilesFailed is raised.
     """
-    pairs = _collect(list(inputs), Path(output))
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; -o takes a folder")
+    pairs = _collect(list(inputs), out)
+    check_writable_dir(out, "output folder")
     enhancer = load_enhancer(model, device=device)
     overlap_s = min(1.0, chunk_s / 4) if isinstance(chunk_s, (int, float)) else 1.0
     chunk_geometry(chunk_s, overlap_s, enhancer.sample_rate)  # fail on a bad --chunk-s before any work
-    written = []
-    for src, dst in tqdm(pairs, unit="file", desc="enhance", disable=len(pairs) < 2):
-        written.append(enhance_file(enhancer, src, dst, chunk_s, overlap_s))
+    if len(pairs) == 1:  # one file: its error is the command's error
+        return [enhance_file(enhancer, *pairs[0], chunk_s, overlap_s)]
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for src, dst in tqdm(pairs, unit="file", desc="enhance"):
+        try:
+            written.append(enhance_file(enhancer, src, dst, chunk_s, overlap_s))
+        except EffiFusionError as exc:
+            failures.append((str(src), str(exc)))
+        except Exception as exc:  # an unforeseen failure on one file must not cost the others
+            failures.append((str(src), f"{type(exc).__name__}: {exc}"))
+    if failures:
+        for src, message in failures:
+            say("enhance", "error", message if message.startswith(f"{src}:") else f"{src}: {message}")
+        raise FilesFailed(f"{len(failures)} of {len(pairs)} files failed (listed above); the other "
+                          f"{len(written)} were written to {out}", failures, written)
     return written

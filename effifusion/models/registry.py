@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -72,20 +73,49 @@ def _upgrade(blob: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict; ConfigError naming the file when it is missing or not a checkpoint."""
+    """The raw checkpoint dict; ConfigError naming the file when it is missing or not a checkpoint.
+
+    Whatever the file holds (random bytes, text, a pickled module, a tensor), the caller gets a
+    ConfigError, never torch's own exception: the path comes from the user.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: model checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise ConfigError(f"{path}: not a model checkpoint (not a file torch.save writes, or cut short)")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a readable model checkpoint ({first})") from None
+    except pickle.UnpicklingError as exc:  # torch's message suggests an unsafe load: quote only its reason
+        text = str(exc)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe:
+            raise ConfigError(f"{path}: not a model checkpoint (it holds pickled Python objects such as "
+                              f"{unsafe.group(1)}, not only weights and settings)") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = reason.group(1).strip() if reason else _first_line(exc)
+        raise ConfigError(f"{path}: not a readable model checkpoint (damaged: {detail[:300]})") from None
+    except Exception as exc:  # torch raises many types on a damaged archive (RuntimeError, KeyError, ...)
+        raise ConfigError(f"{path}: not a readable model checkpoint ({_first_line(exc)})") from None
     if isinstance(blob, dict) and {"model_cfg", "audio_cfg", "state_dict"} <= set(blob):
-        blob = _upgrade(blob)
+        try:
+            blob = _upgrade(blob)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: damaged checkpoint of the old layout ({_first_line(exc)})") from None
     if not isinstance(blob, dict) or not set(CHECKPOINT_KEYS) <= set(blob):
         raise ConfigError(f"{path}: not a model checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+    weights, rate = blob["weights"], blob["sample_rate"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ConfigError(f"{path}: not a model checkpoint (weights are not a mapping of tensors)")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise ConfigError(f"{path}: not a model checkpoint (sample_rate {rate!r} is not a positive integer)")
+    if not isinstance(blob.get("extra", {}), dict):
+        raise ConfigError(f"{path}: not a model checkpoint (extra is not a mapping)")
     return blob
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def fold_pruning(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

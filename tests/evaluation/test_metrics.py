@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -224,10 +225,16 @@ def _copy(voicebank, tmp_path, clean_utts, enhanced_utts, extra=None):
     return tmp_path / "clean", tmp_path / "enh"
 
 
-def test_score_dirs_scores_the_intersection(voicebank, tmp_path):
+def test_score_dirs_scores_the_intersection(voicebank, tmp_path, capsys):
     clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS, SHORT_UTTS[:2], extra="stray.wav")
     out = tmp_path / "rows" / "scores.csv"
-    summary = metrics.score_dirs(clean, enh, out_csv=out, workers=1)
+    summary = metrics.score_dirs(clean, enh, out_csv=out, workers=1, allow_missing=True)
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("effifusion")] == [
+        f"effifusion score: warning: 1 of 3 clean references in {clean} have no enhanced file in {enh} "
+        f"({SHORT_UTTS[2]}.wav); means are over the 2 present",
+        f"effifusion score: warning: 1 enhanced file(s) in {enh} have no clean reference in {clean} "
+        "(stray.wav); left out",
+    ]
     assert summary["n"] == 2
     assert summary["unmatched_enhanced"] == ["stray.wav"]
     assert summary["missing_enhanced"] == 1
@@ -296,3 +303,74 @@ def test_cli_score_published_convention(voicebank, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "invalid choice: 'pysepm'" in err and "matlab" in err and "published" in err
     assert list(metrics.CONVENTIONS) == ["matlab", "published"]  # the CLI's choices, kept in step
+
+
+def _synthetic_dirs(tmp_path, clean_names, enhanced_names):
+    """Folders of synthetic speech (PESQ accepts it); enhanced = clean plus a little noise."""
+    from helpers import synthetic_speech
+
+    folders = tmp_path / "clean", tmp_path / "enh"
+    for folder, names, noise in zip(folders, (clean_names, enhanced_names), (0.0, 0.01)):
+        folder.mkdir()
+        for i, name in enumerate(names):
+            x = synthetic_speech(1.0, seed=i)
+            sf.write(folder / name, x + noise * np.random.default_rng(i).standard_normal(len(x)), 16000)
+    return folders
+
+
+def _reports(err):
+    return [line for line in err.splitlines() if line.startswith("effifusion ")]
+
+
+def test_cli_score_missing_enhanced_files_are_an_error_unless_allowed(tmp_path, capsys, monkeypatch):
+    names = [f"u{i}.wav" for i in range(7)]
+    clean, enh = _synthetic_dirs(tmp_path, names, names[:1] + ["stray.wav"])
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--workers", "1"]
+    real_score_files = metrics.score_files
+    monkeypatch.setattr(metrics, "score_files", lambda *a, **k: pytest.fail("scored before refusing"))
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert _reports(captured.err) == [
+        f"effifusion score: error: 6 of 7 clean references in {clean} have no enhanced file in {enh} "
+        "(u1.wav, u2.wav, u3.wav, u4.wav, u5.wav, ...); pass --allow-missing to score the 1 present"]
+
+    monkeypatch.setattr(metrics, "score_files", real_score_files)
+    assert main([*argv, "--allow-missing"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["n"] == 1 and summary["missing_enhanced"] == 6 and summary["unmatched_enhanced"] == ["stray.wav"]
+    assert _reports(captured.err) == [
+        f"effifusion score: warning: 6 of 7 clean references in {clean} have no enhanced file in {enh} "
+        "(u1.wav, u2.wav, u3.wav, u4.wav, u5.wav, ...); means are over the 1 present",
+        f"effifusion score: warning: 1 enhanced file(s) in {enh} have no clean reference in {clean} "
+        "(stray.wav); left out",
+    ]
+
+
+def test_cli_score_unusable_out_fails_before_scoring(tmp_path, capsys, monkeypatch):
+    clean, enh = _synthetic_dirs(tmp_path, ["a.wav"], ["a.wav"])
+    monkeypatch.setattr(metrics, "score_files", lambda *a, **k: pytest.fail("scored before checking --out"))
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--workers", "1", "--out"]
+    cases = {
+        tmp_path: f"{tmp_path}: is a folder; --out takes a CSV file path",
+        clean / "a.wav" / "scores.csv": f"{clean / 'a.wav'}: is a file, so it cannot be the folder of --out scores.csv",
+    }
+    for out, message in cases.items():
+        assert main([*argv, str(out)]) == 2
+        assert _reports(capsys.readouterr().err) == [f"effifusion score: error: {message}"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_cli_score_read_only_out_folder(tmp_path, capsys, monkeypatch):
+    clean, enh = _synthetic_dirs(tmp_path, ["a.wav"], ["a.wav"])
+    monkeypatch.setattr(metrics, "score_files", lambda *a, **k: pytest.fail("scored before checking --out"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["score", "--clean", str(clean), "--enhanced", str(enh), "--out", str(ro / "s.csv")]) == 2
+    finally:
+        ro.chmod(0o755)
+    assert _reports(capsys.readouterr().err) == [
+        f"effifusion score: error: {ro}: folder of --out s.csv is not writable (Permission denied)"]

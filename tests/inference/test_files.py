@@ -7,6 +7,7 @@ streaming pipeline exactly. The tiny random generator (C = 8) checks the PyTorch
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -291,7 +292,7 @@ def test_missing_and_corrupt_model_and_missing_input(tmp_path: Path, capsys: pyt
     bad_pt = tmp_path / "bad.pt"
     bad_pt.write_bytes(b"garbage")
     err = cli_error(["enhance", str(wav), *out, "--model", str(bad_pt)], capsys)
-    assert "bad.pt: not a readable model checkpoint" in err
+    assert "bad.pt: not a model checkpoint (not a file torch.save writes" in err
     err = cli_error(["enhance", str(tmp_path / "nope.wav"), *out, "--model", str(bad)], capsys)
     assert "nope.wav: file or folder not found" in err
 
@@ -302,3 +303,167 @@ def test_output_may_not_overwrite_input(identity_onnx: Path, tmp_path: Path,
     sf.write(wav, parity_signal(8000, 16000), 16000)
     err = cli_error(["enhance", str(wav), "-o", str(tmp_path), "--model", str(identity_onnx)], capsys)
     assert "would overwrite the input" in err
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("random.pt", "random", "not a model checkpoint (not a file torch.save writes, or cut short)"),
+    ("notes.pt", "text", "not a model checkpoint (not a file torch.save writes, or cut short)"),
+    ("tensor.pt", "tensor", "not a model checkpoint (expected keys arch, config, sample_rate, weights)"),
+    ("random.onnx", "random", "not a loadable ONNX model (Protobuf parsing failed.)"),
+    ("notes.onnx", "text", "not a loadable ONNX model (Protobuf parsing failed.)"),
+])
+def test_garbage_model_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture, name: str,
+                                             content: str, message: str) -> None:
+    wav = tmp_path / "x.wav"
+    sf.write(wav, parity_signal(8000, 16000), 16000)
+    model = tmp_path / name
+    if content == "random":
+        model.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif content == "text":
+        model.write_text("this is not a model\n" * 20)
+    else:
+        torch.save(torch.zeros(3), model)
+    err = cli_error(["enhance", str(wav), "-o", str(tmp_path / "o"), "--model", str(model)], capsys)
+    assert err == f"effifusion enhance: error: {model}: {message}"
+    assert not (tmp_path / "o" / "x.wav").exists()
+
+
+# --------------------------------------------------------------------------------- batches, folders, formats
+
+
+def reports(err: str) -> list[str]:
+    """The command's own stderr lines (tqdm's progress bars left out)."""
+    return [line for line in err.splitlines() if line.startswith("effifusion ")]
+
+
+def write_speech(path: Path, sr: int = 16000, n: int = 8000, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, parity_signal(n, sr), sr, **kw)
+    return path
+
+
+def test_one_bad_file_does_not_stop_the_folder(identity_onnx: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Every file is attempted and the good ones finished; then one line per failure and the summary."""
+    src = tmp_path / "in"
+    write_speech(src / "a.wav")
+    (src / "b.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk" + bytes(range(256)))
+    write_speech(src / "c.wav")
+    sf.write(src / "d.wav", np.zeros((0, 1), np.float32), 16000)
+    out = tmp_path / "out"
+    assert cli_main(["enhance", str(src), "-o", str(out), "--model", str(identity_onnx)]) == 2
+    lines = reports(capsys.readouterr().err)
+    assert lines[0].startswith(f"effifusion enhance: error: {src / 'b.wav'}: not a readable audio file (")
+    assert lines[1:] == [
+        f"effifusion enhance: error: {src / 'd.wav'}: contains no samples",
+        f"effifusion enhance: error: 2 of 4 files failed (listed above); the other 2 were written to {out}",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "c.wav"]  # c came after the failure of b
+
+    from effifusion.core.errors import FilesFailed
+
+    with pytest.raises(FilesFailed) as exc:
+        enhance_paths([str(src)], str(out), model=str(identity_onnx))
+    assert [Path(p).name for p, _ in exc.value.failures] == ["b.wav", "d.wav"]
+    assert [p.name for p in exc.value.written] == ["a.wav", "c.wav"]
+
+
+def test_output_folder_problems_are_one_line_before_any_work(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """Checked before the model is loaded: the missing model below is never reached."""
+    wav = write_speech(tmp_path / "x.wav")
+    no_model = ["--model", str(tmp_path / "missing.onnx")]
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("")
+    err = cli_error(["enhance", str(wav), "-o", str(a_file), *no_model], capsys)
+    assert err == f"effifusion enhance: error: {a_file}: is a file; -o takes a folder"
+    err = cli_error(["enhance", str(wav), "-o", str(a_file / "out"), *no_model], capsys)
+    assert err == f"effifusion enhance: error: {a_file / 'out'}: output folder is not writable (Not a directory)"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_one_line(identity_onnx: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    wav = write_speech(tmp_path / "x.wav")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        err = cli_error(["enhance", str(wav), "-o", str(ro), "--model", str(identity_onnx)], capsys)
+    finally:
+        ro.chmod(0o755)
+    assert err == f"effifusion enhance: error: {ro}: output folder is not writable (Permission denied)"
+
+
+@pytest.mark.parametrize("name,fmt,subtype,sr", [
+    ("v.ogg", "OGG", "VORBIS", 44100), ("o.opus", "OGG", "OPUS", 48000), ("f.flac", "FLAC", "PCM_24", 22050),
+    ("a.aiff", "AIFF", "PCM_16", 16000), ("u.wav", "WAV", "ULAW", 8000),
+])
+def test_output_keeps_container_and_subtype(identity_onnx: Path, tmp_path: Path, name: str, fmt: str,
+                                            subtype: str, sr: int) -> None:
+    src = write_speech(tmp_path / "in" / name, sr, n=sr, format=fmt, subtype=subtype)
+    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(identity_onnx))
+    assert out == tmp_path / "out" / name
+    info, info_in = sf.info(out), sf.info(src)
+    assert (info.format, info.subtype, info.samplerate, info.channels) == (fmt, subtype, sr, 1)
+    assert info.frames == info_in.frames
+    if fmt == "FLAC":  # lossless: the identity model's output is the resampling round trip
+        x, _ = sf.read(src, dtype="float32")
+        np.testing.assert_allclose(sf.read(out, dtype="float32")[0], round_trip(x, sr), atol=1e-4, rtol=0)
+
+
+def test_name_never_contradicts_the_container(identity_onnx: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """FLAC bytes named .wav come out as .flac; a container libsndfile cannot write becomes .wav."""
+    from effifusion.inference import files
+
+    disguised = write_speech(tmp_path / "in" / "disguised.wav", format="FLAC")
+    (out,) = enhance_paths([str(disguised)], str(tmp_path / "out"), model=str(identity_onnx))
+    assert out == tmp_path / "out" / "disguised.flac" and sf.info(out).format == "FLAC"
+    assert f"warning: {disguised}: holds FLAC audio; output named disguised.flac" in capsys.readouterr().err
+
+    ogg = write_speech(tmp_path / "in" / "v.ogg", format="OGG", subtype="VORBIS")
+    real = files._writable.__wrapped__
+    monkeypatch.setattr(files, "_writable", lambda fmt, *rest: fmt != "OGG" and real(fmt, *rest))
+    (out,) = enhance_paths([str(ogg)], str(tmp_path / "out"), model=str(identity_onnx))
+    assert out == tmp_path / "out" / "v.wav" and not (tmp_path / "out" / "v.ogg").exists()
+    assert (sf.info(out).format, sf.info(out).subtype) == ("WAV", "PCM_16")
+    assert (f"warning: {ogg}: OGG files of 16000 Hz, 1 channel(s) cannot be written; written as WAV; "
+            "output named v.wav") in capsys.readouterr().err
+
+
+def test_truncated_wav_is_enhanced_with_a_warning(identity_onnx: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    src = write_speech(tmp_path / "cut.wav", n=16000)
+    src.write_bytes(src.read_bytes()[: 44 + 2 * 6000])
+    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(identity_onnx))
+    assert sf.info(out).frames == 6000
+    assert (f"effifusion enhance: warning: {src}: cut short: header says 16000 frames, file holds 6000; "
+            "enhanced the 6000 present") in capsys.readouterr().err
+
+
+def test_folder_takes_every_audio_format_and_counts_the_rest(identity_onnx: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "in"
+    write_speech(src / "a.flac")
+    write_speech(src / "sub" / "b.ogg", format="OGG", subtype="VORBIS")
+    write_speech(src / "c.wav")
+    write_speech(src / "d.AIF", format="AIFF")
+    write_speech(src / ".hidden.wav")
+    write_speech(src / ".git" / "objects" / "e.wav")
+    (src / "notes.txt").write_text("x")
+    (src / "sub" / "cover.png").write_bytes(b"\x89PNG")
+    (src / "README").write_text("x")
+    written = enhance_paths([str(src)], str(tmp_path / "out"), model=str(identity_onnx))
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == [
+        "a.flac", "c.wav", "d.AIF", "sub/b.ogg"]
+    assert [sf.info(p).format for p in sorted(written)] == ["FLAC", "WAV", "AIFF", "OGG"]
+    assert reports(capsys.readouterr().err) == [
+        f"effifusion enhance: warning: {src}: skipped 3 files that are not audio (.png, .txt, no extension)"]
+
+    only_text = tmp_path / "docs"
+    only_text.mkdir()
+    (only_text / "a.txt").write_text("x")
+    err = cli_error(["enhance", str(only_text), "-o", str(tmp_path / "o"), "--model", str(identity_onnx)], capsys)
+    assert err == f"effifusion enhance: error: {only_text}: no audio files in this folder (1 other file)"

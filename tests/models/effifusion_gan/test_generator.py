@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import ROOT
 import torch
@@ -231,7 +232,7 @@ def test_load_bad_checkpoints_name_the_file(tmp_path: Path, tiny: Generator) -> 
         load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="corrupt.pt: not a readable model checkpoint"):
+    with pytest.raises(ConfigError, match=r"corrupt.pt: not a model checkpoint \(not a file torch.save writes"):
         load_checkpoint(corrupt)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
@@ -244,6 +245,47 @@ def test_load_bad_checkpoints_name_the_file(tmp_path: Path, tiny: Generator) -> 
     torch.save(blob, mismatch)
     with pytest.raises(ConfigError, match="mismatch.pt: weights do not match"):
         load_checkpoint(mismatch)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("random_bytes", "not a file torch.save writes, or cut short"),
+    ("text", "not a file torch.save writes, or cut short"),
+    ("empty", "not a file torch.save writes, or cut short"),
+    ("cut_short", "not a file torch.save writes, or cut short"),
+    ("damaged_archive", r"not a readable model checkpoint \(damaged: "),
+    ("tensor", "expected keys arch, config, sample_rate, weights"),
+    ("whole_module", "holds pickled Python objects such as torch.nn.modules.linear.Linear"),
+    ("weights_not_tensors", "weights are not a mapping of tensors"),
+    ("bad_sample_rate", "sample_rate 'fast' is not a positive integer"),
+])
+def test_garbage_checkpoints_are_config_errors(tmp_path: Path, tiny: Generator, kind: str, message: str) -> None:
+    """Whatever a .pt holds, load_checkpoint raises a ConfigError naming it, never torch's exception."""
+    path = tmp_path / f"{kind}.pt"
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, tiny)
+    blob = torch.load(good, weights_only=True)
+    if kind == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "text":
+        path.write_text("epoch 3: loss 0.12\n" * 50)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "cut_short":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "damaged_archive":  # central directory intact, a stored record overwritten
+        data = bytearray(good.read_bytes())
+        data[200:4000] = bytes(3800)
+        path.write_bytes(bytes(data))
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "whole_module":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif kind == "weights_not_tensors":
+        torch.save({**blob, "weights": {"w": [1.0, 2.0]}}, path)
+    elif kind == "bad_sample_rate":
+        torch.save({**blob, "sample_rate": "fast"}, path)
+    with pytest.raises(ConfigError, match=f"{kind}.pt: .*{message}"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_of_the_single_architecture_layout_still_loads(tmp_path: Path, tiny: Generator) -> None:
