@@ -31,6 +31,7 @@ import torch
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError, EffiFusionError
 from effifusion.dsp.stft import dft_transforms
+from effifusion.models.attention import scan_attention
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import load_checkpoint
 
@@ -142,7 +143,7 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
     sr = model.sample_rate
     example = torch.from_numpy(np.stack([parity_signal(sr, sr, seed) for seed in (1, 2)]))
     dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: torch.export.Dim("samples", min=1)}
-    with _quiet_exporter(), torch.no_grad(), dft_transforms():
+    with _quiet_exporter(), torch.no_grad(), dft_transforms(), scan_attention():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, optimize=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"wav": dims},
