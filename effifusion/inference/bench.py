@@ -254,10 +254,11 @@ def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
               progress: bool = True) -> dict[str, Any]:
     """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure."""
     from effifusion.core.config import preset_path, read_params
-    from effifusion.models.registry import check_model_config
 
     secs, backend, n_threads = check_args(seconds, backend, threads)
     path = preset_path(preset)  # unknown preset, bad model settings: one line before any work
+    from effifusion.models.registry import check_model_config  # imports torch: after the quick checks
+
     try:
         check_model_config(read_params(path).get("model"))
     except ConfigError as exc:
