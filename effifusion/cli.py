@@ -40,6 +40,13 @@ def _enhance(args: argparse.Namespace) -> None:
     enhance_paths(args.inputs, args.output, model=args.model, chunk_s=args.chunk_s, device=args.device)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from effifusion.inference.bench import describe, run_bench
+
+    row = run_bench(args.preset, args.seconds, args.backend, args.threads)
+    print(json.dumps(row) if args.json else describe(row))
+
+
 def _report(args: argparse.Namespace) -> None:
     from effifusion.evaluation.report import sweep_report
 
@@ -86,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk length in s for long recordings (attention memory grows with its square)")
     s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
     s.set_defaults(func=_enhance)
+
+    s = sub.add_parser("bench", help="inference cost of a preset's model on this machine: real-time factor, "
+                                     "GMAC/s, peak memory (random weights)")
+    s.add_argument("--preset", default="demo", help="presets/NAME.yaml (or a params file) whose model to build "
+                                                    "(default: demo)")
+    s.add_argument("--seconds", default="4", metavar="S",
+                   help="input length in s, enhanced in one piece (default 4, the chunk `enhance` runs)")
+    s.add_argument("--backend", default="onnx", metavar="onnx|pytorch",
+                   help="ONNX Runtime on the exported model (default) or PyTorch eager on the checkpoint")
+    s.add_argument("--threads", default="1", metavar="N", help="intra-op / torch threads (default 1)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")
+    s.set_defaults(func=_bench)
 
     s = sub.add_parser("report", help="compare the runs of a pruning sweep (Markdown + PNG, logged to MLflow)")
     s.add_argument("--out", default="reports/sweep", help="output folder")

@@ -1,0 +1,400 @@
+"""`effifusion bench`: what one inference of a preset's model costs on this machine.
+
+    effifusion bench --preset paper --seconds 2 --backend onnx --threads 1 [--json]
+
+The preset's model (``presets/NAME.yaml``: its ``model`` section and ``audio.sample_rate``) is built
+with random weights (seed 0; cost does not depend on the weights), saved as a checkpoint in a
+temporary folder and, for ``--backend onnx``, exported there with the pipeline's own ``export_onnx``
+(parity checked at 0.5 s only; export time is not measured). The measurement then runs in a fresh
+child process (``python -m effifusion.inference.bench --child ...``), so its peak memory is that of
+inference alone: it sets the thread counts (OMP/MKL/OpenBLAS variables before any import, ONNX
+Runtime intra-op threads or ``torch.set_num_threads`` through ``load_enhancer``), loads the model
+with ``load_enhancer``, makes ``S`` seconds of a deterministic speech-band signal
+(``export.parity_signal``: harmonic tones under a syllable-rate envelope plus noise), records its
+resident size, runs an untimed 0.5 s warm-up (ONNX Runtime's arena, kernel choice), then times one
+``Enhancer.enhance`` of the whole input and reads its peak resident size (``ru_maxrss``).
+
+"chunked" says whether the enhancer cut the input into pieces: every call of the enhancer's batch
+runner is recorded, and an enhancer that exposes a ``max_piece_s`` limit is reported with it. Today
+``Enhancer.enhance`` always runs one piece. MACs are the architecture's analytic count
+(``EnhancementModel.macs``, models/cost.py) summed over the pieces actually run.
+
+Output (``--json``: one JSON object on the last line of stdout)::
+
+    {"preset": "paper",            # preset name (or params file) the model came from
+     "arch": "effifusion_gan",
+     "backend": "onnx",            # onnx (ONNX Runtime, CPU) | pytorch (eager, CPU)
+     "threads": 1,                 # intra-op threads (ORT) / torch threads, and OMP/MKL variables
+     "seconds": 2.0,               # input length
+     "sample_rate": 16000,
+     "rtf": 1.23,                  # real-time factor: compute_s / seconds (below 1: faster than real time)
+     "compute_s": 2.46,            # wall-clock seconds of the timed enhance (warm-up excluded)
+     "gmac_per_s_audio": 24.9,     # gmac_total / seconds: the model's cost per second of audio at this
+                                   # length (grows with length: attention is quadratic in it)
+     "gmac_total": 49.8,           # analytic GMACs of this input (summed over pieces)
+     "gmac_per_s_achieved": 20.2,  # gmac_total / compute_s: the arithmetic rate reached
+     "peak_rss_mib": 812.0,        # peak resident memory of the measuring process (model, runtime, run)
+     "baseline_rss_mib": 350.0,    # its resident memory once the model and input are loaded, before any run
+     "params_total": 1086033,
+     "chunked": false,             # whether the input was run in several pieces
+     "piece_s": 2.0,               # longest piece run, in seconds (the whole input when not chunked)
+     "platform": {"python": "3.12.3", "onnxruntime": "1.22.0", "torch": "2.11.0",
+                  "cpu": "<model name>, N cores available"}}
+
+Errors the user can fix (unknown preset, ``seconds`` <= 0, ``threads`` < 1, unknown backend) are
+ConfigErrors (one line, exit 2); a measuring process that dies (killed for lack of memory, say) is
+a BenchError saying so with its exit code. ``bench/bench_infer.py`` calls ``prepare`` and
+``measure`` for its table (with ``chunk_s`` and ``repeats``, which this command does not use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from effifusion.core.errors import ConfigError, EffiFusionError
+
+BACKENDS = {"onnx": "effifusion.onnx", "pytorch": "generator.pt"}  # --backend -> model file it runs
+SEED = 0  # random weights: cost does not depend on them
+WARMUP_S = 0.5
+PARITY_S = 0.5  # export check length (the pipeline's export checks several; speed matters here)
+SIGNAL_SEED = 3
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+MIB = 2**20
+
+
+class BenchError(EffiFusionError):
+    """The measuring process failed or died (killed for lack of memory, say)."""
+
+
+@dataclass
+class Prepared:
+    """A model ready to measure: the torch model (for MAC and parameter counts) and its files."""
+
+    name: str
+    model: Any  # EnhancementModel
+    checkpoint: Path
+    onnx: Path | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def check_args(seconds: Any, backend: Any, threads: Any) -> tuple[float, str, int]:
+    """(seconds, backend, threads) checked; ConfigError naming the bad one."""
+    try:
+        secs = float(seconds)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--seconds {seconds!r}: not a number") from None
+    if not (math.isfinite(secs) and secs > 0):
+        raise ConfigError(f"--seconds {seconds}: must be a positive number of seconds")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: unknown backend (known: {', '.join(BACKENDS)})")
+    try:
+        n_threads = int(str(threads))
+    except ValueError:
+        raise ConfigError(f"--threads {threads!r}: not a whole number") from None
+    if n_threads < 1:
+        raise ConfigError(f"--threads {threads}: must be at least 1")
+    return secs, backend, n_threads
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: model files, the child process, the row
+
+
+def prepare(out_dir: Path, preset: str, backends: tuple[str, ...] = ("onnx", "pytorch"),
+            checkpoint: str | os.PathLike | None = None) -> Prepared:
+    """The preset's model with random weights (or ``checkpoint``'s), saved in ``out_dir`` as a
+    checkpoint, and exported to ONNX there when "onnx" is among ``backends`` (not timed)."""
+    import torch
+
+    from effifusion.core.config import preset_path, read_params
+    from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
+
+    path = preset_path(preset)
+    params = read_params(path)
+    out_dir = Path(out_dir)
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint)
+        ckpt, name = Path(checkpoint), str(checkpoint)
+    else:
+        audio = params.get("audio") or {}
+        torch.manual_seed(SEED)
+        model = build_model(params.get("model"), audio.get("sample_rate", 16000) if isinstance(audio, dict)
+                            else 16000).eval()
+        ckpt, name = out_dir / BACKENDS["pytorch"], preset
+        save_checkpoint(ckpt, model)
+    onnx_path = None
+    if "onnx" in backends:
+        from effifusion.inference.export import export_onnx
+
+        export = params.get("export") if isinstance(params.get("export"), dict) else {}
+        cfg = {"opset": export.get("opset", 18), "parity_lengths_s": [PARITY_S],
+               "parity_tolerance": export.get("parity_tolerance", 1e-4)}
+        report = export_onnx(ckpt, out_dir / "onnx", cfg, {"sample_rate": model.sample_rate})
+        onnx_path = Path(report["onnx_file"])
+    return Prepared(name, model, ckpt, onnx_path)
+
+
+def child_command(model_file: Path, backend: str, seconds: float, threads: int, chunk_s: float | None = None,
+                  overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S
+                  ) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the measuring process: this interpreter, this effifusion, N threads."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, **{var: str(threads) for var in THREAD_VARS}}
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "effifusion.inference.bench", "--child", str(model_file),
+           "--backend", backend, "--seconds", repr(seconds), "--threads", str(threads),
+           "--repeats", str(repeats), "--warmup-s", repr(warmup_s), "--overlap-s", repr(overlap_s)]
+    if chunk_s is not None:
+        cmd += ["--chunk-s", repr(chunk_s)]
+    return cmd, env
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON row the child prints last; BenchError when it fails or dies."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            sig = -proc.returncode
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            hint = (", most likely for lack of memory (try fewer --seconds)" if sig == signal.SIGKILL
+                    else "")
+            raise BenchError(f"the measuring process was killed by {name} (exit code {proc.returncode})"
+                             f"{hint}")
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else "(no message)"
+        last = last.removeprefix("effifusion bench: error: ")
+        raise BenchError(f"the measuring process failed (exit code {proc.returncode}): {last[:500]}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BenchError("the measuring process printed no result") from None
+
+
+def platform_info() -> dict[str, str]:
+    """Python, onnxruntime and torch versions, and the CPU (model name, cores available)."""
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python": platform.python_version(), "onnxruntime": version("onnxruntime"),
+            "torch": version("torch").split("+")[0], "cpu": f"{cpu}, {cores} cores available"}
+
+
+def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chunk_s: float | None = None,
+            overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S) -> dict[str, Any]:
+    """One measurement in a fresh child process, as the row documented above.
+
+    ``chunk_s``: inputs longer than it go through ``Enhancer.enhance_long`` (chunks overlapping by
+    ``overlap_s``); ``repeats``: timed runs, the fastest is kept. The command uses neither.
+    """
+    from effifusion.models.cost import frames_for, parameter_counts
+
+    model_file = prepared.onnx if backend == "onnx" else prepared.checkpoint
+    if model_file is None:
+        raise ValueError(f"no {backend} model was prepared")
+    cmd, env = child_command(model_file, backend, seconds, threads, chunk_s, overlap_s, repeats, warmup_s)
+    child = run_child(cmd, env)
+    model = prepared.model
+    sr, hop = model.sample_rate, model.frontend.hop_length
+    macs = sum(model.macs(frames_for(max(n, model.min_samples) / sr, sr, hop))["total"] for n in child["pieces"])
+    compute_s = child["compute_s"]
+    return {
+        "preset": prepared.name,
+        "arch": model.arch,
+        "backend": backend,
+        "threads": threads,
+        "seconds": seconds,
+        "sample_rate": sr,
+        "rtf": round(compute_s / seconds, 4),
+        "compute_s": round(compute_s, 4),
+        "gmac_per_s_audio": round(macs / 1e9 / seconds, 4),
+        "gmac_total": round(macs / 1e9, 4),
+        "gmac_per_s_achieved": round(macs / 1e9 / compute_s, 4),
+        "peak_rss_mib": round(child["peak_rss_bytes"] / MIB, 1),
+        "baseline_rss_mib": round(child["baseline_rss_bytes"] / MIB, 1),
+        "params_total": parameter_counts(model)["params_total"],
+        "chunked": child["chunked"],
+        "piece_s": round(child["piece_s"], 4),
+        "platform": platform_info(),
+    }
+
+
+def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
+              progress: bool = True) -> dict[str, Any]:
+    """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure."""
+    from effifusion.core.config import preset_path, read_params
+
+    secs, backend, n_threads = check_args(seconds, backend, threads)
+    path = preset_path(preset)  # unknown preset, bad model settings: one line before any work
+    from effifusion.models.registry import check_model_config  # imports torch: after the quick checks
+
+    try:
+        check_model_config(read_params(path).get("model"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="effifusion-bench-") as tmp:
+        if progress:
+            what = "building and exporting to ONNX" if backend == "onnx" else "building"
+            print(f"effifusion bench: {what} the {preset} model (not timed) ...", file=sys.stderr, flush=True)
+        prepared = prepare(Path(tmp), preset, (backend,))
+        if progress:
+            print(f"effifusion bench: measuring {secs:g} s, {backend}, {n_threads} thread(s) ...",
+                  file=sys.stderr, flush=True)
+        return measure(prepared, backend, secs, n_threads)
+
+
+def describe(row: dict[str, Any]) -> str:
+    """The human-readable lines of one row."""
+    pieces = ("in several pieces, the longest " + f"{row['piece_s']:g} s" if row["chunked"]
+              else "in one piece")
+    p = row["platform"]
+    return "\n".join([
+        f"model       {row['preset']} ({row['arch']}, {row['params_total']:,} parameters, random weights)",
+        f"run         {row['backend']}, {row['threads']} thread(s); {row['seconds']:g} s of audio at "
+        f"{row['sample_rate']} Hz, enhanced {pieces}",
+        f"real time   RTF {row['rtf']:.3f} ({row['compute_s']:.3f} s of compute for {row['seconds']:g} s of audio)",
+        f"MACs        {row['gmac_total']:.2f} GMAC for this input, {row['gmac_per_s_audio']:.2f} GMAC per second "
+        f"of audio, {row['gmac_per_s_achieved']:.2f} GMAC/s achieved",
+        f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "
+        "loaded, before the run)",
+        f"platform    Python {p['python']}, onnxruntime {p['onnxruntime']}, torch {p['torch']}; {p['cpu']}",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: one measurement in this process
+
+
+def rss_bytes() -> int:
+    """Resident size now (Linux /proc; psutil elsewhere; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the model, warm up, time ``enhance`` (or ``enhance_long`` above ``chunk_s``)."""
+    from effifusion.inference.backends import load_enhancer
+    from effifusion.inference.export import parity_signal
+
+    if args.backend == "pytorch":
+        import torch
+
+        torch.set_num_interop_threads(1)
+    enhancer = load_enhancer(args.model, threads=args.threads)
+    sr = enhancer.sample_rate
+    n = int(round(args.seconds * sr))
+    x = parity_signal(n, sr, seed=SIGNAL_SEED)
+
+    pieces: list[int] = []  # samples of each piece the runtime was given
+    run_batch = getattr(enhancer, "_run_batch", None)
+    if callable(run_batch):
+        def recording(batch: Any) -> Any:
+            pieces.append(int(batch.shape[-1]))
+            return run_batch(batch)
+
+        enhancer._run_batch = recording
+    chunk_s = args.chunk_s
+    long_input = chunk_s is not None and args.seconds > chunk_s
+
+    def run() -> None:
+        if long_input:
+            enhancer.enhance_long(x, chunk_s, args.overlap_s)
+        else:
+            enhancer.enhance(x)
+
+    baseline = rss_bytes()
+    enhancer.enhance(x[: max(1, int(round(min(args.seconds, args.warmup_s) * sr)))])
+    times = []
+    for _ in range(args.repeats):
+        pieces.clear()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    peak = peak_rss_bytes()
+
+    limit = getattr(enhancer, "max_piece_s", None)  # an enhancer that cuts long inputs itself
+    if not pieces:  # no batch runner to watch: infer the pieces from the enhancer's limit
+        if long_input:
+            from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
+
+            chunk, overlap = chunk_geometry(chunk_s, args.overlap_s, sr)
+            pieces = [chunk] * ChunkedStream.count_chunks(n, chunk, overlap)
+        elif limit and args.seconds > limit:
+            k = math.ceil(args.seconds / limit)
+            pieces = [math.ceil(n / k)] * k
+        else:
+            pieces = [n]
+    return {"compute_s": min(times), "times": times, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+            "pieces": pieces, "chunked": len(pieces) > 1 or max(pieces) < n, "piece_s": max(pieces) / sr,
+            "max_piece_s": limit, "sample_rate": sr, "runtime": enhancer.backend}
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m effifusion.inference.bench",
+                                description="one measurement of `effifusion bench` (its child process)")
+    p.add_argument("--child", dest="model", required=True, help="model file (.onnx or .pt)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--chunk-s", type=float, default=None)
+    p.add_argument("--overlap-s", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warmup-s", type=float, default=WARMUP_S)
+    args = p.parse_args(argv)
+    try:
+        row = child(args)
+    except EffiFusionError as exc:
+        print(f"effifusion bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
