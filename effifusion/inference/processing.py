@@ -195,7 +195,7 @@ class _BandGain:
         self._x: np.ndarray | None = None  # held input frames [k, C]
         self._rt = np.zeros((0, len(active)), np.float32)
         self._y = np.zeros((0, len(active)), np.float32)
-        self._prev = np.ones(len(active), np.float32)
+        self._prev: np.ndarray | None = None  # the previous block's gain (the first block starts at its own)
 
     def push(self, x: np.ndarray, rt: np.ndarray, y: np.ndarray, final: bool) -> tuple[np.ndarray, np.ndarray]:
         """(input frames [k, C], enhanced + gain·high band [k, active]) for the frames done, aligned."""
@@ -214,6 +214,7 @@ class _BandGain:
             e_y = np.mean(np.square(y[s:e], dtype=np.float64), axis=0)
             e_rt = np.mean(np.square(rt[s:e], dtype=np.float64), axis=0)
             gain = np.minimum(1.0, np.sqrt(e_y / np.maximum(e_rt, 1e-20))).astype(np.float32)
+            prev = gain if prev is None else prev
             t = (np.arange(1, e - s + 1, dtype=np.float32) / (e - s))[:, None]
             ramp[s:e] = prev + (gain - prev) * t
             prev = gain
