@@ -61,7 +61,7 @@ def test_enhance_modules_import_without_torch(tmp_path: Path) -> None:
         import effifusion, effifusion.cli, effifusion.inference.files, effifusion.inference.backends
         import effifusion.dsp.audio, effifusion.dsp.streaming, effifusion.dsp.resampler
         import effifusion.core.errors, effifusion.core.files, effifusion.core.params, effifusion.core.parallel
-        from effifusion import Enhancer, EnhanceOptions, load_enhancer
+        from effifusion.inference import Enhancer, EnhanceOptions, load_enhancer
         print(json.dumps(sorted(m for m in {PIPELINE_MODULES!r} if m in sys.modules)))
     """, tmp_path)
     assert out.returncode == 0, out.stderr
@@ -89,7 +89,7 @@ def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) ->
         from effifusion.cli import main
         assert main(["enhance", "in.wav", "-o", "out", "--model", "identity.onnx", "-q"]) == 0
         assert main(["enhance", "--model", "identity.onnx", "--info"]) == 0
-        from effifusion import Enhancer
+        from effifusion.inference import Enhancer
         x, sr = sf.read("in.wav", dtype="float32")
         y = Enhancer.from_file("identity.onnx").enhance(x, sr)
         assert y.shape == x.shape and np.allclose(y, sf.read("out/in.wav", dtype="float32")[0], atol=1 / 32768)
