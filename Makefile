@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+ and git, offline but for PyPI):
 #   make repro   create .venv if missing, install, run the whole DVC pipeline
 #   make test    create .venv if missing, install, run the test suite
+# Both install effifusion[pipeline,dev] as pinned in requirements.lock. Enhancing alone needs only
+# `pip install effifusion` (numpy, soundfile, onnxruntime, tqdm: no torch).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -32,9 +34,12 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
-# Re-pin every dependency (needs uv: pip install uv).
+# Re-pin every dependency of effifusion[pipeline,dev] (needs uv: pip install uv). One universal lock:
+# platform-only packages carry markers (CUDA wheels: sys_platform == 'linux'), so the same file installs
+# on Linux (x86_64, aarch64) and macOS 14+ on Apple silicon (torch 2.11 and onnxruntime 1.31 have no
+# Intel-mac wheels). Pins already in the file are kept unless UPGRADE=--upgrade.
 lock:
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra pipeline --extra dev --universal --python-version 3.11 $(UPGRADE) -o requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

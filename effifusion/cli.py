@@ -35,9 +35,21 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from effifusion.inference.files import enhance_paths
+    if args.info:
+        from effifusion.inference.backends import load_enhancer
 
-    enhance_paths(args.inputs, args.output, model=args.model, chunk_s=args.chunk_s, device=args.device)
+        enhancer = load_enhancer(args.model, device=args.device)
+        print(json.dumps({"model": enhancer.source, "backend": enhancer.backend, **enhancer.card}, indent=2))
+        return
+    if not args.inputs or args.output is None:
+        args.parser.error("enhance needs input files or folders and -o/--output (or --info)")
+    from effifusion.inference.files import enhance_paths
+    from effifusion.inference.processing import EnhanceOptions
+
+    options = EnhanceOptions(atten_lim_db=args.atten_lim_db, mix=args.mix, high_band=args.high_band,
+                             max_piece_s=args.max_piece_s)
+    enhance_paths(args.inputs, args.output, model=args.model, options=options, device=args.device,
+                  quiet=args.quiet)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -55,8 +67,21 @@ def _report(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata); the source tree's when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("effifusion")
+    except metadata.PackageNotFoundError:
+        from effifusion import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="effifusion", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (demo | paper)")
@@ -85,14 +110,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reported as csig_published, ...)")
     s.set_defaults(func=_score)
 
-    s = sub.add_parser("enhance", help="enhance audio files or folders with the exported model")
-    s.add_argument("inputs", nargs="+", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
-    s.add_argument("-o", "--output", required=True, help="output folder (created; checked writable before any work)")
-    s.add_argument("--model", default="models/onnx/effifusion.onnx", help=".onnx model or generator .pt")
-    s.add_argument("--chunk-s", type=float, default=4.0,
-                   help="chunk length in s for long recordings (attention memory grows with its square)")
+    s = sub.add_parser(
+        "enhance", help="enhance audio files or folders with the exported model",
+        description="Enhance audio files or folders (any format libsndfile reads, any rate, mono or "
+                    "multi-channel); each output keeps its input's rate, channels, length and format.",
+        epilog="The model works at 16 kHz: inputs at other rates are resampled to 16 kHz and back. Above "
+               "16 kHz (44.1/48 kHz input) the band above 8 kHz, which the model never sees, is kept by "
+               "default: the input's band above the 16 kHz round trip, scaled by the model's gain "
+               "(enhanced RMS / input RMS per 20 ms, at most 1); --no-high-band drops it (nothing above "
+               "~7.6 kHz in the output). --atten-lim-db and --mix are one linear blend: out = input + "
+               "mix*(1 - 10^(-DB/20))*(enhanced - input); DB 0 or mix 0 gives the input back unchanged.")
+    s.add_argument("inputs", nargs="*", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
+    s.add_argument("-o", "--output", help="output folder (created; checked writable before any work)")
+    s.add_argument("--model", default="models/onnx/effifusion.onnx",
+                   help=".onnx export (plain install) or model checkpoint .pt (needs effifusion[pipeline])")
+    s.add_argument("--atten-lim-db", type=float, default=None, metavar="DB",
+                   help="remove at most DB dB of noise: out = enhanced + 10^(-DB/20)*(input - enhanced); "
+                        "0 gives the input back (default: no limit)")
+    s.add_argument("--mix", type=float, default=1.0, metavar="W",
+                   help="dry/wet in [0, 1]: 1 enhanced (default), 0 the input; applied after --atten-lim-db")
+    s.add_argument("--no-high-band", dest="high_band", action="store_false",
+                   help="drop the input's band above 8 kHz (44.1/48 kHz input) instead of keeping it scaled "
+                        "by the model's gain")
+    s.add_argument("--max-piece-s", "--chunk-s", dest="max_piece_s", type=float, default=60.0, metavar="S",
+                   help="inputs up to S seconds are enhanced in one piece (one normalisation, exact); longer "
+                        "ones in S-second chunks with 1 s raised-cosine cross-fades (default 60). "
+                        "--chunk-s is the old name. Memory per piece: see --info (memory_mb_per_s)")
     s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
-    s.set_defaults(func=_enhance)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (warnings and errors still printed)")
+    s.add_argument("--info", action="store_true", help="print the model card of --model as JSON and exit")
+    s.set_defaults(func=_enhance, parser=s)
 
     s = sub.add_parser("bench", help="inference cost of a preset's model on this machine: real-time factor, "
                                      "GMAC/s, peak memory (random weights)")

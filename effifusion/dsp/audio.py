@@ -1,6 +1,6 @@
 """Audio I/O and resampling shared by every stage (the STFT front end is dsp/stft.py).
 
-WAV files are read and written with soundfile (torchaudio's I/O moved to torchcodec); every
+WAV files are read and written with soundfile; every
 read is validated so a bad file fails with its name and the problem, not deep inside a model.
 Writes go to a temporary file first and are renamed into place, so nothing is half-written.
 
@@ -17,18 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import AudioError
+from effifusion.dsp.resampler import sinc_resample
 
 SAMPLE_RATE = 16_000
 SILENCE_PEAK = 1e-4  # |x| below this everywhere counts as silent (-80 dBFS)
 
 # The one resampler of the project (REFERENCE §4: resamplers disagree by ~0.006 PESQ, so fix one).
-# torchaudio's windowed-sinc with a Kaiser window, the "kaiser_best" settings.
+# torchaudio's windowed-sinc with a Kaiser window, the "kaiser_best" settings, computed by
+# dsp/resampler.py (the same algorithm in numpy, torchaudio's samples to ~1e-6, no torch needed).
 RESAMPLING = {
-    "library": "torchaudio.functional.resample",
+    "library": "effifusion.dsp.resampler (torchaudio.functional.resample in numpy)",
     "resampling_method": "sinc_interp_kaiser",
     "lowpass_filter_width": 64,
     "rolloff": 0.9475937167399596,
@@ -125,16 +126,12 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subt
 
 
 def resample(audio: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Resample along the first axis with the project's fixed resampler (see RESAMPLING)."""
+    """Resample along the first axis ([n] or [n, channels]) with the project's fixed resampler (see
+    RESAMPLING); float32, ceil(n·new_sr/orig_sr) samples."""
+    audio = np.asarray(audio, dtype=np.float32)
     if orig_sr == new_sr:
-        return np.asarray(audio, dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(audio, dtype=np.float32).T))
-    y = _torchaudio_resample(x, orig_sr, new_sr)
-    return y.numpy().T.copy()
-
-
-def _torchaudio_resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    import torchaudio.functional as AF  # imported lazily: only resampling needs torchaudio
-
-    kw = {k: v for k, v in RESAMPLING.items() if k != "library"}
-    return AF.resample(x, orig_sr, new_sr, **kw)
+        return audio
+    y = sinc_resample(audio.T, orig_sr, new_sr, lowpass_filter_width=RESAMPLING["lowpass_filter_width"],
+                      rolloff=RESAMPLING["rolloff"], method=RESAMPLING["resampling_method"],
+                      beta=RESAMPLING["beta"])
+    return np.ascontiguousarray(y.T)

@@ -119,10 +119,12 @@ class ChunkedStream:
 class StreamResampler:
     """``audio.resample`` of a signal that arrives in blocks [n, C]: same samples as resampling it whole.
 
-    The project resampler (torchaudio's windowed sinc) computes output block p (new' samples, rates
-    reduced by their gcd to orig' → new') from input samples [p·orig' − w, p·orig' + orig' + w), zero
-    outside the signal. Each push resamples the buffered input from a block boundary with at least
-    w samples of left context and keeps only the output blocks whose inputs have all arrived.
+    The project resampler (dsp/resampler.py, torchaudio's windowed sinc) computes output block p (new'
+    samples, rates reduced by their gcd to orig' → new') from input samples [p·orig' − w,
+    p·orig' + orig' + w), zero outside the signal, each sample as a fixed sum over that window. Each
+    push resamples the buffered input from a block boundary with at least w samples of left context
+    and keeps only the output blocks whose inputs have all arrived: the samples of the whole signal's
+    resampling, bit for bit.
     """
 
     def __init__(self, orig_sr: int, new_sr: int, channels: int):

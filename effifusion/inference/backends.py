@@ -1,32 +1,84 @@
-"""Inference backends: a loaded model that enhances 16 kHz mono waveforms.
+"""Inference backends: a loaded model that enhances audio, and the Python API around it.
 
-An exported ``.onnx`` runs in ONNX Runtime on the CPU; a model checkpoint ``.pt`` runs in PyTorch
-(CPU or CUDA) and needs no params.yaml (checkpoints describe their model). Both give an
-``Enhancer`` with the same interface, so files, folders and the evaluate stage do not care which.
+An exported ``.onnx`` runs in ONNX Runtime on the CPU and needs only numpy, soundfile and
+onnxruntime (``pip install effifusion``); a model checkpoint ``.pt`` runs in PyTorch (CPU or CUDA,
+``pip install effifusion[pipeline]``). Neither needs params.yaml: an export carries its model card
+(onnx_model.py), a checkpoint its config. Both give an ``Enhancer`` with the same interface, so
+files, folders and the evaluate stage do not care which::
+
+    from effifusion.inference import Enhancer
+    enhancer = Enhancer.from_file("models/onnx/effifusion.onnx")
+    clean = enhancer.enhance(noisy, 44100)                   # [N] or [N, C] at any rate -> same shape
+    clean = enhancer.enhance(noisy, 48000, atten_lim_db=12)  # remove at most 12 dB of noise
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from effifusion.core.errors import ConfigError
+from effifusion.dsp.audio import SILENCE_PEAK
 from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
+from effifusion.inference.processing import MAX_PIECE_S, EnhanceOptions, EnhanceStream
+
+PIPELINE_EXTRA = "pip install effifusion[pipeline]"
 
 
 class Enhancer:
-    """A loaded model that enhances 16 kHz mono float32 waveforms (ONNX Runtime or PyTorch)."""
+    """A loaded model (ONNX Runtime or PyTorch) that enhances audio.
+
+    ``enhance(wav, sample_rate)`` is the API: any rate, mono or multi-channel, any length.
+    ``enhance_segment(wav)`` is the model itself: one mono piece at the model's rate, whole.
+    ``card`` is the model card (an export's metadata, see onnx_model.CARD_KEYS; for checkpoints the
+    architecture, its config and the sample rate).
+    """
 
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], sample_rate: int, backend: str,
-                 source: str):
+                 source: str, card: dict[str, Any] | None = None):
         self._run_batch = run_batch
         self.sample_rate = int(sample_rate)
         self.backend = backend
         self.source = source
+        self.card = dict(card or {"sample_rate": self.sample_rate})
 
-    def enhance(self, wav: np.ndarray) -> np.ndarray:
+    @classmethod
+    def from_file(cls, model_path: str | Path, device: str = "cpu", threads: int | None = None) -> "Enhancer":
+        """``load_enhancer``: an exported ``.onnx`` or a model checkpoint ``.pt``."""
+        return load_enhancer(model_path, device=device, threads=threads)
+
+    def enhance(self, wav: np.ndarray, sample_rate: int | None = None, *, atten_lim_db: float | None = None,
+                mix: float = 1.0, high_band: bool = True, max_piece_s: float = MAX_PIECE_S) -> np.ndarray:
+        """Enhance ``wav`` ([N] or [N, C] float, any N >= 1) recorded at ``sample_rate`` (default: the
+        model's) and return float32 of the same shape and rate.
+
+        Each channel is resampled to the model's rate, enhanced (in one piece up to ``max_piece_s``,
+        else in cross-faded chunks of that length) and resampled back; above the model's rate the
+        input's high band is kept, scaled by the model's gain (``high_band``). ``atten_lim_db`` limits
+        the noise removed (0: the input back), ``mix`` blends with the input (0: the input back):
+        out = wav + mix·(1 − 10^(−atten_lim_db/20))·(enhanced − wav). Silent channels come back
+        unchanged. See inference/processing.py. With the defaults, a mono input at the model's rate
+        up to ``max_piece_s`` long gives exactly ``enhance_segment(wav)``.
+        """
+        options = EnhanceOptions(atten_lim_db=atten_lim_db, mix=mix, high_band=high_band, max_piece_s=max_piece_s)
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim not in (1, 2) or wav.shape[0] < 1 or (wav.ndim == 2 and wav.shape[1] < 1):
+            raise ValueError(f"expected a waveform [N] or [N, channels] with N >= 1, got shape {wav.shape}")
+        if not np.all(np.isfinite(wav)):
+            raise ValueError("waveform contains NaN or infinite samples")
+        sr = self.sample_rate if sample_rate is None else sample_rate
+        if not (isinstance(sr, (int, np.integer)) and not isinstance(sr, bool) and sr > 0):
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        x = wav.reshape(len(wav), -1)
+        silent = np.max(np.abs(x), axis=0) < SILENCE_PEAK
+        stream = EnhanceStream(self.enhance_segment, self.sample_rate, int(sr), x.shape[1], len(x), options,
+                               silent)
+        y = np.concatenate([stream.push(x), stream.flush()])
+        return y.reshape(wav.shape)
+
+    def enhance_segment(self, wav: np.ndarray) -> np.ndarray:
         """One segment [N] float32 at ``sample_rate`` → enhanced [N] float32 (the whole segment at once)."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1 or wav.shape[0] < 1:
@@ -37,12 +89,13 @@ class Enhancer:
 
     def stream(self, chunk_s: float = 4.0, overlap_s: float = 1.0,
                on_chunk: Callable[[], None] | None = None) -> "ChunkedStream":
-        """A push/flush stream enhancing one channel in cross-faded chunks (see ChunkedStream)."""
+        """A push/flush stream enhancing one channel at the model's rate in cross-faded chunks (ChunkedStream)."""
         chunk, overlap = chunk_geometry(chunk_s, overlap_s, self.sample_rate)
-        return ChunkedStream(self.enhance, chunk, overlap, on_chunk)
+        return ChunkedStream(self.enhance_segment, chunk, overlap, on_chunk)
 
     def enhance_long(self, wav: np.ndarray, chunk_s: float = 4.0, overlap_s: float = 1.0) -> np.ndarray:
-        """[N] → [N] in chunks of ``chunk_s`` overlapping by ``overlap_s``; short input in one piece."""
+        """[N] at the model's rate → [N] in chunks of ``chunk_s`` overlapping by ``overlap_s``; short
+        input in one piece (the evaluate stage's fixed chunking)."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"expected a mono waveform [N], got shape {wav.shape}")
@@ -70,7 +123,7 @@ def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | No
 
 
 def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
-    from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, onnx_session
+    from effifusion.inference.onnx_model import INPUT_NAME, OUTPUT_NAME, model_card, onnx_session
 
     if device != "cpu":
         raise ConfigError(f"--device {device}: ONNX models run on the CPU here; "
@@ -86,13 +139,17 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
     def run_batch(x: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
-    return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path))
+    return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta))
 
 
 def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
-    import torch
+    try:
+        import torch
 
-    from effifusion.models.registry import load_checkpoint
+        from effifusion.models.registry import load_checkpoint
+    except ImportError:
+        raise ConfigError(f"{path}: checkpoints need `{PIPELINE_EXTRA}` (PyTorch); "
+                          "the exported .onnx model needs only the plain install") from None
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
@@ -104,4 +161,6 @@ def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
         with torch.inference_mode():
             return model.enhance(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
-    return Enhancer(run_batch, model.sample_rate, "pytorch", str(path))
+    card = {"arch": model.arch, "sample_rate": model.sample_rate, "min_samples": model.min_samples,
+            "params_total": sum(p.numel() for p in model.parameters()), "config": model.config()}
+    return Enhancer(run_batch, model.sample_rate, "pytorch", str(path), card)

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import warnings
 import zipfile
@@ -31,16 +30,20 @@ import torch
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError, EffiFusionError
 from effifusion.dsp.stft import dft_transforms
+from effifusion.inference.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
+    INPUT_NAME, NORMALISATION_TEXT, OUTPUT_NAME, SHAPE, onnx_session,
+)
 from effifusion.models.attention import scan_attention
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import load_checkpoint
 
 ONNX_FILE = "effifusion.onnx"
 REPORT_FILE = "export.json"
-INPUT_NAME = "wav"
-OUTPUT_NAME = "enhanced"
 MIN_OPSET = 18  # the dynamo exporter's oldest supported opset
 EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]}), onnxscript optimizer off"
+# Peak ONNX Runtime memory per second of input (MB), for the model card's memory_mb_per_s: set from a
+# measurement (bench/bench_infer.py) once attention runs in bounded memory; None writes "unmeasured".
+MEMORY_MB_PER_S: float | None = None
 
 
 class ExportError(EffiFusionError):
@@ -153,12 +156,25 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
 
 
 def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
-    """The exported graph with the metadata the enhancer reads back (architecture, its config, sample
-    rate, minimum length, exporter, source checkpoint). Not yet checked against PyTorch: see export_onnx."""
+    """The exported graph with its model card in ``metadata_props`` (onnx_model.CARD_KEYS: tensor names
+    and shapes, sample rate, normalisation, memory per second, architecture, its config and parameter
+    counts, front end, exporter, source checkpoint). Not yet checked against PyTorch: see export_onnx."""
+    from effifusion import __version__
+
     model_proto = export_graph(model, opset)
-    props = {"arch": model.arch, "config": json.dumps(model.config()), "sample_rate": str(model.sample_rate),
+    params_total = sum(p.numel() for p in model.parameters())
+    params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    normalisation = model.frontend.normalisation
+    props = {"arch": model.arch, "input_name": INPUT_NAME, "input_shape": SHAPE, "output_name": OUTPUT_NAME,
+             "output_shape": SHAPE, "sample_rate": str(model.sample_rate),
+             "normalisation": NORMALISATION_TEXT.get(normalisation, normalisation),
+             "min_samples": str(model.min_samples),
+             "memory_mb_per_s": "unmeasured" if MEMORY_MB_PER_S is None else f"{MEMORY_MB_PER_S:g}",
+             "params_total": str(params_total), "params_nonzero": str(params_nonzero),
+             "sparsity": f"{1.0 - params_nonzero / params_total:.6f}" if params_total else "0",
+             "config": json.dumps(model.config()),
              **{k: str(v) for k, v in model.frontend.config().items()},
-             "min_samples": str(model.min_samples), "exporter": EXPORTER, "source": source}
+             "effifusion_version": __version__, "exporter": EXPORTER, "source": source}
     del model_proto.metadata_props[:]
     for key, value in props.items():
         entry = model_proto.metadata_props.add()
@@ -173,36 +189,6 @@ def zip_size(path: Path) -> int:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         zf.write(path, arcname=path.name)
     return buf.getbuffer().nbytes
-
-
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session for ``path``.
-
-    The memory-pattern planner is off: with attention scores of 1.6 GB per tensor at 10 s it doubled
-    peak memory (16.6 GB instead of 8.4 GB for a 10 s input, demo model); keeping the arena on makes
-    repeated same-size chunks 3x faster than without it (measured, 2 threads). A file ONNX Runtime
-    cannot load is a ConfigError naming it.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.enable_mem_pattern = False
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
-        raise ConfigError(f"{path}: not a loadable ONNX model ({_ort_problem(exc, path)})") from None
-
-
-def _ort_problem(exc: Exception, path: Path) -> str:
-    """ONNX Runtime's message without its code prefix and the path it repeats."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = text.replace(f"Load model from {path} failed:", "").strip()
-    return text[:300] or type(exc).__name__
 
 
 def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float], sample_rate: int

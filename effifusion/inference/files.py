@@ -1,15 +1,19 @@
 """`effifusion enhance`: run the exported model (or a checkpoint) over audio files of any length and rate.
 
-The model sees 16 kHz mono chunks only. A file is streamed: read in blocks at its own rate,
-resampled to 16 kHz (exactly as ``audio.resample`` would do on the whole file), enhanced in
-overlapping chunks joined by a raised-cosine cross-fade, resampled back and written block by
-block to a temporary file that replaces the output at the end. Memory stays bounded by the chunk
-length whatever the file's duration, rate or channel count; each channel is enhanced on its own.
+The model sees 16 kHz mono pieces only. A file is streamed through processing.EnhanceStream (the
+code path of ``Enhancer.enhance`` too): read in blocks at its own rate, resampled to 16 kHz (exactly
+as ``audio.resample`` would do on the whole file), enhanced in one piece when it is at most
+``max_piece_s`` (default 60 s) long, else in chunks of that length joined by 1 s raised-cosine
+cross-fades, resampled back, given back its band above 8 kHz scaled by the model's gain (44.1/48 kHz
+input, unless turned off), limited / mixed with the input, and written block by block to a
+temporary file that replaces the output at the end. Memory stays bounded by the piece length
+whatever the file's duration, rate or channel count; each channel is enhanced on its own.
 
-Attention in the TS-Conformer is global over a chunk, so memory grows with the square of the chunk
-length (REFERENCE §7; the scores do not depend on the channel count C). Measured peak for one chunk
-(bench/bench_infer.py, demo and paper configs): 10 s chunks 8.6-9.4 GB in ONNX Runtime, 4.2 GB in
-PyTorch; 4 s chunks 1.4-1.8 GB and 0.8-1.2 GB, at the same or lower compute per second of audio.
+Attention in the TS-Conformer is global over a piece: with the attention of the original model,
+memory grows with the square of the piece length (REFERENCE §7; measured peak for one piece,
+bench/bench_infer.py, demo and paper configs: 10 s 8.6-9.4 GB in ONNX Runtime, 4.2 GB in PyTorch;
+4 s 1.4-1.8 GB and 0.8-1.2 GB). The 60 s default assumes attention in bounded memory (the model
+card's ``memory_mb_per_s``); ``--max-piece-s 4`` bounds memory with the original attention.
 
 Formats: any file libsndfile reads (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...). Folders take
 every file whose extension is such a format (AUDIO_SUFFIXES) and say in one line how many other
@@ -31,9 +35,8 @@ in one line before any file is read.
 from __future__ import annotations
 
 import io
-import math
 import os
-from collections import deque
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,8 +47,8 @@ from tqdm import tqdm
 from effifusion.core.errors import AudioError, DataError, EffiFusionError, FilesFailed, say
 from effifusion.core.files import atomic_path, check_writable_dir
 from effifusion.dsp.audio import SILENCE_PEAK, wav_truncation
-from effifusion.dsp.streaming import ChunkedStream, StreamResampler, chunk_geometry
 from effifusion.inference.backends import Enhancer, load_enhancer
+from effifusion.inference.processing import EnhanceOptions, EnhanceStream
 
 READ_BLOCK_S = 2.0  # seconds of input read per step while streaming a file
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # written unclipped; every other subtype is clipped to [-1, 1]
@@ -144,15 +147,17 @@ def _warn(message: str) -> None:
     say("enhance", "warning", message)
 
 
-def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 4.0, overlap_s: float = 1.0,
-                 progress: bool = True) -> Path:
+def enhance_file(enhancer: Enhancer, src: Path, dst: Path, options: EnhanceOptions | None = None,
+                 progress: bool = True, *, chunk_s: float | None = None) -> Path:
     """Enhance one audio file into ``dst`` and return the path written: ``dst``, or ``dst`` with the
     extension of the container written where the two differ (see ``output_plan``).
 
     Same rate, channels and length as the input; container and subtype kept where writable.
+    ``options`` (EnhanceOptions) as for ``Enhancer.enhance``; ``chunk_s``, the old name of
+    ``options.max_piece_s``, overrides it when given.
     """
     src, dst = Path(src), Path(dst)
-    chunk, overlap = chunk_geometry(chunk_s, overlap_s, enhancer.sample_rate)
+    options = _options(options, chunk_s)
     with _open_input(src) as f:
         sr, channels, frames = f.samplerate, f.channels, f.frames
         cut = wav_truncation(src)
@@ -174,15 +179,16 @@ def enhance_file(enhancer: Enhancer, src: Path, dst: Path, chunk_s: float = 4.0,
                 with sf.SoundFile(str(tmp), "w", samplerate=sr, channels=channels, subtype=subtype,
                                   format=fmt) as out:
                     writer = _Writer(out, frames, subtype not in FLOAT_SUBTYPES)
-                    if silent.all():
-                        for x in _read_blocks(f, src, block):
-                            writer.write(x)
-                    else:
-                        _enhance_stream(enhancer, f, src, block, silent, chunk, overlap, writer, progress)
+                    _enhance_stream(enhancer, f, src, block, silent, options, writer, progress)
                     writer.finish()
         except (OSError, sf.LibsndfileError) as exc:  # a full disk, a file where a subfolder should be
             raise DataError(f"{src}: cannot write {dst} ({getattr(exc, 'strerror', None) or exc})") from None
     return dst
+
+
+def _options(options: EnhanceOptions | None, chunk_s: float | None) -> EnhanceOptions:
+    options = options or EnhanceOptions()
+    return options if chunk_s is None else replace(options, max_piece_s=chunk_s)
 
 
 class _Writer:
@@ -203,58 +209,25 @@ class _Writer:
 
 
 def _enhance_stream(enhancer: Enhancer, f: sf.SoundFile, src: Path, block: int, silent: np.ndarray,
-                    chunk: int, overlap: int, writer: _Writer, progress: bool) -> None:
-    """Resample → chunked enhancement per channel → resample back, block by block; silent channels
-    are taken from the input through a delay line that keeps them aligned with the output."""
-    sr, channels = f.samplerate, f.channels
-    model_sr = enhancer.sample_rate
-    active = [c for c in range(channels) if not silent[c]]
-    n16 = math.ceil(f.frames * model_sr / sr)
-    n_chunks = ChunkedStream.count_chunks(n16, chunk, overlap) * len(active)
-    bar = tqdm(total=n_chunks, unit="chunk", desc=src.name, leave=False,
-               disable=not progress or n_chunks < 2)
-    to_model = StreamResampler(sr, model_sr, len(active))
-    from_model = StreamResampler(model_sr, sr, len(active))
-    streams = [ChunkedStream(enhancer.enhance, chunk, overlap, lambda: bar.update(1)) for _ in active]
-    delay: deque[np.ndarray] = deque()  # input blocks not yet matched by output (for silent channels)
+                    options: EnhanceOptions, writer: _Writer, progress: bool) -> None:
+    """The file through an EnhanceStream (processing.py) block by block: resampling, one piece or
+    cross-faded chunks per channel, high band, limit and mix; silent channels pass through."""
+    bar = None
 
-    def write(y: np.ndarray) -> None:
-        if len(y) == 0:
-            return
-        full = np.zeros((len(y), channels), np.float32)
-        full[:, active] = y
-        if silent.any():
-            original = _take(delay, len(y), channels)
-            full[: len(original), silent] = original[:, silent]
-        writer.write(full)
+    def tick() -> None:
+        if bar is not None:
+            bar.update(1)
 
+    stream = EnhanceStream(enhancer.enhance_segment, enhancer.sample_rate, f.samplerate, f.channels, f.frames,
+                           options, silent, on_chunk=tick)
+    bar = tqdm(total=stream.n_chunks, unit="chunk", desc=src.name, leave=False,
+               disable=not progress or stream.n_chunks < 2)
     try:
         for x in _read_blocks(f, src, block):
-            if silent.any():
-                delay.append(x)
-            x16 = to_model.push(x[:, active])
-            write(from_model.push(np.stack([s.push(x16[:, i]) for i, s in enumerate(streams)], axis=1)))
-        x16 = to_model.flush()
-        tails = [np.concatenate([s.push(x16[:, i]), s.flush()]) for i, s in enumerate(streams)]
-        write(from_model.push(np.stack(tails, axis=1)))
-        write(from_model.flush())
+            writer.write(stream.push(x))
+        writer.write(stream.flush())
     finally:
         bar.close()
-
-
-def _take(delay: deque, n: int, channels: int) -> np.ndarray:
-    """Pop up to ``n`` frames from the front of a deque of [k, C] blocks."""
-    parts, need = [], n
-    while need > 0 and delay:
-        head = delay[0]
-        if len(head) <= need:
-            parts.append(delay.popleft())
-            need -= len(head)
-        else:
-            parts.append(head[:need])
-            delay[0] = head[need:]
-            need = 0
-    return np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
 
 
 def _collect(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
@@ -316,31 +289,33 @@ def _planned_path(src: Path, dst: Path) -> Path:
     return output_plan(info.format, info.subtype, info.samplerate, info.channels, dst)[2]
 
 
-def enhance_paths(inputs: list[str], output: str, model: str, chunk_s: float = 4.0, device: str = "cpu"
-                  ) -> list[Path]:
+def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOptions | None = None,
+                  device: str = "cpu", quiet: bool = False, *, chunk_s: float | None = None) -> list[Path]:
     """Enhance files and folders (recursively, every audio format) into ``output``; return the written paths.
 
     Files keep their name, folders their structure below the folder. Every file keeps its sample
-    rate, channel count, length, container and (where writable) sample format. Chunks overlap by
-    min(1 s, chunk_s / 4). The output folder and the model are checked before any file is read;
-    with several files each is attempted, failures are printed one line each after the others are
-    done, and FilesFailed is raised.
+    rate, channel count, length, container and (where writable) sample format. ``options``
+    (EnhanceOptions: attenuation limit, mix, high band, longest piece; ``chunk_s`` is the old name of
+    ``max_piece_s``) apply to every file. The output folder and the model are checked before any file
+    is read; with several files each is attempted, failures are printed one line each after the
+    others are done, and FilesFailed is raised. Success prints nothing but progress bars; ``quiet``
+    turns those off too (warnings and errors are still printed).
     """
+    options = _options(options, chunk_s)  # a bad option fails here, before any work
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: is a file; -o takes a folder")
     pairs = _collect(list(inputs), out)
     check_writable_dir(out, "output folder")
     enhancer = load_enhancer(model, device=device)
-    overlap_s = min(1.0, chunk_s / 4) if isinstance(chunk_s, (int, float)) else 1.0
-    chunk_geometry(chunk_s, overlap_s, enhancer.sample_rate)  # fail on a bad --chunk-s before any work
+    progress = not quiet
     if len(pairs) == 1:  # one file: its error is the command's error
-        return [enhance_file(enhancer, *pairs[0], chunk_s, overlap_s)]
-    written: list[Path] = []
+        return [enhance_file(enhancer, *pairs[0], options, progress)]
+    written = []
     failures: list[tuple[str, str]] = []
-    for src, dst in tqdm(pairs, unit="file", desc="enhance"):
+    for src, dst in tqdm(pairs, unit="file", desc="enhance", disable=quiet):
         try:
-            written.append(enhance_file(enhancer, src, dst, chunk_s, overlap_s))
+            written.append(enhance_file(enhancer, src, dst, options, progress))
         except EffiFusionError as exc:
             failures.append((str(src), str(exc)))
         except Exception as exc:  # an unforeseen failure on one file must not cost the others

@@ -76,6 +76,30 @@ def test_graph_passes_checker_and_has_dynamic_axes(exported: dict) -> None:
     assert meta["arch"] == "effifusion_gan" and json.loads(meta["config"]) == exported["generator"].config()
 
 
+def test_model_card_in_the_metadata(exported: dict, capsys: pytest.CaptureFixture) -> None:
+    """The export describes itself: what the enhancer and a reader of --info need, no params.yaml."""
+    from effifusion import __version__
+    from effifusion.cli import main as cli_main
+    from effifusion.inference.backends import load_enhancer
+    from effifusion.inference.onnx_model import CARD_KEYS
+
+    path = exported["out"] / ONNX_FILE
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert set(CARD_KEYS) <= set(meta), set(CARD_KEYS) - set(meta)
+    assert (meta["input_name"], meta["output_name"]) == (INPUT_NAME, OUTPUT_NAME)
+    assert meta["input_shape"] == meta["output_shape"] == "[batch, samples] float32"
+    assert meta["normalisation"].startswith("rms: inside the graph")
+    assert meta["memory_mb_per_s"] == "unmeasured" and meta["effifusion_version"] == __version__
+    generator = exported["generator"]
+    assert int(meta["params_total"]) == sum(p.numel() for p in generator.parameters())
+    assert int(meta["params_nonzero"]) == exported["report"]["params_nonzero"]
+    card = load_enhancer(path).card
+    assert card["sample_rate"] == 16000 and card["config"] == generator.config()
+    assert cli_main(["enhance", "--model", str(path), "--info"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["params_total"] == int(meta["params_total"]) and printed["backend"] == "onnxruntime"
+
+
 @pytest.mark.parametrize("batch,n", [(1, 7777), (3, 5001), (1, 123)])
 def test_dynamic_batch_and_length_match_pytorch(exported: dict, batch: int, n: int) -> None:
     """Lengths and batch sizes never seen at export, including one shorter than n_fft (zero-padded)."""

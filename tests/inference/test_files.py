@@ -1,8 +1,10 @@
 """`effifusion enhance`: chunking and cross-fade, streaming resampling, file round trips, CLI errors.
 
-File-level tests use a hand-made identity ONNX model that carries the export's metadata: the
-output must then equal the input resampled to 16 kHz and back, sample for sample, which checks the
-streaming pipeline exactly. The tiny random generator (C = 8) checks the PyTorch path.
+File-level tests use a hand-made identity ONNX model that carries the export's metadata: with the
+high band off (``ROUND_TRIP``), the output must then equal the input resampled to 16 kHz and back,
+sample for sample, which checks the streaming pipeline exactly (tests/inference/test_processing.py
+checks the high band, the attenuation limit and the mix). The tiny random generator (C = 8) checks
+the PyTorch path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from effifusion.cli import main as cli_main
 from effifusion.dsp.streaming import ChunkedStream, StreamResampler
 from effifusion.inference.backends import Enhancer, load_enhancer
 from effifusion.inference.files import enhance_file, enhance_paths
+from effifusion.inference.processing import EnhanceOptions
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
 from effifusion.models.registry import build_model, save_checkpoint
@@ -53,6 +56,9 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "generator.pt"
     save_checkpoint(path, build_model(cfg, 16000).eval())
     return path
+
+
+ROUND_TRIP = EnhanceOptions(high_band=False)  # output = what the model gives back, resampled to the input's rate
 
 
 def round_trip(x: np.ndarray, sr: int) -> np.ndarray:
@@ -167,7 +173,7 @@ def test_stream_resampler_matches_whole_signal_resampling(orig: int, new: int, c
     y = np.concatenate(parts)
     expected = resample(x, orig, new)
     assert y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(y, expected)  # each sample is a fixed sum over its input window
 
 
 # --------------------------------------------------------------------------------- files
@@ -176,10 +182,12 @@ def test_stream_resampler_matches_whole_signal_resampling(orig: int, new: int, c
 def test_two_minute_stereo_44k_streams_exactly_with_bounded_memory(identity_onnx: Path,
                                                                    tmp_path: Path) -> None:
     """2 min of 44.1 kHz stereo PCM_24: same rate, channels, length and subtype; with the identity model
-    the output is the whole-file resampling round trip.
+    the output is the whole-file resampling round trip (high band off), or the input itself (high
+    band kept: the round trip plus exactly what it removed, at the identity's gain 1).
 
     Memory (numpy, traced) is set by the chunk length, not the duration: 12-18 MB measured for 2 and
-    4 min files at 5-10 s chunks. Whole-file processing would hold the 42 MB of float32 samples
+    4 min files at 5-10 s chunks, 31 MB with the high band (the input waits at 44.1 kHz for its
+    output: about two chunks). Whole-file processing would hold the 42 MB of float32 samples
     alone, plus their resampled copies."""
     sr, n = 44100, 44100 * 120 + 77
     rng = np.random.default_rng(0)
@@ -189,17 +197,18 @@ def test_two_minute_stereo_44k_streams_exactly_with_bounded_memory(identity_onnx
     sf.write(src, x, sr, subtype="PCM_24")
     x, _ = sf.read(src, dtype="float32")  # the quantised samples the enhancer reads
 
-    tracemalloc.start()
-    out = enhance_file(load_enhancer(identity_onnx), src, tmp_path / "out" / "long.wav", chunk_s=10.0,
-                       progress=False)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < 25e6, f"peak {peak / 1e6:.1f} MB for a {x.nbytes / 1e6:.1f} MB file"
+    for high_band, bound, expected in ((False, 25e6, round_trip(x, sr)), (True, 40e6, x)):
+        tracemalloc.start()
+        out = enhance_file(load_enhancer(identity_onnx), src, tmp_path / "out" / "long.wav",
+                           EnhanceOptions(max_piece_s=10.0, high_band=high_band), progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < bound, f"peak {peak / 1e6:.1f} MB for a {x.nbytes / 1e6:.1f} MB file"
 
-    info = sf.info(out)
-    assert (info.samplerate, info.channels, info.frames, info.subtype) == (sr, 2, n, "PCM_24")
-    y, _ = sf.read(out, dtype="float32")
-    np.testing.assert_allclose(y, round_trip(x, sr), atol=2e-5, rtol=0)  # PCM_24 step: 1.2e-7
+        info = sf.info(out)
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (sr, 2, n, "PCM_24")
+        y, _ = sf.read(out, dtype="float32")
+        np.testing.assert_allclose(y, expected, atol=2e-5, rtol=0)  # PCM_24 step: 1.2e-7
 
 
 def test_stereo_44k_round_trip_with_generator(tiny_pt: Path, tmp_path: Path) -> None:
@@ -227,7 +236,7 @@ def test_folder_input_keeps_structure_and_skips_outputs(identity_onnx: Path, tmp
         sf.write(src / rel, parity_signal(sr // 2, sr), sr)
     (src / "notes.txt").write_text("not audio")
     out_dir = src / "enhanced"  # inside the input folder: must not be picked up as input
-    written = enhance_paths([str(src)], str(out_dir), model=str(identity_onnx))
+    written = enhance_paths([str(src)], str(out_dir), model=str(identity_onnx), options=ROUND_TRIP)
     assert sorted(p.relative_to(out_dir).as_posix() for p in written) == sorted(files)
     for rel, sr in files.items():
         x, _ = sf.read(src / rel, dtype="float32")
@@ -244,7 +253,7 @@ def test_silent_file_and_channel_are_written_unchanged(identity_onnx: Path, tmp_
     half = np.stack([parity_signal(44100, 44100), np.full(44100, 1e-5, np.float32)], axis=1)
     sf.write(tmp_path / "half.wav", half, 44100, subtype="FLOAT")
     enhance_paths([str(tmp_path / "silent.wav"), str(tmp_path / "half.wav")], str(tmp_path / "out"),
-                  model=str(identity_onnx))
+                  model=str(identity_onnx), options=ROUND_TRIP)
     err = capsys.readouterr().err
     assert "silent.wav: silent" in err and "half.wav: channel(s) 2 silent" in err
     assert np.array_equal(sf.read(tmp_path / "out" / "silent.wav", dtype="float32")[0], silent[:, 0])
@@ -402,7 +411,7 @@ def test_read_only_output_folder_is_one_line(identity_onnx: Path, tmp_path: Path
 def test_output_keeps_container_and_subtype(identity_onnx: Path, tmp_path: Path, name: str, fmt: str,
                                             subtype: str, sr: int) -> None:
     src = write_speech(tmp_path / "in" / name, sr, n=sr, format=fmt, subtype=subtype)
-    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(identity_onnx))
+    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(identity_onnx), options=ROUND_TRIP)
     assert out == tmp_path / "out" / name
     info, info_in = sf.info(out), sf.info(src)
     assert (info.format, info.subtype, info.samplerate, info.channels) == (fmt, subtype, sr, 1)

@@ -1,0 +1,168 @@
+"""Enhancing needs no torch: `pip install effifusion` (no extras) gives `effifusion enhance` and the
+Python API on numpy, soundfile, onnxruntime and tqdm alone.
+
+The cheap tests run the enhance path in a subprocess of this environment with the pipeline's
+packages made unimportable; the slow one installs the package into a fresh venv (pip, PyPI) and
+enhances a file with a tiny model exported here (this environment has torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from helpers import ROOT
+from onnx import TensorProto, helper
+
+from effifusion.inference.export import parity_signal
+from effifusion.inference.onnx_model import INPUT_NAME, OUTPUT_NAME
+
+# The pipeline extra's packages: none may be imported on the enhance path.
+PIPELINE_MODULES = ("torch", "torchaudio", "yaml", "scipy", "onnx", "onnxscript", "mlflow", "dvc",
+                    "audiomentations", "pesq", "pystoi", "matplotlib")
+
+
+def identity_onnx(path: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])], "identity",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", "samples"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    helper.set_model_props(model, {"sample_rate": "16000", "min_samples": "400", "arch": "identity"})
+    onnx.save(model, str(path))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without PYTHONPATH: a fresh venv must run what it installed, not the work tree."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def run_python(code: str, cwd: Path, python: str = sys.executable, timeout: float = 300
+               ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else clean_env()
+    return subprocess.run([python, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_enhance_modules_import_without_torch(tmp_path: Path) -> None:
+    """Importing the CLI, the file enhancer and the API loads none of the pipeline's packages."""
+    out = run_python(f"""
+        import json, sys
+        import effifusion, effifusion.cli, effifusion.inference.files, effifusion.inference.backends
+        import effifusion.dsp.audio, effifusion.dsp.streaming, effifusion.dsp.resampler
+        import effifusion.core.errors, effifusion.core.files, effifusion.core.params, effifusion.core.parallel
+        from effifusion.inference import Enhancer, EnhanceOptions, load_enhancer
+        print(json.dumps(sorted(m for m in {PIPELINE_MODULES!r} if m in sys.modules)))
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) -> None:
+    """`effifusion enhance`, --info, --version and Enhancer.enhance with torch & co. blocked; a .pt model
+    then fails in one line naming the extra."""
+    identity_onnx(tmp_path / "identity.onnx")
+    x = np.stack([parity_signal(44100, 44100, seed=1), parity_signal(44100, 44100, seed=2)], axis=1)
+    sf.write(tmp_path / "in.wav", x, 44100)
+    (tmp_path / "generator.pt").write_bytes(b"PK\x03\x04 not really")
+    out = run_python(f"""
+        import sys, importlib.abc
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {PIPELINE_MODULES!r}:
+                    raise ImportError(f"blocked: {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import numpy as np, soundfile as sf
+        from effifusion.cli import main
+        assert main(["enhance", "in.wav", "-o", "out", "--model", "identity.onnx", "-q"]) == 0
+        assert main(["enhance", "--model", "identity.onnx", "--info"]) == 0
+        from effifusion.inference import Enhancer
+        x, sr = sf.read("in.wav", dtype="float32")
+        y = Enhancer.from_file("identity.onnx").enhance(x, sr)
+        assert y.shape == x.shape and np.allclose(y, sf.read("out/in.wav", dtype="float32")[0], atol=1 / 32768)
+        print("exit", main(["enhance", "in.wav", "-o", "out2", "--model", "generator.pt"]))
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert '"arch": "identity"' in out.stdout and out.stdout.strip().endswith("exit 2")
+    err = out.stderr.strip().splitlines()
+    assert err == ["effifusion enhance: error: generator.pt: checkpoints need `pip install effifusion[pipeline]` "
+                   "(PyTorch); the exported .onnx model needs only the plain install"]
+    y, sr = sf.read(tmp_path / "out" / "in.wav", dtype="float32")
+    assert sr == 44100 and y.shape == x.shape
+
+
+@pytest.mark.slow
+def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
+    """A fresh venv, `pip install <copy of the repository>` with no extras (PyPI for numpy, soundfile,
+    onnxruntime, tqdm): no torch, and its `effifusion enhance` enhances a fixture WAV with a tiny
+    exported generator as this environment's ONNX Runtime does. About 1-2 minutes with a cold pip cache."""
+    import torch
+    import yaml
+
+    from effifusion.inference.backends import load_enhancer
+    from effifusion.inference.export import export_onnx
+    from effifusion.models.registry import build_model, save_checkpoint
+
+    # a tiny trained-shape model, exported for real
+    cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["model"], "channels": 4, "num_tsblocks": 1}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "generator.pt", build_model(cfg, 16000).eval())
+    export_cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-4}
+    export_onnx(tmp_path / "generator.pt", tmp_path / "onnx", export_cfg, {"sample_rate": 16000})
+    model = tmp_path / "onnx" / "effifusion.onnx"
+    fixture = tmp_path / "noisy.wav"
+    sf.write(fixture, parity_signal(3 * 22050, 22050, seed=5), 22050)
+
+    # the package as a user gets it: pyproject, README and the package, no build leftovers
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "effifusion", src / "effifusion", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          str(src)], capture_output=True, text=True, timeout=900, env=clean_env())
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
+    python = str(bin_dir / "python")
+    probe = run_python("""
+        import importlib.util, json
+        from importlib import metadata
+        names = sorted(d.metadata["Name"].lower() for d in metadata.distributions())
+        print(json.dumps({"torch": importlib.util.find_spec("torch") is not None, "packages": names}))
+    """, tmp_path, python=python)
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    assert not found["torch"]
+    assert not set(found["packages"]) & {"torch", "torchaudio", "scipy", "pyyaml", "onnx", "mlflow", "dvc"}
+    assert {"effifusion", "numpy", "soundfile", "onnxruntime", "tqdm"} <= set(found["packages"])
+
+    cli = subprocess.run([str(bin_dir / "effifusion"), "enhance", str(fixture), "-o", str(tmp_path / "out"),
+                          "--model", str(model), "-q"], capture_output=True, text=True, timeout=300,
+                         env=clean_env())
+    assert cli.returncode == 0 and cli.stderr == "", cli.stderr
+    y, sr = sf.read(tmp_path / "out" / "noisy.wav", dtype="float32")
+    x, _ = sf.read(fixture, dtype="float32")
+    assert sr == 22050 and y.shape == x.shape
+    expected = load_enhancer(model).enhance(x, sr)  # this environment (its onnxruntime may differ)
+    np.testing.assert_allclose(y, expected, atol=1e-3, rtol=0)
+    version = subprocess.run([str(bin_dir / "effifusion"), "--version"], capture_output=True, text=True,
+                             env=clean_env())
+    from effifusion import __version__
+
+    assert version.stdout.strip() == f"effifusion {__version__}"
