@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="demo", help="presets/NAME.yaml (or a params file) whose model to build "
                                                     "(default: demo)")
     s.add_argument("--seconds", default="4", metavar="S",
-                   help="input length in s, enhanced in one piece (default 4, the chunk `enhance` runs)")
+                   help="input length in s, enhanced in one piece (default 4)")
     s.add_argument("--backend", default="onnx", metavar="onnx|pytorch",
                    help="ONNX Runtime on the exported model (default) or PyTorch eager on the checkpoint")
     s.add_argument("--threads", default="1", metavar="N", help="intra-op / torch threads (default 1)")

@@ -8,6 +8,11 @@ with the noisy input. The metrics JSON holds the means a paper's results table r
 over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-time factors; the
 report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
 
+Each utterance is enhanced whole, with one RMS normalisation, as MP-SENet's inference script and
+the papers' tables do (PROTOCOL; recorded in the metrics and the summary). Validation during
+training does the same, so validation and test scores are computed alike. Attention runs in memory
+linear in length (models/attention.py), so no test file needs cutting.
+
 CSIG, CBAK and COVL are in the MATLAB convention (Loizou's compute_metrics) under their plain names;
 the same measures as the CMGAN/MP-SENet evaluation scripts compute them (the convention of
 published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``csig_published``,
@@ -59,6 +64,7 @@ SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unse
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
 CFG_KEYS = ("num_spectrograms", "rtf_seconds")
 TIMING_KEYS = ("rtf", "seconds")  # measured speed: in metrics/evaluate.json and MLflow, not in reports/
+PROTOCOL = "whole utterance, one RMS normalisation per utterance (as MP-SENet's inference)"
 
 
 def evaluate(
@@ -103,7 +109,7 @@ def evaluate(
     rows = score_all(items, enhanced_dir, cfg["workers"], clipped)
     score_s = time.perf_counter() - t0 - enhance_s
 
-    metrics = {"conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
+    metrics = {"protocol": PROTOCOL, "conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
     device = cfg["device"] if cfg["device"] == "cpu" else f"{cfg['device']} (ONNX: cpu)"
     metrics["rtf"] = {**rtf, "input_seconds": float(cfg["rtf_seconds"]), "threads": 1, "device": device}
     metrics["model"] = _model_summary(torch_model, onnx_model)
@@ -201,7 +207,7 @@ def _enhance_file(job: tuple[str, str, str]) -> dict[str, int]:
     """Enhance one noisy WAV with ``system``'s model and write the 16-bit result."""
     system, noisy_path, out_path = job
     wav, sr = read_wav(noisy_path, sample_rate=SAMPLE_RATE)
-    est = np.asarray(_enhancer(system).enhance_long(wav), dtype=np.float32)
+    est = np.asarray(_enhancer(system).enhance_segment(wav), dtype=np.float32)  # PROTOCOL
     if est.shape != wav.shape:
         raise AudioError(f"{noisy_path}: the {system} model returned {est.shape[0]} samples for "
                          f"{wav.shape[0]}")
@@ -213,11 +219,11 @@ def _enhance_file(job: tuple[str, str, str]) -> dict[str, int]:
 def _measure_rtf(system: str, signal: np.ndarray, sr: int) -> float:
     """Real-time factor = compute seconds / audio seconds (median of RTF_REPEATS runs after a warm-up)."""
     enhancer = _enhancer(system)
-    enhancer.enhance_long(signal)
+    enhancer.enhance_segment(signal)
     times = []
     for _ in range(RTF_REPEATS):
         t0 = time.perf_counter()
-        enhancer.enhance_long(signal)
+        enhancer.enhance_segment(signal)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / (len(signal) / sr)
 
@@ -400,6 +406,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI per set (MATLAB
     convention), then, when present, the composites in the published convention."""
     lines = ["# Evaluation", ""]
+    if "protocol" in metrics:
+        lines += [f"Inference protocol: {metrics['protocol']}.", ""]
     model = metrics.get("model", {})
     if model:
         lines += [f"Generator `{model['checkpoint']}`: {model['params_total'] / 1e6:.3f} M parameters "
@@ -531,4 +539,5 @@ def _log_to_mlflow(params: dict[str, Any], model: Path, metrics: dict[str, Any],
 
     with tracking.resume_run(model, params, "evaluate"):
         mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.set_tag("evaluation_protocol", PROTOCOL)
         mlflow.log_artifacts(str(out_dir), "evaluation")

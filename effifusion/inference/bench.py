@@ -319,8 +319,8 @@ def peak_rss_bytes() -> int:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model, warm up, time ``enhance`` (or ``enhance_long`` above ``chunk_s``)."""
+    from effifusion.dsp.signals import parity_signal  # torch-free: an ONNX measurement holds no torch
     from effifusion.inference.backends import load_enhancer
-    from effifusion.inference.export import parity_signal
 
     if args.backend == "pytorch":
         import torch

@@ -29,6 +29,7 @@ import torch
 
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError, EffiFusionError
+from effifusion.dsp.signals import parity_signal  # noqa: F401 (re-exported)
 from effifusion.dsp.stft import dft_transforms
 from effifusion.inference.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
     INPUT_NAME, NORMALISATION_TEXT, OUTPUT_NAME, SHAPE, onnx_session,
@@ -74,25 +75,62 @@ def _check_export_cfg(export_cfg: Any) -> tuple[int, list[float], float]:
     return opset, [float(s) for s in lengths], float(tol)
 
 
-def parity_signal(n_samples: int, sample_rate: int, seed: int = 0) -> np.ndarray:
-    """Deterministic speech-band test input: harmonic tones under a syllable-rate envelope plus noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n_samples) / sample_rate
-    tone = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
-               for f0 in (140.0, 215.0) for h in range(1, 6))
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t) ** 2
-    x = 0.05 * envelope * tone + 0.02 * rng.standard_normal(n_samples)
-    return x.astype(np.float32)
+def _canonical_names(model_proto: Any) -> Any:
+    """Name nodes, intermediate values and subgraphs by their order in the graph.
+
+    The exporter numbers them from counters that live for the whole process (a second export of the
+    same model in one process comes out as val_6 where the first had val_5), so the same checkpoint
+    would give different bytes and DVC would call the export changed. Graph inputs, outputs and
+    initializers (the weights' names) keep their names.
+    """
+    graph = model_proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {t.name for t in graph.initializer}
+    mapping: dict[str, str] = {}
+    counters = {"node": 0, "graph": 0}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return mapping.setdefault(name, f"v{len(mapping)}")
+
+    def walk(g: Any, top: bool) -> None:
+        if not top:
+            g.name = f"subgraph_{counters['graph']}"
+            counters["graph"] += 1
+            for v in list(g.input) + list(g.output):
+                v.name = rename(v.name)
+        for node in g.node:
+            node.name = f"n{counters['node']}"
+            counters["node"] += 1
+            node.input[:] = [rename(x) for x in node.input]
+            node.output[:] = [rename(x) for x in node.output]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g, top=False)
+                for sub in attr.graphs:
+                    walk(sub, top=False)
+
+    walk(graph, top=True)
+    return model_proto
 
 
 def _stripped(model_proto: Any) -> Any:
     """Drop the exporter's per-node metadata (stack traces with local paths, FX names: ~6 times the
     demo model's weights) and the intermediate shape annotations (ONNX Runtime infers them), so the
-    file holds the graph and the weights."""
-    for node in model_proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del model_proto.graph.value_info[:]
+    file holds the graph and the weights. Subgraphs (the attention's Scan bodies) alike."""
+
+    def strip(graph: Any) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+        del graph.value_info[:]
+
+    strip(model_proto.graph)
     return model_proto
 
 
@@ -152,7 +190,7 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"wav": dims},
             verbose=False,
         )
-    return _castlike_to_cast(_stripped(program.model_proto))
+    return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))
 
 
 def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:

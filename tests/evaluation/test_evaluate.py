@@ -242,6 +242,7 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert "pytorch_csig_published" in table[0] and "csig_published" in rows[0]
     summary = (out / "summary.md").read_text()
     assert f"{evaluated['metrics']['test']['noisy']['pesq']:.2f}" in summary
+    assert f"Inference protocol: {ev.PROTOCOL}" in summary and evaluated["metrics"]["protocol"] == ev.PROTOCOL
     assert "| ONNX |" in summary and "Real-time factor" not in summary and "metrics/evaluate.json" in summary
     assert summary.count(ev.MATLAB_CAPTION) == summary.count(ev.PUBLISHED_CAPTION) == 2
     assert summary.count("\n| system |") == 4  # two tables per set, each right after its caption

@@ -323,3 +323,21 @@ def test_discriminator_width_and_config_errors() -> None:
         build_discriminator({"channel": 16})
     with pytest.raises(ConfigError, match=r"discriminator\.channels"):
         build_discriminator({"channels": 0})
+
+
+def test_dense_blocks_by_parts_equal_the_concatenating_form_also_when_pruned():
+    """Inference runs each dense layer part by part (no concatenation: memory); training keeps the
+    concatenating form. Both give the same output, pruning masks included."""
+    from effifusion.models.cost import conv_modules
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), 16000).eval()
+    prune.global_unstructured([(m, "weight") for _, m in conv_modules(model)], prune.L1Unstructured, amount=0.3)
+    x = torch.randn(2, 8000) * 0.1
+    blocks = [model.encoder.dense_block, model.mag_decoder.dense_block, model.phase_decoder.dense_block]
+    with torch.no_grad():
+        by_parts = model.enhance(x)
+        for block in blocks:
+            block.training = True  # the concatenating form (no dropout or batch statistics in these blocks)
+        concatenated = model.enhance(x)
+    assert torch.allclose(by_parts, concatenated, atol=1e-5)
