@@ -321,6 +321,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model, warm up, time ``enhance`` (or ``enhance_long`` above ``chunk_s``)."""
     from effifusion.dsp.signals import parity_signal  # torch-free: an ONNX measurement holds no torch
     from effifusion.inference.backends import load_enhancer
+    from effifusion.inference.processing import MAX_PIECE_S
 
     if args.backend == "pytorch":
         import torch
@@ -345,11 +346,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     def run() -> None:
         if long_input:
             enhancer.enhance_long(x, chunk_s, args.overlap_s)
-        else:
+        elif args.seconds > MAX_PIECE_S:  # as `effifusion enhance` would: pieces of MAX_PIECE_S
             enhancer.enhance(x)
+        else:  # the model itself on one piece, as evaluate runs it (no resampling or blending around it)
+            enhancer.enhance_segment(x)
 
     baseline = rss_bytes()
-    enhancer.enhance(x[: max(1, int(round(min(args.seconds, args.warmup_s) * sr)))])
+    enhancer.enhance_segment(x[: max(1, int(round(min(args.seconds, args.warmup_s) * sr)))])
     times = []
     for _ in range(args.repeats):
         pieces.clear()
