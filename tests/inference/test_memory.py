@@ -25,4 +25,4 @@ def test_paper_model_enhances_10_s_in_one_piece_within_1_gib():
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["params_total"] == 1_086_033 and not row["chunked"] and row["piece_s"] == 10.0
-    assert row["peak_rss_mib"] <= 1.0 * GIB, row  # measured: 955 MiB (baseline 97 MiB)
+    assert row["peak_rss_mib"] <= 1.0 * GIB, row  # measured: 776-955 MiB (baseline 97 MiB)
