@@ -86,7 +86,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             age = now - tmp.lstat().st_mtime
             match = _PID_TEMP.match(tmp.name)
             if match and int(match.group(1)) > 0:
-                stale = age > DEAD_PID_GRACE_S and not _pid_alive(int(match.group(1)))
+                stale = age > DEAD_PID_GRACE_S and not pid_alive(int(match.group(1)))
             else:
                 stale = age > OLD_TEMP_AGE_S
             if stale and tmp.is_file():
@@ -97,7 +97,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """False only when no process has this pid (signal 0 checks without sending anything)."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return True

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 from effifusion.core.config import flatten, params_hash, repo_root
 from effifusion.core.errors import TrackingError
+from effifusion.core.files import pid_alive
 
 MODEL_TAG = "model_md5"  # md5 of the checkpoint a run wrote: later stages find the run by it
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI (values: genai_development, ...)
@@ -173,20 +174,10 @@ def close_dead_runs(exp_id: str) -> list[str]:
         tags = run.data.tags
         if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
             continue
-        if not _alive(int(tags["pid"])):
+        if not pid_alive(int(tags["pid"])):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
     return closed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 class _NullLock:

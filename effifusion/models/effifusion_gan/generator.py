@@ -42,6 +42,12 @@ def paper_config() -> dict[str, Any]:
 # Dilated dense blocks (encoder and both decoders)
 
 
+def _weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The conv's weight as the pruning hook would make it (weight_orig * weight_mask) when pruned:
+    read outside the module's own call, ``conv.weight`` may be the previous step's."""
+    return conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_orig") else conv.weight
+
+
 class DenseLayer(nn.Module):
     """One dense-block layer: conv (standard or depthwise-separable) → InstanceNorm → PReLU."""
 
@@ -70,8 +76,7 @@ class DenseLayer(nn.Module):
     def forward_parts(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """``forward(torch.cat(parts, dim=1))`` for the depthwise-separable layer, part by part."""
         dw, pw = self.depthwise_conv, self.pointwise_conv
-        dw_w = dw.weight_orig * dw.weight_mask if hasattr(dw, "weight_orig") else dw.weight
-        pw_w = pw.weight_orig * pw.weight_mask if hasattr(pw, "weight_orig") else pw.weight
+        dw_w, pw_w = _weight(dw), _weight(pw)
         out, start = None, 0
         for part in parts:
             stop = start + part.shape[1]
@@ -83,7 +88,7 @@ class DenseLayer(nn.Module):
         return self.act(self.norm(out))
 
     def _depthwise_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The depthwise conv with the given weight slice (inference; dilation d along time)."""
+        """The dilated depthwise conv (dilation d along time) with the given weight (or a slice of it)."""
         d = self.dilation
         return nn.functional.conv2d(x, weight, bias, padding=(d, 1), dilation=(d, 1), groups=x.shape[1])
 
@@ -104,9 +109,7 @@ class DenseLayer(nn.Module):
             return conv(x)
         if x.is_cuda or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
             # cuDNN handles dilation natively; graph capture wants static shapes, not the reshape.
-            # The weight is taken as the pruning hook would make it (weight_orig * weight_mask).
-            weight = conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_orig") else conv.weight
-            return nn.functional.conv2d(x, weight, conv.bias, padding=(d, 1), dilation=(d, 1), groups=conv.groups)
+            return self._depthwise_with(x, _weight(conv), conv.bias)
         b, c, t, f = x.shape
         q = (t + d - 1) // d
         x = nn.functional.pad(x, (0, 0, 0, q * d - t))
