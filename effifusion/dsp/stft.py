@@ -62,6 +62,8 @@ class StftFrontEnd:
     win_length: int = 400
     compress_factor: float = 0.3
     normalisation: str = "rms"  # rms: one gain per utterance, sqrt(N / sum(x^2)), undone at the end
+    exact_polar: bool = False   # magnitude and phase without MP-SENet's epsilons (MUSE: torch.abs / angle)
+    segment_samples: int = 0    # > 0: enhance in segments of this length (MUSE's protocol, dsp/segments.py)
 
     KEYS = ("n_fft", "hop_length", "win_length", "compress_factor")
 
@@ -121,13 +123,27 @@ class StftFrontEnd:
         the model's input would depend on the FFT implementation (the ONNX graph's DFT differs).
         """
         re, im = self._dft(wav) if _exporting() else self._torch_stft(wav)
-        centres = torch.arange(re.shape[-1], device=wav.device) * self.hop_length
-        reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
-        # stacked [B, F, T, 2] first: the element-wise kernels then run on the same memory layout
-        # as in every run so far, which keeps results bit-identical to earlier versions
-        spec = torch.stack((re, torch.where(reflected, torch.zeros_like(im), im)), -1)
-        mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
-        pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
+        if self.exact_polar and not _exporting():
+            # MUSE: |X| and angle(X) of torch.stft as it rounds, reflected frames included. Its weights
+            # respond to the ±π that rounding picks there, so only this reproduces its outputs; the
+            # exported graph (and its eager twin) set those frames' imaginary parts to 0 as below, so
+            # ONNX Runtime and PyTorch agree (inference/export.check_parity reports the difference)
+            spec = torch.stack((re, im), -1)
+        else:
+            centres = torch.arange(re.shape[-1], device=wav.device) * self.hop_length
+            reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
+            # stacked [B, F, T, 2] first: the element-wise kernels then run on the same memory layout
+            # as in every run so far, which keeps results bit-identical to earlier versions
+            spec = torch.stack((re, torch.where(reflected, torch.zeros_like(im), im)), -1)
+        if self.exact_polar:
+            mag = torch.sqrt(spec.pow(2).sum(-1).clamp_min(1e-30))  # the floor keeps sqrt's gradient finite
+            pha = torch.atan2(spec[..., 1], spec[..., 0])
+            if _exporting():  # ONNX has no Atan2; its decomposition differs from torch at y = ±0 (x < 0, x = -0)
+                on_axis = torch.where(spec[..., 0] < 0, torch.full_like(pha, math.pi), torch.zeros_like(pha))
+                pha = torch.where(spec[..., 1] == 0, on_axis, pha)
+        else:
+            mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
+            pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
         mag = mag.pow(self.compress_factor)
         com = torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
         return mag, pha, com

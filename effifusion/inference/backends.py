@@ -21,6 +21,7 @@ import numpy as np
 
 from effifusion.core.errors import ConfigError
 from effifusion.dsp.audio import SILENCE_PEAK
+from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
 from effifusion.inference.processing import MAX_PIECE_S, EnhanceOptions, EnhanceStream
 
@@ -136,10 +137,25 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
         raise ConfigError(f"{path}: not an effifusion export (inputs {inputs}, outputs {outputs}, "
                           f"metadata keys {sorted(meta)})")
 
-    def run_batch(x: np.ndarray) -> np.ndarray:
+    def run_graph(x: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
+    segment = int(meta.get("segment_samples", "0") or 0)
+    if not segment:
+        return Enhancer(run_graph, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta))
+
+    def run_batch(x: np.ndarray) -> np.ndarray:  # MUSE's protocol around the graph (dsp/segments.py)
+        gain = np.sqrt(x.shape[-1] / (np.sum(np.square(x), axis=-1, keepdims=True) + np.float32(1e-12)))
+        y = enhance_in_segments(run_graph, x * gain, segment, concat=np.concatenate,
+                                pad=lambda a, k: np.pad(a, ((0, 0), (0, k))))
+        return y / gain
+
     return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta))
+
+
+def onnx_enhancer(path: Path, threads: int | None = None) -> Enhancer:
+    """An Enhancer for the exported model at ``path`` (any file name), on ONNX Runtime's CPU."""
+    return _onnx_enhancer(Path(path), "cpu", threads)
 
 
 def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:

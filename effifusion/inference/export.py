@@ -202,10 +202,11 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
     model_proto = export_graph(model, opset)
     params_total = sum(p.numel() for p in model.parameters())
     params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    normalisation = model.frontend.normalisation
+    normalisation = "segments" if model.frontend.segment_samples else model.frontend.normalisation
     props = {"arch": model.arch, "input_name": INPUT_NAME, "input_shape": SHAPE, "output_name": OUTPUT_NAME,
              "output_shape": SHAPE, "sample_rate": str(model.sample_rate),
              "normalisation": NORMALISATION_TEXT.get(normalisation, normalisation),
+             "segment_samples": str(model.frontend.segment_samples),
              "min_samples": str(model.min_samples),
              "memory_mb_per_s": "unmeasured" if MEMORY_MB_PER_S is None else f"{MEMORY_MB_PER_S:g}",
              "params_total": str(params_total), "params_nonzero": str(params_nonzero),
@@ -231,19 +232,39 @@ def zip_size(path: Path) -> int:
 
 def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float], sample_rate: int
                  ) -> dict[str, float]:
-    """Max |ONNX Runtime − model.enhance| of the waveform for each length (key: seconds as text)."""
-    session = onnx_session(onnx_path)
+    """Max |ONNX Runtime − model.enhance| of the waveform for each length (key: seconds as text).
+
+    The export runs as the enhancer runs it (``Enhancer.enhance_segment``: for a segmenting model the
+    utterance gain and segment plan are applied around the graph). A front end with ``exact_polar``
+    (MUSE) takes the phase of reflected frames as its FFT rounded it, so the graph (DFT by convolution)
+    is compared with the model on the same DFT path; ``polar_rounding_max_abs`` reports how far
+    torch.stft's rounding moves that model's output.
+    """
+    from effifusion.inference.backends import onnx_enhancer
+
+    enhancer = onnx_enhancer(Path(onnx_path), threads=None)
     diffs: dict[str, float] = {}
     for i, seconds in enumerate(lengths_s):
-        x = parity_signal(max(1, int(round(seconds * sample_rate))), sample_rate, seed=10 + i)[None]
-        with torch.inference_mode():
-            expected = model.enhance(torch.from_numpy(x)).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        x = parity_signal(max(1, int(round(seconds * sample_rate))), sample_rate, seed=10 + i)
+        with torch.inference_mode(), (dft_transforms() if model.frontend.exact_polar else contextlib.nullcontext()):
+            expected = model.enhance(torch.from_numpy(x)[None]).numpy()[0]
+        got = enhancer.enhance_segment(x)
         if got.shape != expected.shape:
             raise ExportError(f"{onnx_path}: output shape {got.shape} for input {x.shape}, "
                               f"expected {expected.shape}")
         diffs[f"{seconds:g}"] = float(np.max(np.abs(got - expected)))
     return diffs
+
+
+def polar_rounding_effect(model: EnhancementModel, seconds: float, sample_rate: int) -> float:
+    """Max |enhance with torch.stft − enhance with the DFT path| on one parity signal: what FFT rounding
+    of reflected frames' phase does to an ``exact_polar`` model (0 for the others by construction)."""
+    x = torch.from_numpy(parity_signal(max(1, int(round(seconds * sample_rate))), sample_rate, seed=99))[None]
+    with torch.inference_mode():
+        a = model.enhance(x)
+        with dft_transforms():
+            b = model.enhance(x)
+    return float((a - b).abs().max())
 
 
 def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dict[str, Any]) -> None:
@@ -292,6 +313,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
                 + ", ".join(f"{k}: {v:.3g}" for k, v in diffs.items())
             )
 
+    polar = polar_rounding_effect(model, max(lengths_s), sample_rate) if model.frontend.exact_polar else None
     params_total = sum(p.numel() for p in model.parameters())
     params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     state_values = sum(v.numel() for k, v in model.state_dict().items()
@@ -308,6 +330,8 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
         "onnx_parity_max_abs": worst,
         "parity_max_abs_per_length_s": diffs,
         "parity_tolerance": tolerance,
+        **({} if polar is None else {"parity_reference": "the model on the graph's DFT path",
+                                     "polar_rounding_max_abs": polar}),
         "exporter": EXPORTER,
         "opset": opset,
         "onnx_nodes": len(model_proto.graph.node),

@@ -11,6 +11,7 @@ output_name          ``enhanced``: float32 [batch, samples], the same length
 sample_rate          the rate the model works at (16000); other rates are resampled around it
 normalisation        how the graph scales its input (``rms``: per utterance, undone at the end)
 min_samples          shorter inputs are zero-padded inside the graph (any N >= 1 works)
+segment_samples      0, or the segment length the runtime cuts utterances into (``segments``)
 memory_mb_per_s      peak ONNX Runtime memory per second of input (``unmeasured`` until measured)
 arch, config         the architecture and its settings (JSON: the params.yaml ``model`` section)
 params_total, ...    parameter count, non-zero parameters, sparsity
@@ -36,6 +37,10 @@ NORMALISATION_TEXT = {
            "before the network and the output divided by g: the input's level does not matter, one gain "
            "per piece enhanced",
     "none": "none: the waveform goes to the network as it is",
+    "segments": "segments (MUSE's protocol, outside the graph): the runtime scales the utterance by "
+                "g = sqrt(N / (sum x^2 + 1e-12)), feeds the graph segments of segment_samples (the last taken "
+                "from the end, a shorter utterance zero-padded), joins them and divides by g; the graph itself "
+                "does not normalise",
 }
 # What each card key means, in the order `effifusion enhance --info` prints them.
 CARD_KEYS = {
@@ -47,6 +52,7 @@ CARD_KEYS = {
     "sample_rate": "sample rate in Hz",
     "normalisation": "input normalisation",
     "min_samples": "inputs shorter than this are zero-padded inside the graph",
+    "segment_samples": "0: whole inputs; else the segment length of the normalisation above",
     "memory_mb_per_s": "peak ONNX Runtime memory per second of input, MB",
     "params_total": "parameters",
     "params_nonzero": "non-zero parameters (after pruning)",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from effifusion.core.errors import ConfigError
+from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.stft import StftFrontEnd
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
@@ -56,6 +57,10 @@ class EnhancementModel(nn.Module):
             raise ValueError(f"expected a waveform batch [B, N] with N >= 1, got shape {tuple(wav.shape)}")
         n = wav.shape[-1]
         x, gain = self.frontend.normalise(wav)
+        if self.frontend.segment_samples:  # MUSE's protocol: one gain per utterance, fixed-length segments
+            y = enhance_in_segments(self.enhance_normalised, x, self.frontend.segment_samples,
+                                    concat=torch.cat, pad=lambda t, k: nn.functional.pad(t, (0, k)))
+            return y / gain
         x = self.frontend.pad(x)
         y = self.enhance_normalised(x)
         return y.narrow(-1, 0, n) / gain
@@ -69,8 +74,9 @@ class EnhancementModel(nn.Module):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CONV_TYPES)]
 
     def export_module(self) -> nn.Module:
-        """What ONNX export traces: waveform [B, N] float32 -> enhanced [B, N]."""
-        return WaveformModel(self)
+        """What ONNX export traces: waveform [B, N] float32 -> enhanced [B, N]. A segmenting front end
+        exports one segment's work (no normalisation): the runtime normalises and segments around it."""
+        return SegmentModel(self) if self.frontend.segment_samples else WaveformModel(self)
 
     def macs(self, n_frames: int) -> dict[str, int]:
         """Analytic multiply-accumulates of one forward pass on ``n_frames`` frames; key "total"."""
@@ -86,6 +92,19 @@ class WaveformModel(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model.enhance(wav)
+
+
+class SegmentModel(nn.Module):
+    """Export wrapper of a segmenting model: forward = ``enhance_normalised`` of already-normalised
+    segments (the runtime applies the utterance's gain and dsp/segments.py's plan around the graph)."""
+
+    def __init__(self, model: EnhancementModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        n = wav.shape[-1]
+        return self.model.enhance_normalised(self.model.frontend.pad(wav)).narrow(-1, 0, n)
 
 
 # -- config checks shared by the architectures ------------------------------------------------------

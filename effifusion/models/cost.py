@@ -100,3 +100,41 @@ def parameter_counts(model: nn.Module) -> dict[str, Any]:
         "conv_sparsity": round(1.0 - conv_nonzero / conv_total, 6) if conv_total else 0.0,
         "sparsity_per_conv_layer": per_layer,
     }
+
+
+def traced_macs(model: nn.Module, run: Any, parts: dict[str, nn.Module] | None = None) -> dict[str, int]:
+    """MACs of one forward pass (``run()``, batch 1) counted by hooks, for models whose layout is easier
+    to trace than to walk: every conv / linear from its real output size, plus what a module reports
+    itself for work that is no conv (``matmul_macs(t, f)``: attention products; ``extra_macs(t, f)``:
+    e.g. deformable sampling), on its input map [1, C, t, f]. ``parts`` (name → submodule) get their
+    own totals; "total" is the sum over the model."""
+    import torch
+
+    counts: dict[int, int] = {}
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        macs = 0
+        if isinstance(module, CONV_TYPES):
+            kernel = 1
+            for k in module.kernel_size:
+                kernel *= k
+            source = inputs[0] if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else output
+            macs = source[0, 0].numel() * module.in_channels * module.out_channels * kernel // module.groups
+        elif isinstance(module, nn.Linear):
+            macs = output.numel() // output.shape[-1] * module.in_features * module.out_features
+        for name in ("matmul_macs", "extra_macs"):
+            if hasattr(module, name):
+                _, _, t, f = inputs[0].shape
+                macs += getattr(module, name)(t, f)
+        counts[id(module)] = counts.get(id(module), 0) + macs
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    out = {name: sum(counts.get(id(m), 0) for m in part.modules()) for name, part in (parts or {}).items()}
+    out["total"] = sum(counts.values())
+    return out
