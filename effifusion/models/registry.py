@@ -24,6 +24,7 @@ from effifusion.models.base import EnhancementModel
 
 ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package exposing MODEL (or the class)
     "effifusion_gan": "effifusion.models.effifusion_gan",
+    "saf": "effifusion.models.saf",
 }
 DEFAULT_ARCH = "effifusion_gan"  # checkpoints written before models had an `arch`
 CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")
