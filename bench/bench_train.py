@@ -64,7 +64,7 @@ def main() -> None:
     seg = args.segment_s or float(tc["segment_s"])
     workers = int(params["runtime"]["pesq_workers"]) if args.pesq_workers is None else args.pesq_workers
     m = params["model"]
-    print(f"model C={m['channels']} x{m['num_tsblocks']} blocks, batch {bs} x {seg} s, {args.steps} steps, "
+    print(f"model C={m.get('channels')} x{m.get('num_tsblocks')} blocks, batch {bs} x {seg} s, {args.steps} steps, "
           f"PESQ workers {workers}, torch threads {torch.get_num_threads()}")
     rows = [bench(params, torch.device("cpu"), args.steps, bs, seg, workers, amp=False)]
     rows.append({**bench(params, torch.device("cpu"), args.steps, bs, seg, 0, amp=False), "device": "cpu, PESQ inline"})

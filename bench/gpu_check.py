@@ -298,7 +298,7 @@ def gpu_info(params: dict[str, Any], device: torch.device) -> dict[str, Any]:
     g = build_model(params["model"], 16000)
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU smoke run)",
-            "channels": params["model"]["channels"], "blocks": params["model"]["num_tsblocks"],
+            "channels": params["model"].get("channels"), "blocks": params["model"].get("num_tsblocks"),
             "params_m": sum(p.numel() for p in g.parameters()) / 1e6,
             "batch": int(params["train"]["batch_size"]), "segment_s": float(params["train"]["segment_s"]),
             "pesq_workers": int(params["runtime"]["pesq_workers"]), "cpu_cores": os.cpu_count(),

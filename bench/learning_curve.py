@@ -112,7 +112,7 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     m = params["model"]
-    title = (f"{tag}: C={m['channels']} x{m['num_tsblocks']} blocks, batch {params['train']['batch_size']} x "
+    title = (f"{tag}: C={m.get('channels')} x{m.get('num_tsblocks')} blocks, batch {params['train']['batch_size']} x "
              f"{params['train']['segment_s']} s, lr {params['train']['lr']}, augment "
              f"{'on' if params['train']['augment']['enabled'] else 'off'}, {torch.get_num_threads()} threads")
     plot(rows, noisy, title, out / f"learning_curve_{tag}.png")

@@ -16,8 +16,17 @@ def _preset(args: argparse.Namespace) -> None:
     from effifusion.core.config import apply_preset
 
     params = apply_preset(args.name, args.params)
-    print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, "
-          f"C={params['model']['channels']}, {params['model']['num_tsblocks']} TS-Conformer blocks)")
+    m = params["model"]
+    shape = (f"C={m['channels']}, {m['num_tsblocks']} TS-Conformer blocks" if "num_tsblocks" in m
+             else f"arch {m['arch']}" + (f", C={m['channels']}" if "channels" in m else ""))
+    print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, {shape})")
+
+
+def _preset_names() -> list[str]:
+    """The presets shipped in presets/*.yaml (for the help text)."""
+    from effifusion.core.config import repo_root
+
+    return sorted(p.stem for p in (repo_root() / "presets").glob("*.yaml"))
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (demo | paper)")
+    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (" + " | ".join(_preset_names()) + ")")
     s.add_argument("name")
     s.add_argument("--params", default="params.yaml")
     s.set_defaults(func=_preset)

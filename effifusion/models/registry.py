@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package ex
     "effifusion_gan": "effifusion.models.effifusion_gan",
     "muse": "effifusion.models.muse",
     "imse": "effifusion.models.imse",
+    "saf": "effifusion.models.saf",
 }
 DEFAULT_ARCH = "effifusion_gan"  # checkpoints written before models had an `arch`
 CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")

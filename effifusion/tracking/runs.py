@@ -212,9 +212,13 @@ def git_commit() -> str | None:
 def run_name(stage: str, params: dict[str, Any]) -> str:
     """Readable names: ``prune-30%-exp-name`` / ``train-C64x4``."""
     m = params["model"]
-    name = f"{stage}-C{m['channels']}x{m['num_tsblocks']}"
+    if "num_tsblocks" in m:  # effifusion_gan: width x TS-Conformer blocks
+        shape = f"C{m['channels']}x{m['num_tsblocks']}"
+    else:  # other architectures: their name and width
+        shape = f"{m.get('arch', 'model')}" + (f"-C{m['channels']}" if "channels" in m else "")
+    name = f"{stage}-{shape}"
     if stage == "prune":
-        name = f"prune-{round(100 * float(params['prune']['amount']))}%-C{m['channels']}x{m['num_tsblocks']}"
+        name = f"prune-{round(100 * float(params['prune']['amount']))}%-{shape}"
     if os.environ.get("DVC_EXP_NAME"):
         name += f"-{os.environ['DVC_EXP_NAME']}"
     return name

@@ -16,9 +16,18 @@ from effifusion.core.config import ConfigError, apply_preset, flatten, load_para
 
 
 def test_presets_and_params_have_the_same_keys():
-    keys = set(flatten(load_params(ROOT / "params.yaml")))
+    """Outside ``model`` every preset has params.yaml's keys; ``model`` has its architecture's keys."""
+    from effifusion.models.registry import model_class
+
+    def outside_model(params: dict) -> set[str]:
+        return {k for k in flatten(params) if not k.startswith("model.")}
+
+    keys = outside_model(load_params(ROOT / "params.yaml"))
     for preset in (ROOT / "presets").glob("*.yaml"):
-        assert set(flatten(load_params(preset))) == keys, preset.name
+        params = load_params(preset)
+        assert outside_model(params) == keys, preset.name
+        model = params["model"]
+        assert set(model) == set(model_class(model["arch"]).check_config(model)), preset.name
 
 
 def test_paper_preset_is_the_paper_setup():
@@ -48,7 +57,11 @@ def test_apply_preset_copies_the_file_and_refuses_unknown(tmp_path, monkeypatch,
     assert (tmp_path / "params.yaml").read_text() == (ROOT / "presets" / "paper.yaml").read_text()
     assert "preset 'paper'" in capsys.readouterr().out
     assert cli_main(["preset", "nonexistent"]) == 2
-    assert "not found (available: demo, paper)" in capsys.readouterr().err
+    available = ", ".join(sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
+    assert {"demo", "paper", "saf", "saf-demo"} <= set(available.split(", "))
+    assert f"not found (available: {available})" in capsys.readouterr().err
+    assert cli_main(["preset", "saf-demo"]) == 0  # another architecture, with its own model keys
+    assert "preset 'saf-demo' (corpus demo, arch saf, C=32)" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: bad\nseed: 1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: params.yaml audio: missing setting"):
