@@ -218,15 +218,16 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
                     transform=ax.transAxes)
         for i in shown:
             on_front = i in front
-            ax.plot(points[i][0], points[i][1], "o" if on_front else "x", color="C0" if on_front else "0.5",
-                    ms=8 if on_front else 7)
+            ax.plot(points[i][0], points[i][1], "o" if on_front else "X", color="C0" if on_front else "0.45",
+                    ms=8, zorder=3)
             ax.annotate(_label(rows[i], rows) + ("" if on_front else " (dominated)"), points[i],
                         textcoords="offset points", xytext=(5, 5), fontsize=8,
                         color="black" if on_front else "0.4")
         if front:
             ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "-", color="C0", lw=1.2,
                     label="Pareto front")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
+        ax.margins(0.2)
         if key == "params_total" and shown:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_xlabel(xlabel)
