@@ -53,7 +53,8 @@ COMPOSITES = ("csig", "cbak", "covl")  # evaluation.metrics.COMPOSITES: the meas
 # column suffix -> the MLflow name inside a set's section (evaluation.evaluate.mlflow_metrics)
 SET_METRICS = {"pesq": "pesq", **{f"{m}_matlab": m for m in COMPOSITES},
                **{f"{m}_published": f"{m}_published" for m in COMPOSITES}, "stoi": "stoi", "ssnr": "ssnr"}
-BENCH_KEYS = {"bench_rtf_onnx": "rtf", "bench_peak_rss_mib": "peak_rss_mib", "bench_gmac_per_s": "gmac_per_s_audio"}
+BENCH_KEYS = {"bench_rtf_onnx": "rtf", "bench_peak_rss_mib": "peak_rss_mib",  # column -> bench row key
+              "bench_gmac_per_s": "gmac_per_s_audio"}
 ID_COLUMNS = ["arch", "preset", "corpus"]
 COST_COLUMNS = ["params_total", "params_nonzero", "gmac_per_s", "val_pesq", "rtf_onnx_eval",
                 *BENCH_KEYS]
@@ -416,13 +417,13 @@ def caption(rows: list[dict[str, Any]], experiment: str) -> list[str]:
         setups = sorted({f"{r.get('bench_seconds')} s, {r.get('bench_threads')} thread(s)" for r in benched
                          if r.get("bench_seconds") is not None})
         lines += ["", "`bench_*`: `effifusion bench` (ONNX Runtime, CPU; "
-                  + ("; ".join(setups) or "setup not recorded") + "): real-time factor, peak resident memory (MiB) "
-                  "of the measuring process, GMAC per audio second at that length"
+                  + ("; ".join(setups) or "setup not recorded") + "): real-time factor, peak resident memory "
+                  "(MiB) of the measuring process, GMAC per audio second at that length"
                   + (f", on {'; '.join(platforms)}" if platforms else "") + ". Source per row: "
                   + "; ".join(f"{r['arch'] or MISSING}: {r['bench_source']}" for r in benched) + "."]
     else:
-        lines += ["", f"`bench_*`: not measured ({MISSING}); `effifusion compare --bench` runs `effifusion bench` "
-                  "on each row's model."]
+        lines += ["", f"`bench_*`: not measured ({MISSING}); `effifusion compare --bench` runs "
+                  "`effifusion bench` on each row's model."]
     lines += ["", f"Missing values are shown as {MISSING} (empty in compare.csv): not logged, or not computable "
               "here; none is estimated."]
     return lines
@@ -466,23 +467,27 @@ def compare_report(out_dir: str | Path = "reports/compare", experiment: str | No
 
     cols = columns()
     files.write_csv(out_dir / "compare.csv", rows, cols)
-    plots = [plot_pareto(rows, out_dir / "compare_pareto.png"), plot_quality(rows, out_dir / "compare_quality.png")]
+    plots = [plot_pareto(rows, out_dir / "compare_pareto.png"),
+             plot_quality(rows, out_dir / "compare_quality.png")]
     md = ["# Architectures compared", "", *caption(rows, experiment), "", *markdown_tables(rows)]
     if bench_notes:
         md += ["Not benched: " + "; ".join(bench_notes) + ".", ""]
-    md += ["![quality against cost](compare_pareto.png)", "", "![quality by architecture](compare_quality.png)", ""]
+    md += ["![quality against cost](compare_pareto.png)", "",
+           "![quality by architecture](compare_quality.png)", ""]
     files.write_text(out_dir / "compare.md", "\n".join(md))
 
     tracking.setup(experiment)
     with mlflow.start_run(run_name=f"compare-{len(rows)}archs") as run:
         mlflow.set_tags({"stage": COMPARE, "sorted_by": VAL_PESQ, "benched": str(bool(bench_results)).lower(),
                          "compared_run_ids": ",".join(r["run_id"] for r in rows),
-                         "compared_archs": ",".join(r["arch"] or MISSING for r in rows), **tracking.process_tags()})
+                         "compared_archs": ",".join(r["arch"] or MISSING for r in rows),
+                         **tracking.process_tags()})
         logged = {"rows": len(rows), "rows_benched": len(bench_results)}
         for row in rows:
             if row["run_id"] in bench_results:
                 key = f"{row['arch'] or 'unknown'}-{row['preset'] or 'unknown'}"
-                logged.update({f"{key}/{name}": row[col] for col, name in BENCH_KEYS.items() if row[col] is not None})
+                logged.update({f"{key}/{name}": row[col] for col, name in BENCH_KEYS.items()
+                               if row[col] is not None})
         mlflow.log_metrics({**in_section(COMPARE, {k: v for k, v in logged.items() if "/" not in k}),
                             **in_section(BENCH, {k: v for k, v in logged.items() if "/" in k})})
         if bench_results:

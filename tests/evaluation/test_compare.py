@@ -34,7 +34,8 @@ def _scores(quality: dict[str, float]) -> list[dict]:
     for set_name in SETS:
         for system in SYSTEMS:
             for utt, offset in (("u1", -0.05), ("u2", 0.05)):
-                shift = {"noisy": -1.0, "pytorch": 0.0, "onnx": 0.001}[system] - (0.2 if set_name == "unseen" else 0)
+                shift = ({"noisy": -1.0, "pytorch": 0.0, "onnx": 0.001}[system]
+                         - (0.2 if set_name == "unseen" else 0))
                 rows.append({"set": set_name, "system": system, "utt": utt,
                              **{m: quality[m] + shift + offset for m in ALL_METRICS}})
     return rows
@@ -148,7 +149,8 @@ def test_bench_results_are_logged_and_read_back(store, tmp_path, monkeypatch):
 
     again = compare.compare_report(tmp_path / "cmp2", EXPERIMENT)  # no --bench: the results are read back
     assert again["benched"] == []
-    line = next(r for r in (tmp_path / "cmp2" / "compare.csv").read_text().splitlines() if r.startswith("effifusion_gan"))
+    lines = (tmp_path / "cmp2" / "compare.csv").read_text().splitlines()
+    line = next(r for r in lines if r.startswith("effifusion_gan"))
     assert ",0.2,123.0,0.5," in line
     assert f"compare run {summary['compare_run_id']}" in (tmp_path / "cmp2" / "compare.md").read_text()
 
