@@ -76,6 +76,13 @@ def _report(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from effifusion.evaluation.compare import compare_report
+
+    summary = compare_report(out_dir=args.out, experiment=args.experiment, bench=args.bench, seconds=args.seconds)
+    print(json.dumps(summary, indent=2))
+
+
 def version() -> str:
     """The installed distribution's version (package metadata); the source tree's when not installed."""
     from importlib import metadata
@@ -169,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dense-run", default=None,
                    help="MLflow run id of the dense model whose sweep to report (default: the newest one's)")
     s.set_defaults(func=_report)
+
+    s = sub.add_parser("compare", help="the architectures side by side: quality, size and cost of each one's newest "
+                                       "evaluated run (Markdown + CSV + PNG, logged to MLflow)")
+    s.add_argument("--out", default="reports/compare", help="output folder (default: reports/compare)")
+    s.add_argument("--experiment", default=None, help="MLflow experiment (default: params.yaml's)")
+    s.add_argument("--bench", action="store_true",
+                   help="run `effifusion bench` (ONNX, 1 thread) on each row's model and log the results")
+    s.add_argument("--seconds", default="2", metavar="S", help="input length of --bench in s (default 2)")
+    s.set_defaults(func=_compare)
     return p
 
 

@@ -1,5 +1,5 @@
 """MLflow metric names by section: ``train/…``, ``val/…``, ``test/…``, ``unseen/…``, ``rtf/…``, ``export/…``
-(and ``sweep/…`` in the report's run).
+(and ``sweep/…`` in the report's run, ``compare/…`` and ``bench/…`` in the compare run).
 
 The MLflow UI makes one chart section per name prefix (the part before the first '/'), so a prune
 run's ~90 metrics show as a few sections instead of one flat wall of charts. Only the MLflow names
@@ -13,6 +13,8 @@ import numbers
 from typing import Any
 
 TRAIN, VAL, RTF, EXPORT, SWEEP = "train", "val", "rtf", "export", "sweep"
+COMPARE, BENCH = "compare", "bench"  # the `effifusion compare` run: its counts, its `effifusion bench` results
+TEST, UNSEEN = "test", "unseen"  # the evaluate stage's sets (test/pesq, unseen/csig_published, ...)
 VAL_PESQ = f"{VAL}/pesq"  # at each validation, then the selected weights' value at the run's last step
 TEST_PESQ = "test/pesq"  # the evaluate stage's PyTorch PESQ on the test set
 VALIDATION_KEYS = {"val_pesq": "pesq", "best_step": "best_step"}  # training metrics that belong under val/
