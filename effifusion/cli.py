@@ -76,6 +76,14 @@ def _report(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _pretrained(args: argparse.Namespace) -> None:
+    from effifusion.core.config import read_params
+    from effifusion.inference.pretrained import install
+
+    summary = install(args.name, args.out, read_params(args.params), source=args.source, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+
+
 def _compare(args: argparse.Namespace) -> None:
     from effifusion.evaluation.compare import compare_report
 
@@ -111,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", default=None, help="a preset (presets/NAME.yaml) instead of --params")
     source.add_argument("--checkpoint", default=None, help="a trained model checkpoint (.pt) instead")
     s.set_defaults(func=_summary)
+
+    s = sub.add_parser("pretrained", help="import a published checkpoint (muse) and write a checkpoint and an "
+                                          "ONNX model that `effifusion enhance` takes")
+    s.add_argument("name", help="muse: MUSE's VoiceBank+DEMAND checkpoint (Interspeech 2024, MIT)")
+    s.add_argument("-o", "--out", required=True, help="output folder (NAME.pt, NAME.onnx, LICENSE, NAME.json)")
+    s.add_argument("--source", default=None,
+                   help="a local copy of the upstream file (or its folder) instead of downloading it")
+    s.add_argument("--params", default="params.yaml", help="params file with pretrained.NAME.url / md5")
+    s.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
+    s.set_defaults(func=_pretrained)
 
     s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")
     s.add_argument("--clean", required=True, help="folder of clean references")

@@ -86,6 +86,8 @@ def list_of(rule: Rule, min_len: int = 1, length: int | None = None) -> Rule:
     return Rule(ok, f"a list of {size} item(s), each {rule.need}")
 
 
+MD5 = Rule(lambda v: isinstance(v, str) and len(v) == 32 and all(c in "0123456789abcdefABCDEF" for c in v),
+           "an md5 checksum (32 hex digits)")
 SPEAKERS = list_of(Rule(lambda v: isinstance(v, str) and v.startswith("p"), "a speaker id such as p226"))
 
 SCHEMA: dict[str, Any] = {
@@ -125,6 +127,7 @@ SCHEMA: dict[str, Any] = {
                "parity_tolerance": number(0, lo_open=True)},
     "evaluate": {"num_spectrograms": integer(0), "rtf_seconds": number(0.1)},
     "mlflow": {"experiment": NONEMPTY_TEXT},
+    "pretrained": {"muse": {"url": NONEMPTY_TEXT, "md5": MD5}},
     RUNTIME_SECTION: {
         "device": one_of("auto", "cpu", "cuda"), "threads": integer(0), "dataloader_workers": integer(0),
         "pesq_workers": integer(0), "checkpoint_every_steps": integer(1), "log_every_steps": integer(1),

@@ -273,8 +273,9 @@ def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dic
                           f"{audio_cfg['sample_rate']!r} (retrain or restore it)")
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict) -> dict[str, Any]:
-    """Export the (pruned) model at ``checkpoint`` to ``out_dir/effifusion.onnx``; return the report.
+def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict, name: str = ONNX_FILE
+                ) -> dict[str, Any]:
+    """Export the (pruned) model at ``checkpoint`` to ``out_dir/name`` (effifusion.onnx); return the report.
 
     Pruning masks are folded into plain weights by ``load_checkpoint``, so each weight is stored once.
     The graph is checked (onnx.checker, full) and run in ONNX Runtime against the model's ``enhance``
@@ -300,7 +301,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
     stored_values = sum(int(np.prod(init.dims)) for init in model_proto.graph.initializer)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / ONNX_FILE
+    onnx_path = out_dir / name
     with atomic_path(onnx_path) as tmp:
         onnx.save_model(model_proto, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)

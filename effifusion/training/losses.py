@@ -86,7 +86,8 @@ def generator_losses(
         "time": F.l1_loss(est_wav, clean_wav),
         "consistency": F.mse_loss(est_com, est_com_consistent),
     }
-    terms["total"] = sum(weights[k] * terms[k] for k in LOSS_TERMS)
+    # terms weighted 0 stay out of the graph: 0 · a NaN gradient (e.g. atan2 at the origin) is still NaN
+    terms["total"] = sum(weights[k] * terms[k] for k in LOSS_TERMS if weights[k] != 0)
     return terms
 
 

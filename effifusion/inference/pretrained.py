@@ -1,0 +1,86 @@
+"""`effifusion pretrained NAME -o DIR`: a published checkpoint, imported into this project's model of
+that architecture, written as a checkpoint and an ONNX model that `effifusion enhance` takes.
+
+The upstream file comes from ``pretrained.<name>.url`` in params.yaml through the dataset's download
+code (resumable, retried, md5-verified against ``pretrained.<name>.md5``), or from a local copy
+(``--source``: the file, or a folder holding it), verified the same way. DIR receives:
+
+- ``<name>.pt``: the checkpoint (this project's format; ``extra`` names the source and its md5);
+- ``<name>.onnx``: the export, checked against the checkpoint (parity per ``export`` settings);
+- ``LICENSE``: the upstream licence notice, which must travel with the weights;
+- the upstream file itself (kept so a rerun needs no download).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from effifusion.core.errors import ConfigError
+from effifusion.core.files import atomic_path, check_writable_dir, write_json
+
+# name -> (upstream file name, loader, licence text, where the file comes from)
+def _muse() -> tuple[str, Callable[[Path], Any], str, str]:
+    from effifusion.models.muse.checkpoint import load_muse_checkpoint
+    from effifusion.models.muse.licence import LICENSE, SOURCE
+
+    return "g_best", load_muse_checkpoint, LICENSE, SOURCE
+
+
+PRETRAINED: dict[str, Callable[[], tuple[str, Callable[[Path], Any], str, str]]] = {"muse": _muse}
+# the export check of an imported model: inputs shorter than, about and several MUSE segments long; the
+# zero-padded 0.5 s input differs by 1.02e-4 between ONNX Runtime and PyTorch (measured), hence 2e-4
+PARITY_LENGTHS_S = [0.5, 1.3, 3.0]
+PARITY_TOLERANCE = 2e-4
+
+
+def upstream_file(name: str, cfg: dict[str, Any], out_dir: Path, source: str | None, progress: bool = True) -> Path:
+    """The verified upstream file: from ``source`` (file or folder) or downloaded into ``out_dir``."""
+    from effifusion.data.download import fetch, md5sum
+
+    file_name = PRETRAINED[name]()[0]
+    md5 = cfg["md5"]
+    if source is not None:
+        path = Path(source)
+        if path.is_dir():
+            path = path / file_name
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (--source takes the {name} checkpoint {file_name!r} "
+                              "or the folder holding it)")
+        actual = md5sum(path)
+        if actual != md5.lower():
+            raise ConfigError(f"{path}: md5 {actual} is not the published {name} checkpoint's {md5} "
+                              f"(pretrained.{name}.md5 in params.yaml)")
+        return path
+    return fetch(cfg["url"], out_dir / file_name, md5=md5, progress=progress)
+
+
+def install(name: str, out_dir: str | Path, params: dict[str, Any], source: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report."""
+    from effifusion.inference.export import export_onnx
+    from effifusion.models.registry import save_checkpoint
+
+    if name not in PRETRAINED:
+        raise ConfigError(f"pretrained model {name!r} is not known (known: {', '.join(PRETRAINED)})")
+    cfg = params.get("pretrained", {}).get(name)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"params.yaml pretrained.{name}: missing (url and md5 of the published checkpoint)")
+    out = check_writable_dir(out_dir)
+    _, load, licence, where = PRETRAINED[name]()
+    upstream = upstream_file(name, cfg, out, source, progress)
+    model = load(upstream)
+    checkpoint = out / f"{name}.pt"
+    save_checkpoint(checkpoint, model, extra={"imported_from": where, "upstream_md5": cfg["md5"].lower(),
+                                              "licence": "MIT (see LICENSE beside this file)"})
+    with atomic_path(out / "LICENSE") as tmp:
+        tmp.write_text(licence)
+    export_cfg = {**params["export"], "parity_lengths_s": PARITY_LENGTHS_S, "parity_tolerance": PARITY_TOLERANCE}
+    report = export_onnx(checkpoint, out, export_cfg, params.get("audio", {}), name=f"{name}.onnx")
+    summary = {"name": name, "checkpoint": str(checkpoint), "onnx": str(out / f"{name}.onnx"),
+               "licence": str(out / "LICENSE"), "source": str(upstream), "upstream": where,
+               "params_total": report["params_total"], "parity_max_abs": report["onnx_parity_max_abs"],
+               **({"polar_rounding_max_abs": report["polar_rounding_max_abs"]}
+                  if "polar_rounding_max_abs" in report else {})}
+    write_json(out / f"{name}.json", summary)
+    return summary
