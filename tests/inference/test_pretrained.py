@@ -1,0 +1,117 @@
+"""MUSE's public checkpoint imported into this project: it reproduces MUSE's own outputs on real
+VoiceBank+DEMAND pairs, and `effifusion pretrained muse` downloads, verifies, imports and exports it.
+
+(All 25 fixtures, with metrics of the three ways to run the weights: bench/reproduce_muse.py.)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from helpers import ROOT, fixtures_or_skip
+
+from effifusion.core.errors import ConfigError
+from effifusion.evaluation.pesq import pesq_wb
+from effifusion.inference.backends import load_enhancer
+from effifusion.inference.pretrained import install
+from effifusion.models.muse.checkpoint import load_muse_checkpoint
+from effifusion.models.registry import load_checkpoint
+
+UTTS = ["p232_170", "p257_054"]  # the two shortest fixtures (2.1 s, 2.6 s: one and two segments)
+LICENSE_MD5 = "fbe9e2468cd7c2ff61aefe588a25f436"
+
+
+def _reference_pesq(utt: str) -> float:
+    tsv = fixtures_or_skip("voicebank_test_16k", "reference_metrics_enhanced_muse.tsv")
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    return float(next(r[1] for r in rows if r[0] == utt))
+
+
+def _pcm16(y: np.ndarray) -> np.ndarray:
+    """What MUSE's sf.write(..., 'PCM_16') and a float read give back (libsndfile scales by 32767)."""
+    return np.clip(np.round(y * 32767), -32768, 32767) / 32768
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    return fixtures_or_skip("pretrained", "muse", "g_best")
+
+
+@pytest.mark.parametrize("utt", UTTS)
+def test_imported_checkpoint_reproduces_muse(upstream, utt):
+    fx = fixtures_or_skip("voicebank_test_16k")
+    model = load_muse_checkpoint(upstream)
+    assert sum(p.numel() for p in model.parameters()) == 513_015
+    noisy, _ = sf.read(fx / "noisy" / f"{utt}.wav", dtype="float32")
+    clean, _ = sf.read(fx / "clean" / f"{utt}.wav", dtype="float32")
+    reference, _ = sf.read(fx / "enhanced_muse" / f"{utt}.wav", dtype="float32")
+    with torch.inference_mode():
+        y = _pcm16(model.enhance(torch.from_numpy(noisy)[None])[0].numpy())
+    assert np.max(np.abs(y - reference)) <= 1e-3
+    pesq = pesq_wb(clean, y.astype(np.float32))
+    assert pesq == pytest.approx(_reference_pesq(utt), abs=2e-3)
+
+
+def test_a_foreign_or_damaged_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "g_best"
+    torch.save({"generator": {"dense_encoder.nope.weight": torch.zeros(3)}}, bad)
+    with pytest.raises(ConfigError, match=r"g_best: tensor 'dense_encoder.nope.weight' has no place"):
+        load_muse_checkpoint(bad)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable MUSE checkpoint"):
+        load_muse_checkpoint(bad)
+
+
+def test_source_with_the_wrong_md5_is_refused(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fake = tmp_path / "g_best"
+    fake.write_bytes(b"x" * 100)
+    with pytest.raises(ConfigError, match=r"g_best: md5 .* is not the published muse checkpoint's"):
+        install("muse", tmp_path / "out", params, source=str(tmp_path))
+    with pytest.raises(ConfigError, match="pretrained model 'nope' is not known"):
+        install("nope", tmp_path / "out", params)
+
+
+@pytest.mark.slow
+def test_pretrained_downloads_imports_and_exports_a_model_that_enhances(upstream, tmp_path):
+    """`effifusion pretrained muse -o DIR` against a local HTTP server holding the upstream file."""
+    served = tmp_path / "served" / "paper_result"
+    served.mkdir(parents=True)
+    shutil.copy(upstream, served / "g_best")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["pretrained"]["muse"]["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/paper_result/g_best"
+        out = tmp_path / "muse"
+        summary = install("muse", out, params, progress=False)
+    finally:
+        httpd.shutdown()
+    assert hashlib.md5((out / "LICENSE").read_bytes()).hexdigest() == LICENSE_MD5  # MUSE's notice, verbatim
+    assert summary["params_total"] == 513_015 and summary["parity_max_abs"] <= 2e-4
+    model, extra = load_checkpoint(out / "muse.pt")
+    assert model.arch == "muse" and "38dfcb1" in extra["imported_from"]
+
+    fx = fixtures_or_skip("voicebank_test_16k")
+    enhancer = load_enhancer(out / "muse.onnx")  # the torch-free path `effifusion enhance` takes
+    assert enhancer.card["segment_samples"] == 30700
+    utt = UTTS[0]
+    noisy, _ = sf.read(fx / "noisy" / f"{utt}.wav", dtype="float32")
+    clean, _ = sf.read(fx / "clean" / f"{utt}.wav", dtype="float32")
+    y = enhancer.enhance(noisy)
+    # the graph takes reflected frames' phase as exactly real (torch.stft's rounding picks ±π there):
+    # close to MUSE's output, not equal to it (bench/reproduce_muse.py: all 25 files)
+    pesq = pesq_wb(clean, y)
+    noisy_pesq = pesq_wb(clean, noisy)
+    assert pesq == pytest.approx(_reference_pesq(utt), abs=0.05)
+    assert pesq > noisy_pesq + 0.3  # it enhances real speech

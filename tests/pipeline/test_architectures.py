@@ -1,0 +1,51 @@
+"""Every architecture through the whole pipeline once — train, prune, export with parity, evaluate —
+at its demo preset shrunk to seconds (the same stage functions `dvc repro` runs; the DVC wiring
+itself is tested once, in test_sweep.py)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from helpers import ROOT, make_prepared, tiny_params
+
+from effifusion.evaluation.evaluate import evaluate
+from effifusion.inference.export import export_onnx
+from effifusion.models.registry import load_checkpoint
+from effifusion.training.stages import prune_finetune, train_dense
+
+pytestmark = pytest.mark.slow
+
+SHRINK = {"muse": {"blocks": [1, 1, 1]}, "imse": {"blocks": [1, 1, 1]},
+          "saf": {"channels": 8, "num_saf_blocks": 1, "num_heads": 1, "tcn_hidden": 16}}
+
+
+@pytest.mark.parametrize("preset", ["muse-demo", "imse-demo", "saf-demo"])
+def test_one_pipeline_pass(preset, tmp_path):
+    demo = yaml.safe_load((ROOT / "presets" / f"{preset}.yaml").read_text())
+    params = tiny_params(train__epochs=1, train__segment_s=0.5)
+    params["model"] = {**demo["model"], **SHRINK[demo["model"]["arch"]]}
+    params["train"]["loss_weights"] = demo["train"]["loss_weights"]
+    params["export"].update(parity_lengths_s=[0.3, 1.1])
+    params["evaluate"].update(num_spectrograms=0, rtf_seconds=0.5)
+    prepared = make_prepared(tmp_path / "prepared", n_train=4, n_val=2)
+    shutil.copy(prepared / "test.csv", prepared / "unseen.csv")  # the unseen set: the same pairs, for speed
+    common = dict(prepared_dir=prepared, resume_dir=tmp_path / "ck", track=False)
+    dense = train_dense(params, out_dir=tmp_path / "dense", metrics_path=tmp_path / "dense.json",
+                        plots_dir=tmp_path / "pd", **common)
+    pruned = prune_finetune(params, tmp_path / "dense", out_dir=tmp_path / "pruned",
+                            metrics_path=tmp_path / "pruned.json", plots_dir=tmp_path / "pp", **common)
+    model, _ = load_checkpoint(tmp_path / "pruned" / "generator.pt")
+    assert model.arch == demo["model"]["arch"] and dense["steps"] >= 2
+    assert pruned["conv_sparsity"] == pytest.approx(params["prune"]["amount"], abs=0.02)
+    report = export_onnx(tmp_path / "pruned" / "generator.pt", tmp_path / "onnx", params["export"], params["audio"])
+    assert report["onnx_parity_max_abs"] <= params["export"]["parity_tolerance"]
+    metrics = evaluate(params, prepared_dir=prepared, unseen_dir=prepared,
+                       torch_model=tmp_path / "pruned" / "generator.pt", onnx_model=tmp_path / "onnx" / "effifusion.onnx",
+                       out_dir=tmp_path / "report", metrics_path=tmp_path / "evaluate.json",
+                       enhanced_dir=tmp_path / "enhanced", track=False)
+    for set_name in ("test", "unseen"):
+        assert metrics[set_name]["n"] == 2
+        for system in ("pytorch", "onnx"):
+            assert 1.0 <= metrics[set_name][system]["pesq"] <= 4.65
