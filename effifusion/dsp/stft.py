@@ -135,7 +135,10 @@ class StftFrontEnd:
             # stacked [B, F, T, 2] first: the element-wise kernels then run on the same memory layout
             # as in every run so far, which keeps results bit-identical to earlier versions
             spec = torch.stack((re, torch.where(reflected, torch.zeros_like(im), im)), -1)
-        if self.exact_polar:
+        if self.exact_polar and not _exporting():  # bit for bit as MUSE computes them (torch.abs / angle)
+            spec_c = torch.complex(re, im)
+            mag, pha = spec_c.abs(), spec_c.angle()
+        elif self.exact_polar:
             mag = torch.sqrt(spec.pow(2).sum(-1).clamp_min(1e-30))  # the floor keeps sqrt's gradient finite
             pha = torch.atan2(spec[..., 1], spec[..., 0])
             if _exporting():  # ONNX has no Atan2; its decomposition differs from torch at y = ±0 (x < 0, x = -0)

@@ -58,8 +58,10 @@ class EnhancementModel(nn.Module):
         n = wav.shape[-1]
         x, gain = self.frontend.normalise(wav)
         if self.frontend.segment_samples:  # MUSE's protocol: one gain per utterance, fixed-length segments
+            # one segment at a time: torch.stft rounds a batch differently, and MUSE's weights respond to
+            # the rounding of its reflected first frame (dsp/stft.py, exact_polar), so batch 1 as MUSE ran it
             y = enhance_in_segments(self.enhance_normalised, x, self.frontend.segment_samples,
-                                    concat=torch.cat, pad=lambda t, k: nn.functional.pad(t, (0, k)))
+                                    concat=torch.cat, pad=lambda t, k: nn.functional.pad(t, (0, k)), batch=1)
             return y / gain
         x = self.frontend.pad(x)
         y = self.enhance_normalised(x)
