@@ -108,8 +108,8 @@ def model_card(metadata: dict[str, str]) -> dict[str, Any]:
                 value = json.loads(value)
             except ValueError:
                 pass
-        elif key in ("sample_rate", "min_samples", "params_total", "params_nonzero", "n_fft", "hop_length",
-                     "win_length") and value.isdigit():
+        elif key in ("sample_rate", "min_samples", "segment_samples", "params_total", "params_nonzero", "n_fft",
+                     "hop_length", "win_length") and value.isdigit():
             value = int(value)
         else:
             try:
