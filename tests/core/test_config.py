@@ -30,6 +30,16 @@ def test_presets_and_params_have_the_same_keys():
         assert set(model) == set(model_class(model["arch"]).check_config(model)), preset.name
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "presets").glob("*.yaml")) + [ROOT / "params.yaml"],
+                         ids=lambda p: p.name)
+def test_every_params_file_reads_in_dvc(path):
+    """DVC reads params with ruamel.yaml, which refuses duplicate keys that PyYAML lets pass."""
+    from ruamel.yaml import YAML
+
+    params = YAML(typ="safe", pure=True).load(path.read_text())
+    assert params["preset"] == ("demo" if path.name == "params.yaml" else path.stem)
+
+
 def test_paper_preset_is_the_paper_setup():
     paper = load_params(ROOT / "presets" / "paper.yaml")
     assert paper["corpus"]["name"] == "voicebank_demand"
