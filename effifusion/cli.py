@@ -22,13 +22,6 @@ def _preset(args: argparse.Namespace) -> None:
     print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, {shape})")
 
 
-def _preset_names() -> list[str]:
-    """The presets shipped in presets/*.yaml (for the help text)."""
-    from effifusion.core.config import repo_root
-
-    return sorted(p.stem for p in (repo_root() / "presets").glob("*.yaml"))
-
-
 def _summary(args: argparse.Namespace) -> None:
     from effifusion.models.summary import summarize
 
@@ -108,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (" + " | ".join(_preset_names()) + ")")
+    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (demo | paper | muse | imse | saf | "
+                                      "muse-demo | imse-demo | saf-demo)")
     s.add_argument("name")
     s.add_argument("--params", default="params.yaml")
     s.set_defaults(func=_preset)
