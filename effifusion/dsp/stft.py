@@ -124,29 +124,27 @@ class StftFrontEnd:
         """
         re, im = self._dft(wav) if _exporting() else self._torch_stft(wav)
         if self.exact_polar and not _exporting():
-            # MUSE: |X| and angle(X) of torch.stft as it rounds, reflected frames included. Its weights
-            # respond to the ±π that rounding picks there, so only this reproduces its outputs; the
-            # exported graph (and its eager twin) set those frames' imaginary parts to 0 as below, so
-            # ONNX Runtime and PyTorch agree (inference/export.check_parity reports the difference)
-            spec = torch.stack((re, im), -1)
+            # MUSE: torch.abs / angle of torch.stft as it rounds, reflected frames included. Its weights
+            # respond to the ±π that rounding picks there, so only this reproduces its outputs bit for
+            # bit; the DFT path below (the exported graph and its eager twin) sets those frames'
+            # imaginary parts to 0, so ONNX Runtime and PyTorch agree (export.check_parity reports
+            # the difference as polar_rounding_max_abs)
+            spec_c = torch.complex(re, im)
+            mag, pha = spec_c.abs(), spec_c.angle()
         else:
             centres = torch.arange(re.shape[-1], device=wav.device) * self.hop_length
             reflected = (centres == 0) | (centres == wav.shape[-1] - 1)
             # stacked [B, F, T, 2] first: the element-wise kernels then run on the same memory layout
             # as in every run so far, which keeps results bit-identical to earlier versions
             spec = torch.stack((re, torch.where(reflected, torch.zeros_like(im), im)), -1)
-        if self.exact_polar and not _exporting():  # bit for bit as MUSE computes them (torch.abs / angle)
-            spec_c = torch.complex(re, im)
-            mag, pha = spec_c.abs(), spec_c.angle()
-        elif self.exact_polar:
-            mag = torch.sqrt(spec.pow(2).sum(-1).clamp_min(1e-30))  # the floor keeps sqrt's gradient finite
-            pha = torch.atan2(spec[..., 1], spec[..., 0])
-            if _exporting():  # ONNX has no Atan2; its decomposition differs from torch at y = ±0 (x < 0, x = -0)
-                on_axis = torch.where(spec[..., 0] < 0, torch.full_like(pha, math.pi), torch.zeros_like(pha))
-                pha = torch.where(spec[..., 1] == 0, on_axis, pha)
-        else:
-            mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
-            pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
+            if self.exact_polar:  # exporting: ONNX has no Atan2 and its decomposition differs from
+                # torch at y = ±0 (x < 0, x = -0), so the real axis is pinned explicitly
+                mag = torch.sqrt(spec.pow(2).sum(-1).clamp_min(1e-30))  # the floor keeps the gradient finite
+                on_axis = torch.where(spec[..., 0] < 0, torch.full_like(mag, math.pi), torch.zeros_like(mag))
+                pha = torch.where(spec[..., 1] == 0, on_axis, torch.atan2(spec[..., 1], spec[..., 0]))
+            else:
+                mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
+                pha = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
         mag = mag.pow(self.compress_factor)
         com = torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
         return mag, pha, com

@@ -85,6 +85,29 @@ class EnhancementModel(nn.Module):
         raise NotImplementedError
 
 
+class MagnitudePhaseModel(EnhancementModel):
+    """The magnitude-phase family (MP-SENet's interface, which the metric-GAN and predictive tasks train):
+    ``forward(mag, pha)`` on the front end's compressed magnitude and phase [B, F, T] returns
+    (magnitude, phase [B, F, T], compressed complex [B, F, T, 2]); ``enhance_normalised`` is analysis,
+    forward, synthesis."""
+
+    n_bins: int
+
+    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        mag, pha, _ = self.frontend.analyse(x)
+        out_mag, out_pha, _ = self(mag, pha)
+        return self.frontend.synthesise(out_mag, out_pha, length=x.shape[-1])
+
+    def check_bins(self, mag: torch.Tensor) -> None:
+        if mag.shape[1] != self.n_bins:
+            raise ValueError(f"expected {self.n_bins} frequency bins ([B, F, T]), got shape {tuple(mag.shape)}")
+
+    @staticmethod
+    def polar(mag: torch.Tensor, pha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mag, pha, complex [..., 2]): forward's return value."""
+        return mag, pha, torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
+
+
 class WaveformModel(nn.Module):
     """Export wrapper: forward = the model's ``enhance`` (its front end switches to DFT bases)."""
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.attention import self_attention
-from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
 from effifusion.models.cost import conformer_macs, conv_chain_macs
 
 ARCH = "effifusion_gan"
@@ -320,7 +320,7 @@ class TSConformerBlock(nn.Module):
 # Generator
 
 
-class Generator(EnhancementModel):
+class Generator(MagnitudePhaseModel):
     """EffiFusion-GAN generator. forward: (mag, pha) [B, F, T] → (mag, pha [B, F, T], com [B, F, T, 2])."""
 
     arch = ARCH
@@ -365,10 +365,7 @@ class Generator(EnhancementModel):
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if noisy_mag.shape[1] != self.n_bins:
-            raise ValueError(
-                f"expected {self.n_bins} frequency bins ([B, F, T]), got shape {tuple(noisy_mag.shape)}"
-            )
+        self.check_bins(noisy_mag)
         mag = noisy_mag.transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
         pha = noisy_pha.transpose(1, 2).unsqueeze(1)
         x = self.encoder(torch.cat((mag, pha), dim=1))
@@ -376,13 +373,7 @@ class Generator(EnhancementModel):
             x = block(x)
         out_mag = (mag * self.mag_decoder(x))[:, 0].transpose(1, 2)  # [B, F, T]
         out_pha = self.phase_decoder(x)[:, 0].transpose(1, 2)
-        out_com = torch.stack((out_mag * torch.cos(out_pha), out_mag * torch.sin(out_pha)), dim=-1)
-        return out_mag, out_pha, out_com
-
-    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        mag, pha, _ = self.frontend.analyse(x)
-        out_mag, out_pha, _ = self(mag, pha)
-        return self.frontend.synthesise(out_mag, out_pha, length=x.shape[-1])
+        return self.polar(out_mag, out_pha)
 
     def macs(self, n_frames: int) -> dict[str, int]:
         """Analytic MACs of one forward pass on ``n_frames`` STFT frames (batch 1), per component.

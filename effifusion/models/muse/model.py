@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
 from effifusion.models.cost import traced_macs
 from effifusion.models.effifusion_gan.generator import DenseBlock, LearnableSigmoid2d
 from effifusion.models.muse.blocks import (
@@ -165,7 +165,7 @@ class PhaseDecoder(nn.Module):
         return torch.atan2(self.imag_conv(x), self.real_conv(x))
 
 
-class Muse(EnhancementModel):
+class Muse(MagnitudePhaseModel):
     """MUSE / IMSE. forward: (mag, pha) [B, F, T] → (mag, pha [B, F, T], com [B, F, T, 2])."""
 
     arch = "muse"
@@ -196,8 +196,7 @@ class Muse(EnhancementModel):
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if noisy_mag.shape[1] != self.n_bins:
-            raise ValueError(f"expected {self.n_bins} frequency bins ([B, F, T]), got shape {tuple(noisy_mag.shape)}")
+        self.check_bins(noisy_mag)
         t = noisy_mag.shape[-1]
         pad = (4 - t % 4) % 4  # the U-Net halves T twice
         mag = F.pad(noisy_mag, (0, pad)).transpose(1, 2).unsqueeze(1)  # [B, 1, T', F]
@@ -205,13 +204,7 @@ class Muse(EnhancementModel):
         mag_feat, pha_feat = self.unet(self.encoder(torch.cat((mag, pha), dim=1)))
         out_mag = (mag * self.mask_decoder(mag_feat))[:, 0].transpose(1, 2)[..., :t]
         out_pha = self.phase_decoder(pha_feat)[:, 0].transpose(1, 2)[..., :t]
-        out_com = torch.stack((out_mag * torch.cos(out_pha), out_mag * torch.sin(out_pha)), dim=-1)
-        return out_mag, out_pha, out_com
-
-    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        mag, pha, _ = self.frontend.analyse(x)
-        out_mag, out_pha, _ = self(mag, pha)
-        return self.frontend.synthesise(out_mag, out_pha, length=x.shape[-1])
+        return self.polar(out_mag, out_pha)
 
     def macs(self, n_frames: int) -> dict[str, int]:
         """MACs of one forward pass on ``n_frames`` frames (batch 1), counted by tracing it (cost.traced_macs):

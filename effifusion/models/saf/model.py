@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
 from effifusion.models.cost import conv_chain_macs
 
 ARCH = "saf"
@@ -252,7 +252,7 @@ class Decoder(nn.Module):
 # The model
 
 
-class SAF(EnhancementModel):
+class SAF(MagnitudePhaseModel):
     """SAF-like enhancer. forward: (mag, pha) [B, F, T] → (mag, pha [B, F, T], com [B, F, T, 2]).
 
     Known (shared/PEERS.md §1):
@@ -331,10 +331,7 @@ class SAF(EnhancementModel):
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if noisy_mag.shape[1] != self.n_bins:
-            raise ValueError(
-                f"expected {self.n_bins} frequency bins ([B, F, T]), got shape {tuple(noisy_mag.shape)}"
-            )
+        self.check_bins(noisy_mag)
         mag = noisy_mag.transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
         pha = noisy_pha.transpose(1, 2).unsqueeze(1)
         cos, sin = torch.cos(pha), torch.sin(pha)
@@ -351,13 +348,7 @@ class SAF(EnhancementModel):
         est_im = (mask * imag + bias[:, 1:])[:, 0].transpose(1, 2)
         out_mag = torch.sqrt(est_re.pow(2) + est_im.pow(2) + 1e-9)
         out_pha = torch.atan2(est_im + 1e-10, est_re + 1e-5)  # the front end's offsets: finite gradients
-        out_com = torch.stack((out_mag * torch.cos(out_pha), out_mag * torch.sin(out_pha)), dim=-1)
-        return out_mag, out_pha, out_com
-
-    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        mag, pha, _ = self.frontend.analyse(x)
-        out_mag, out_pha, _ = self(mag, pha)
-        return self.frontend.synthesise(out_mag, out_pha, length=x.shape[-1])
+        return self.polar(out_mag, out_pha)
 
     def macs(self, n_frames: int) -> dict[str, int]:
         """Analytic MACs of one forward pass on ``n_frames`` STFT frames (batch 1), per component.
