@@ -110,11 +110,12 @@ SCHEMA: dict[str, Any] = {
                    "utterances_per_condition": integer(1), "channel": NONEMPTY_TEXT},
     "discriminator": {"channels": integer(1)},
     "train": {
-        "objective": one_of("metric_gan", "predictive"),
+        "objective": one_of("metric_gan", "predictive", "score_matching"),
         "epochs": integer(1), "max_steps_per_epoch": integer(0), "batch_size": integer(1),
         "segment_s": number(0.1), "lr": number(0, lo_open=True), "betas": list_of(number(0, 1, hi_open=True), length=2),
         "lr_decay": number(0, 1, lo_open=True), "grad_clip": number(0),
         "loss_weights": {k: number(0) for k in ("metric", "magnitude", "phase", "complex", "time", "consistency")},
+        "score_matching": {"score": number(0), "predictive": number(0), "ema_decay": number(0, 1, hi_open=True)},
         "val_every_steps": integer(1), "val_utterances": integer(1),
         "augment": {"enabled": BOOL, "prob": number(0, 1), "snr_db": list_of(number(), length=2),
                     "filter_prob": number(0, 1)},

@@ -25,7 +25,7 @@ from torch import nn
 
 from effifusion.core.errors import ConfigError
 
-NORMALISATIONS = ("rms", "none")
+NORMALISATIONS = ("rms", "max", "none")
 
 
 def rms_gain(noisy: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ class StftFrontEnd:
     hop_length: int = 100
     win_length: int = 400
     compress_factor: float = 0.3
-    normalisation: str = "rms"  # rms: one gain per utterance, sqrt(N / sum(x^2)), undone at the end
+    normalisation: str = "rms"  # rms: one gain per utterance, sqrt(N / sum(x^2)); max: 1 / max|x|; undone at the end
     exact_polar: bool = False   # magnitude and phase without MP-SENet's epsilons (MUSE: torch.abs / angle)
     segment_samples: int = 0    # > 0: enhance in segments of this length (MUSE's protocol, dsp/segments.py)
 
@@ -103,6 +103,8 @@ class StftFrontEnd:
         """(normalised waveform, gain); divide the model's output by the gain to undo it."""
         if self.normalisation == "rms":
             gain = rms_gain(wav)
+        elif self.normalisation == "max":  # SGMSE+: divide by the noisy peak
+            gain = 1.0 / wav.abs().amax(-1, keepdim=True).clamp_min(1e-8)
         else:
             gain = torch.ones_like(wav[..., :1])
         return wav * gain, gain

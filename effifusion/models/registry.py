@@ -27,6 +27,8 @@ ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package ex
     "muse": "effifusion.models.muse",
     "imse": "effifusion.models.imse",
     "saf": "effifusion.models.saf",
+    "sgmse": "effifusion.models.sgmse",
+    "gp_sgmse": "effifusion.models.gp_sgmse",
 }
 DEFAULT_ARCH = "effifusion_gan"  # checkpoints written before models had an `arch`
 CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")

@@ -468,14 +468,16 @@ class Trainer:
 
     def _validate(self, bar: tqdm) -> None:
         state = self.state
-        val_pesq, val_out = validate(self.model, self.val_items, self.device, self.pesq)
+        with self.task.averaged():  # an EMA's weights for diffusion models
+            val_pesq, val_out = validate(self.model, self.val_items, self.device, self.pesq)
+            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         state.val.append({"step": state.step, "val_pesq": val_pesq,
                           "elapsed_s": round(time.perf_counter() - self.t_start, 2)})
         self.pending_log.append((state.step, {"val_pesq": val_pesq}))
         selectable = all(cb.selectable() for cb in self.callbacks)  # e.g. pruning: at final sparsity only
         if selectable and math.isfinite(val_pesq) and val_pesq > state.best_val:
             state.best = BestModel(step=state.step, val=val_pesq,
-                                   weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                                   weights=weights,
                                    task=self.task.snapshot(),
                                    # the examples logged at the end: no second validation pass
                                    outputs={u: val_out[u] for u, _, _ in self.val_items[:3]})
@@ -520,6 +522,8 @@ class Trainer:
         if best is not None:
             model.load_state_dict(best.weights)
             self.task.restore(best.task)
+        else:
+            self.task.use_averaged()
         callback_metrics: dict[str, Any] = {}
         for cb in self.callbacks:
             callback_metrics.update(cb.on_finish(model, out_dir, plots_dir))

@@ -6,8 +6,10 @@ from effifusion.core.errors import ConfigError
 from effifusion.training.tasks.base import Task
 from effifusion.training.tasks.metric_gan import MetricGanTask
 from effifusion.training.tasks.predictive import PredictiveTask
+from effifusion.training.tasks.score_matching import ScoreMatchingTask
 
-TASKS: dict[str, type[Task]] = {"metric_gan": MetricGanTask, "predictive": PredictiveTask}
+TASKS: dict[str, type[Task]] = {"metric_gan": MetricGanTask, "predictive": PredictiveTask,
+                                 "score_matching": ScoreMatchingTask}
 
 
 def task_class(name: object) -> type[Task]:

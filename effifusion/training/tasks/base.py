@@ -8,10 +8,11 @@ what an exact resume needs beyond the model's weights (a pending PESQ batch, an 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -66,6 +67,13 @@ class Task:
     def save(self, out_dir: Path) -> list[Path]:
         """Files beside the model checkpoint (e.g. the discriminator, which pruning fine-tunes further)."""
         return []
+
+    def averaged(self) -> ContextManager[None]:
+        """The weights validation scores and the best model keeps (an EMA's, for diffusion) in the block."""
+        return contextlib.nullcontext()
+
+    def use_averaged(self) -> None:
+        """Keep those weights in the model for good (the end of a run that never selected a best model)."""
 
     def metrics(self) -> dict[str, float]:
         """Counters the stage's metrics file reports (skipped batches, waits)."""

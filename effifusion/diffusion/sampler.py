@@ -1,0 +1,129 @@
+"""The predictor-corrector sampler of SGMSE+, with the joint model's two fusions (numpy, torch-free).
+
+Each of N steps over t = linspace(1, t_eps, N) runs the corrector (annealed Langevin, ``snr``, one or
+more steps) and then the predictor (reverse diffusion, Euler-Maruyama), each one network evaluation;
+the output is the last predictor mean (sp-uhh/sgmse sampling/__init__.py). ``mode`` picks the output:
+
+- ``generative``: the reverse process from the prior y + σ(1) z — SGMSE+ (2·N NFEs with 1 corrector step);
+- ``predictive``: the predictive decoder's estimate x̂ alone (1 NFE);
+- ``joint``: x̂ first; with ``first_fusion`` the reverse process starts at step ``start_step`` from the
+  marginal around x̂, e^{−θt}x̂ + (1 − e^{−θt})y + σ(t) z, instead of the prior [INF: the paper's
+  "the predictive estimate initialises the reverse process", StoRM's recipe]; with ``final_fusion``
+  the output is w·x_gen + (1 − w)·x̂ (w = ``fusion_weight``) [INF: the weight is not published].
+
+Noise comes from numpy's generator seeded with ``seed`` at every call, so the same input, settings
+and seed give the same output in PyTorch and in ONNX Runtime (up to the network's float rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from effifusion.diffusion.sde import T_MAX, OuveSde
+
+MODES = ("generative", "predictive", "joint")
+ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x_t, y, t [B]) -> score, complex
+PredictFn = Callable[[np.ndarray], np.ndarray]                         # y -> x̂, complex
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    mode: str = "generative"
+    steps: int = 30             # N
+    snr: float = 0.5            # corrector step: 2 (snr · σ(t))²
+    corrector_steps: int = 1
+    first_fusion: bool = True   # joint: start around x̂ (else from the prior at t = 1)
+    start_step: int = 0         # joint with first_fusion: the first of the N steps run
+    final_fusion: bool = True   # joint: output w·x_gen + (1 − w)·x̂
+    fusion_weight: float = 0.5  # w
+    seed: int = 0
+
+    KEYS = ("mode", "steps", "snr", "corrector_steps", "first_fusion", "start_step", "final_fusion",
+            "fusion_weight", "seed")
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def problem(self, has_predictive: bool) -> str | None:
+        """What is wrong with these settings (key: reason), or None."""
+        def is_int(v: Any, lo: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+        if self.mode not in MODES:
+            return f"mode: {self.mode!r} is not one of {', '.join(MODES)}"
+        if self.mode != "generative" and not has_predictive:
+            return f"mode: {self.mode!r} needs a predictive decoder (arch gp_sgmse); this model has none"
+        if not is_int(self.steps, 1):
+            return f"steps: {self.steps!r} is not a positive integer"
+        if not is_int(self.corrector_steps, 0):
+            return f"corrector_steps: {self.corrector_steps!r} is not an integer >= 0"
+        if not is_int(self.start_step, 0) or self.start_step >= self.steps:
+            return f"start_step: {self.start_step!r} is not an integer in [0, steps)"
+        if self.start_step and not (self.mode == "joint" and self.first_fusion):
+            return "start_step: only a joint sampler with first_fusion starts after step 0"
+        if not (isinstance(self.snr, (int, float)) and not isinstance(self.snr, bool) and self.snr >= 0):
+            return f"snr: {self.snr!r} is not a number >= 0"
+        w = self.fusion_weight
+        if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w <= 1):
+            return f"fusion_weight: {w!r} is not a number in [0, 1]"
+        for key in ("first_fusion", "final_fusion"):
+            if not isinstance(getattr(self, key), bool):
+                return f"{key}: {getattr(self, key)!r} is not true or false"
+        if not is_int(self.seed, 0):
+            return f"seed: {self.seed!r} is not an integer >= 0"
+        return None
+
+    def evaluations(self) -> int:
+        """Network evaluations per utterance (a predictive pass counts as one)."""
+        if self.mode == "predictive":
+            return 1
+        start = self.start_step if self.mode == "joint" and self.first_fusion else 0
+        return (self.steps - start) * (self.corrector_steps + 1) + (self.mode == "joint")
+
+
+def complex_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """z with independent real and imaginary parts of variance 1/2 (torch.randn_like on complex)."""
+    re = rng.standard_normal(shape, dtype=np.float32)
+    im = rng.standard_normal(shape, dtype=np.float32)
+    return ((re + 1j * im) * np.float32(np.sqrt(0.5))).astype(np.complex64)
+
+
+def sample(score_fn: ScoreFn, predict_fn: PredictFn | None, y: np.ndarray, sde: OuveSde,
+           settings: SamplerSettings, on_step: Callable[[], None] | None = None) -> np.ndarray:
+    """The enhanced compressed spectrogram for ``y`` (complex64 [B, F, T]); see the module docstring."""
+    s = settings
+    y = y.astype(np.complex64)
+    batch = y.shape[0]
+    if s.mode != "generative":
+        x_pred = predict_fn(y).astype(np.complex64)
+        if s.mode == "predictive":
+            return x_pred
+    rng = np.random.default_rng(s.seed)
+    ts = np.linspace(T_MAX, sde.t_eps, s.steps)
+    start = s.start_step if s.mode == "joint" and s.first_fusion else 0
+    if s.mode == "joint" and s.first_fusion:
+        x = sde.mean(x_pred, y, ts[start]) + sde.std(ts[start]) * complex_noise(rng, y.shape)
+    else:
+        x = y + sde.std(T_MAX) * complex_noise(rng, y.shape)
+    x = x.astype(np.complex64)
+    x_mean = x
+    for i in range(start, s.steps):
+        t = float(ts[i])
+        dt = t - float(ts[i + 1]) if i < s.steps - 1 else float(ts[-1])  # the last step: t_eps to 0
+        t_vec = np.full((batch,), t, dtype=np.float32)
+        step = 2 * (s.snr * sde.std(t)) ** 2
+        for _ in range(s.corrector_steps):  # annealed Langevin
+            x_mean = x + np.float32(step) * score_fn(x, y, t_vec)
+            x = x_mean + np.float32(np.sqrt(2 * step)) * complex_noise(rng, y.shape)
+        g = sde.diffusion(t) * np.sqrt(dt)  # reverse diffusion
+        x_mean = x - (sde.drift(x, y) * np.float32(dt) - np.float32(g * g) * score_fn(x, y, t_vec))
+        x = x_mean + np.float32(g) * complex_noise(rng, y.shape)
+        if on_step is not None:
+            on_step()
+    out = x_mean.astype(np.complex64)
+    if s.mode == "joint" and s.final_fusion:
+        out = np.float32(s.fusion_weight) * out + np.float32(1 - s.fusion_weight) * x_pred
+    return out.astype(np.complex64)

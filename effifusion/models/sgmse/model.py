@@ -1,0 +1,253 @@
+"""SGMSE+ (Richter et al. 2023) and the joint generative/predictive model (Shi et al., ICASSP 2024).
+
+``sgmse``: NCSN++ as a score model of the OUVE SDE on SGMSE+'s compressed complex spectrogram
+(sp-uhh/sgmse @ ae690e8, MIT; ../shared/PEERS.md §3a): input Re/Im of (x_t, y), the 4-channel output
+divided by t, a 1×1 conv to Re/Im, score = −output. 65,590,694 parameters at nf 128,
+ch_mult (1,1,2,2,2,2,2), 2 blocks per level, attention at 16 bins (SGMSE+: 65.6 M).
+
+``gp_sgmse``: the same encoder shared by the score decoder and a second, predictive decoder (same
+up-path, no 1/t, its own 1×1 output conv) that maps the noisy spectrogram to a clean estimate x̂:
+106,782,668 parameters (the paper: 106 M). [INF: the paper's text is not public; the predictive pass
+feeds the encoder (x = y, y, t = 1), like StoRM's predictive network that sees y alone, so x̂ is a
+deterministic function of y that the sampler's first and final fusions can use.]
+
+Both enhance through diffusion/enhance.py (numpy STFT, sampler and noise), with this module's networks
+as callables; ONNX export covers the networks (``export_networks``), the runtime runs the same sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from effifusion.core.errors import ConfigError
+from effifusion.diffusion import spectrum
+from effifusion.diffusion.enhance import enhance_normalised
+from effifusion.diffusion.sampler import SamplerSettings
+from effifusion.diffusion.sde import OuveSde
+from effifusion.dsp.stft import StftFrontEnd
+from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.cost import traced_macs
+from effifusion.models.sgmse.layers import conv
+from effifusion.models.sgmse.ncsnpp import Decoder, Encoder
+
+ARCH_KEYS = ("spec_scale", "nf", "ch_mult", "res_blocks", "attn_resolutions", "fourier_scale", "sde", "sampler")
+CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
+
+
+def sgmse_config() -> dict[str, Any]:
+    """SGMSE+'s published configuration (sp-uhh/sgmse defaults): 65,590,694 parameters."""
+    return {"arch": "sgmse", "n_fft": 510, "hop_length": 128, "win_length": 510, "compress_factor": 0.5,
+            "spec_scale": 0.15, "nf": 128, "ch_mult": [1, 1, 2, 2, 2, 2, 2], "res_blocks": 2,
+            "attn_resolutions": [16], "fourier_scale": 16.0, "sde": OuveSde().config(),
+            "sampler": SamplerSettings(mode="generative", first_fusion=False, final_fusion=False).config()}
+
+
+def gp_sgmse_config() -> dict[str, Any]:
+    """The joint model at the paper's size (106 M) with both fusions on [INF: start step and weight]."""
+    return {**sgmse_config(), "arch": "gp_sgmse",
+            "sampler": SamplerSettings(mode="joint", first_fusion=True, start_step=15, final_fusion=True,
+                                       fusion_weight=0.5).config()}
+
+
+class Sgmse(EnhancementModel):
+    """NCSN++ score model; ``score(x, y, t)`` on [B, 2, F, T] Re/Im channels."""
+
+    arch = "sgmse"
+    has_predictive = False
+
+    def __init__(self, config: dict[str, Any], sample_rate: int):
+        super().__init__()
+        self._config = check_config(config, self.arch)
+        c = self._config
+        self.sample_rate = sample_rate
+        self.frontend = StftFrontEnd(c["n_fft"], c["hop_length"], c["win_length"], c["compress_factor"],
+                                     normalisation="max")
+        self.n_bins = self.frontend.n_bins
+        self.spec_scale = float(c["spec_scale"])
+        self.sde = OuveSde.from_config(c["sde"])
+        self.sampler = SamplerSettings(**c["sampler"])
+        self.time_multiple = 2 ** (len(c["ch_mult"]) - 1)
+        shape = (c["nf"], list(c["ch_mult"]), c["res_blocks"], list(c["attn_resolutions"]))
+        self.encoder = Encoder(*shape, self.n_bins, float(c["fourier_scale"]))
+        self.score_decoder = Decoder(self.encoder, *shape, self.n_bins)
+        self.score_out = conv(4, 2, 1)
+        if self.has_predictive:
+            self.predictive_decoder = Decoder(self.encoder, *shape, self.n_bins)
+            self.predictive_out = conv(4, 2, 1)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return check_config(config, cls.arch)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "Sgmse":
+        return cls(config, sample_rate)
+
+    def config(self) -> dict[str, Any]:
+        c = self._config
+        return {**c, "ch_mult": list(c["ch_mult"]), "attn_resolutions": list(c["attn_resolutions"]),
+                "sde": dict(c["sde"]), "sampler": self.sampler.config()}
+
+    def with_sampler(self, **overrides: Any) -> "Sgmse":
+        """Change sampler settings in place (inference only: the weights do not depend on them)."""
+        settings = SamplerSettings(**{**self.sampler.config(), **overrides})
+        problem = settings.problem(self.has_predictive)
+        if problem:
+            raise ConfigError(f"sampler.{problem}")
+        self.sampler = settings
+        return self
+
+    # -- the networks -----------------------------------------------------------------------------
+
+    def score(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score of the perturbed spectrogram: −out(decoder(encoder([x, y], t)) / t), [B, 2, F, T]."""
+        h, hs, temb = self.encoder(torch.cat([x, y], dim=1), t)
+        pyramid = self.score_decoder(h, hs, temb) / t[:, None, None, None]
+        return -self.score_out(pyramid)
+
+    def predict(self, y: torch.Tensor) -> torch.Tensor:
+        """The predictive decoder's clean estimate x̂ from y alone (encoder input (y, y), t = 1)."""
+        if not self.has_predictive:
+            raise ValueError(f"{self.arch} has no predictive decoder")
+        t = torch.ones(y.shape[0], device=y.device, dtype=y.dtype)
+        h, hs, temb = self.encoder(torch.cat([y, y], dim=1), t)
+        return self.predictive_out(self.predictive_decoder(h, hs, temb))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, predictive: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(score, x̂ or None): the training step's one call (one call keeps DDP's gradient hooks in step)."""
+        return self.score(x, y, t), (self.predict(y) if predictive else None)
+
+    # -- spectra (training) -----------------------------------------------------------------------
+
+    def spectrogram(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, N] -> compressed complex spectrogram as [B, 2, F, T] (the numpy twin: diffusion/spectrum.py)."""
+        f = self.frontend
+        window = torch.hann_window(f.win_length, device=wav.device, dtype=wav.dtype)
+        spec = torch.stft(wav, f.n_fft, hop_length=f.hop_length, win_length=f.win_length, window=window,
+                          center=True, pad_mode="reflect", return_complex=True)
+        mag = spec.abs()
+        spec = self.spec_scale * spec * torch.where(mag > 0, mag, torch.ones_like(mag)) ** (f.compress_factor - 1)
+        return torch.stack([spec.real, spec.imag], dim=1)
+
+    def pad_frames(self, spec: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(spec, (0, (-spec.shape[-1]) % self.time_multiple))
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        device, dtype = x.device, x.dtype
+
+        def run(fn: Any, *arrays: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return fn(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)).float().cpu().numpy()
+
+        def score_fn(xc: np.ndarray, yc: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return spectrum.as_complex(run(self.score, spectrum.as_channels(xc), spectrum.as_channels(yc), t))
+
+        def predict_fn(yc: np.ndarray) -> np.ndarray:
+            return spectrum.as_complex(run(self.predict, spectrum.as_channels(yc)))
+
+        f = self.frontend
+        out = enhance_normalised(x.detach().float().cpu().numpy(), n_fft=f.n_fft, hop=f.hop_length,
+                                 alpha=f.compress_factor, beta=self.spec_scale, time_multiple=self.time_multiple,
+                                 score_fn=score_fn, predict_fn=predict_fn if self.has_predictive else None,
+                                 sde=self.sde, settings=self.sampler)
+        return torch.from_numpy(out).to(device=device, dtype=dtype)
+
+    def export_module(self) -> nn.Module:
+        return ScoreNetwork(self)
+
+    def export_networks(self) -> dict[str, nn.Module]:
+        """What ONNX export writes: the score network, and the predictive network for the joint model."""
+        nets: dict[str, nn.Module] = {"score": ScoreNetwork(self)}
+        if self.has_predictive:
+            nets["predictive"] = PredictiveNetwork(self)
+        return nets
+
+    def evaluations(self) -> int:
+        return self.sampler.evaluations()
+
+    def macs(self, n_frames: int) -> dict[str, int]:
+        """MACs of one score evaluation (and one predictive pass) on ``n_frames`` frames, batch 1; "total"
+        is one utterance's sampler cost (evaluations × per-evaluation MACs)."""
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        frames = n_frames + (-n_frames) % self.time_multiple
+        x = torch.zeros(1, 2, self.n_bins, frames)
+        t = torch.full((1,), 0.5)
+        with torch.no_grad():
+            per_score = traced_macs(ScoreNetwork(self), lambda: ScoreNetwork(self)(x, x, t))["total"]
+            out = {"score_evaluation": per_score}
+            per_pred = 0
+            if self.has_predictive:
+                per_pred = traced_macs(PredictiveNetwork(self), lambda: PredictiveNetwork(self)(x))["total"]
+                out["predictive_evaluation"] = per_pred
+        s = self.sampler
+        n_score = s.evaluations() - (s.mode != "generative")
+        out["evaluations"] = s.evaluations()
+        out["total"] = n_score * per_score + (s.mode != "generative") * per_pred
+        return out
+
+
+class GpSgmse(Sgmse):
+    arch = "gp_sgmse"
+    has_predictive = True
+
+
+class ScoreNetwork(nn.Module):
+    """Export wrapper: (x [B, 2, F, T], y [B, 2, F, T], t [B]) -> score [B, 2, F, T]."""
+
+    def __init__(self, model: Sgmse):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model.score(x, y, t)
+
+
+class PredictiveNetwork(nn.Module):
+    """Export wrapper: y [B, 2, F, T] -> x̂ [B, 2, F, T]."""
+
+    def __init__(self, model: Sgmse):
+        super().__init__()
+        self.model = model
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(y)
+
+
+def check_config(cfg: Any, arch: str) -> dict[str, Any]:
+    """A checked copy of the ``model`` section; ConfigError names the key."""
+    m = check_keys(cfg, CONFIG_KEYS)
+    StftFrontEnd.from_config(m)
+    require("model", "arch", m["arch"], m["arch"] == arch, f"{arch!r} for this class")
+    levels = m["ch_mult"]
+    require("model", "ch_mult", levels, isinstance(levels, list) and levels and all(is_int(v) and v >= 1 for v in levels),
+            "a non-empty list of positive integers")
+    bins = m["n_fft"] // 2 + 1
+    require("model", "n_fft", m["n_fft"], bins % 2 ** (len(levels) - 1) == 0,
+            f"n_fft // 2 + 1 = {bins} frequency bins must divide by 2^(levels - 1) = {2 ** (len(levels) - 1)}")
+    nf = m["nf"]
+    require("model", "nf", nf, is_int(nf) and nf >= 4 and nf % 4 == 0, "a multiple of 4 (GroupNorm groups)")
+    require("model", "res_blocks", m["res_blocks"], is_int(m["res_blocks"]) and m["res_blocks"] >= 1, "an integer >= 1")
+    attn = m["attn_resolutions"]
+    require("model", "attn_resolutions", attn, isinstance(attn, list) and all(is_int(v) and v >= 1 for v in attn),
+            "a list of frequency sizes (bins at a level) that get self-attention")
+    for key in ("spec_scale", "fourier_scale"):
+        require("model", key, m[key], is_number(m[key]) and m[key] > 0, "a positive number")
+    sde = check_keys(m["sde"], OuveSde.KEYS, "model.sde")
+    for key in OuveSde.KEYS:
+        require("model.sde", key, sde[key], is_number(sde[key]) and sde[key] > 0, "a positive number")
+    require("model.sde", "sigma_max", sde["sigma_max"], sde["sigma_max"] > sde["sigma_min"], "> sigma_min")
+    require("model.sde", "t_eps", sde["t_eps"], sde["t_eps"] < 1, "a number in (0, 1)")
+    sampler = SamplerSettings(**check_keys(m["sampler"], SamplerSettings.KEYS, "model.sampler"))
+    problem = sampler.problem(arch == "gp_sgmse")
+    if problem:
+        raise ConfigError(f"model.sampler.{problem}")
+    return m
