@@ -131,6 +131,11 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
                           f"use a model checkpoint .pt for {device}")
     session = onnx_session(path, threads)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("runtime") == "diffusion":  # the network alone: the sampler runs around it (diffusion/)
+        from effifusion.inference.diffusion_runtime import diffusion_run_batch
+
+        return Enhancer(diffusion_run_batch(path, session, meta, threads), int(meta["sample_rate"]), "onnxruntime",
+                        str(path), model_card(meta))
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or "sample_rate" not in meta:

@@ -292,6 +292,10 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
     model, _ = load_checkpoint(checkpoint)
     _check_sample_rate(checkpoint, model, audio_cfg)
     sample_rate = model.sample_rate
+    if hasattr(model, "export_networks"):  # a diffusion model: its networks, the sampler stays outside
+        from effifusion.inference.diffusion_export import export_diffusion
+
+        return export_diffusion(model, checkpoint, out_dir, name, opset, lengths_s, tolerance, start)
 
     model_proto = onnx_model(model, opset, source=checkpoint.name)
     names = [init.name for init in model_proto.graph.initializer]
