@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
     s.set_defaults(func=_pretrained)
 
-    s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI of enhanced vs clean files")
+    s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI, ESTOI, SI-SDR of enhanced vs "
+                                     "clean files")
     s.add_argument("--clean", required=True, help="folder of clean references")
     s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
     s.add_argument("--out", default=None, help="write per-file rows to this CSV (checked writable first)")

@@ -52,7 +52,8 @@ CONVENTIONS = ("matlab", "published")
 COMPOSITES = ("csig", "cbak", "covl")  # evaluation.metrics.COMPOSITES: the measures whose value depends on it
 # column suffix -> the MLflow name inside a set's section (evaluation.evaluate.mlflow_metrics)
 SET_METRICS = {"pesq": "pesq", **{f"{m}_matlab": m for m in COMPOSITES},
-               **{f"{m}_published": f"{m}_published" for m in COMPOSITES}, "stoi": "stoi", "ssnr": "ssnr"}
+               **{f"{m}_published": f"{m}_published" for m in COMPOSITES}, "stoi": "stoi", "ssnr": "ssnr",
+               "estoi": "estoi", "si_sdr": "si_sdr"}
 BENCH_KEYS = {"bench_rtf_onnx": "rtf", "bench_peak_rss_mib": "peak_rss_mib",  # column -> bench row key
               "bench_gmac_per_s": "gmac_per_s_audio"}
 ID_COLUMNS = ["arch", "preset", "corpus"]
@@ -63,8 +64,8 @@ BENCH_SECONDS = 2.0
 BENCH_THREADS = 1
 BENCH_FILE = "bench.json"  # in the compare run's artifacts, under compare/
 PREVIOUS_COMPARE_RUNS = 20  # earlier compare runs searched for bench results of the same run
-DIGITS = {"pesq": 3, "csig": 3, "cbak": 3, "covl": 3, "stoi": 3, "ssnr": 2, "val_pesq": 3, "rtf": 3,
-          "gmac": 2, "mib": 0}
+DIGITS = {"pesq": 3, "csig": 3, "cbak": 3, "covl": 3, "stoi": 3, "estoi": 3, "ssnr": 2, "si_sdr": 2,
+          "val_pesq": 3, "rtf": 3, "gmac": 2, "mib": 0}
 
 
 def columns() -> list[str]:
@@ -239,16 +240,24 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
     return figures.save_figure(fig, path)
 
 
+def metric_label(col: str) -> str:
+    """A set metric column's name for a plot, convention dropped: csig_matlab -> CSIG, si_sdr -> SI-SDR."""
+    for convention in CONVENTIONS:
+        col = col.removesuffix(f"_{convention}")
+    return col.upper().replace("_", "-")
+
+
 def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: per set, PESQ and the composites (both conventions), STOI and SSNR per architecture."""
+    """Grouped bars: per set, PESQ and the composites (both conventions), STOI and ESTOI, SSNR and SI-SDR
+    per architecture."""
     import numpy as np
 
     plt = figures.pyplot()
     panels = [("PESQ, CSIG, CBAK, COVL (MATLAB convention)", ["pesq", *[f"{m}_matlab" for m in COMPOSITES]]),
               ("CSIG, CBAK, COVL (published convention)", [f"{m}_published" for m in COMPOSITES]),
-              ("STOI", ["stoi"]), ("SSNR (dB)", ["ssnr"])]
+              ("STOI, ESTOI", ["stoi", "estoi"]), ("SSNR, SI-SDR (dB)", ["ssnr", "si_sdr"])]
     fig, axes = plt.subplots(len(SETS), len(panels), figsize=(4.2 * len(panels), 3.4 * len(SETS)),
-                             gridspec_kw={"width_ratios": [4, 3, 1.4, 1.4]}, squeeze=False)
+                             gridspec_kw={"width_ratios": [4, 3, 2, 2]}, squeeze=False)
     width = 0.8 / max(len(rows), 1)
     for row_axes, s in zip(axes, SETS):
         for ax, (title, keys) in zip(row_axes, panels):
@@ -258,7 +267,7 @@ def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
                 ax.bar(x + (j - (len(rows) - 1) / 2) * width, [np.nan if y is None else y for y in ys], width,
                        label=_label(r, rows), color=f"C{j % 10}")
             ax.set_xticks(x)
-            ax.set_xticklabels([k.split("_")[0].upper() for k in keys])
+            ax.set_xticklabels([metric_label(k) for k in keys])
             ax.set_title(f"{s}: {title}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -397,7 +406,8 @@ def caption(rows: list[dict[str, Any]], experiment: str) -> list[str]:
            else "."),
         "", "Quality: means over each set of the PyTorch model's output, scored by the evaluate stage"
         + (f" ({'; '.join(sorted({r['protocol'] for r in rows if r['protocol']}))})"
-           if any(r["protocol"] for r in rows) else "") + ". PESQ is wide-band; STOI in [0, 1]; SSNR in dB. "
+           if any(r["protocol"] for r in rows) else "") + ". PESQ is wide-band; STOI and ESTOI in [0, 1]; "
+        "SSNR and SI-SDR in dB. "
         "CSIG, CBAK, COVL appear in both conventions, named in the columns: `*_matlab` = Loizou's MATLAB "
         "compute_metrics (MLflow `test/csig`, the project's default), `*_published` = the CMGAN/MP-SENet "
         "Python port on float samples (MLflow `test/csig_published`; about 0.08-0.09 higher, the convention "

@@ -8,6 +8,9 @@ with the noisy input. The metrics JSON holds the means a paper's results table r
 over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-time factors; the
 report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
 
+The metrics are effifusion.evaluation.metrics.METRICS: wide-band PESQ, CSIG, CBAK, COVL, SSNR, STOI,
+and the ESTOI and SI-SDR (dB) that diffusion-model papers report next to PESQ.
+
 Each utterance is enhanced whole, with one RMS normalisation, as MP-SENet's inference script and
 the papers' tables do (PROTOCOL; recorded in the metrics and the summary). Validation during
 training does the same, so validation and test scores are computed alike. Attention runs in memory
@@ -49,7 +52,10 @@ ENHANCED_SYSTEMS = ("pytorch", "onnx")
 PUBLISHED = "published"
 PUBLISHED_METRICS = tuple(f"{m}_{PUBLISHED}" for m in COMPOSITES)  # csig_published, ...
 ALL_METRICS = (*METRICS, *PUBLISHED_METRICS)
-METRIC_LABELS = {m: m.upper() for m in METRICS}
+METRIC_LABELS = {m: m.upper().replace("_", "-") for m in METRICS}  # PESQ, ..., ESTOI, SI-SDR
+DB_METRICS = ("ssnr", "si_sdr")  # in dB; the others are scores (PESQ/composites on a MOS scale, (E)STOI 0-1)
+THREE_DECIMALS = ("stoi", "estoi")  # in [0, 1]: shown with 3 decimals, the others with 2
+SNR_PLOT_METRICS = ("pesq", "stoi", "estoi", "si_sdr")  # one <set>_<metric>_by_snr.png each
 PUBLISHED_LABELS = {f"{m}_{PUBLISHED}": m.upper() for m in COMPOSITES}
 CONVENTIONS_NOTE = {  # evaluate.json's "conventions": which numbers follow which composite convention
     "csig/cbak/covl": CONVENTION_NOTES["matlab"],
@@ -59,6 +65,8 @@ MATLAB_CAPTION = ("CSIG, CBAK, COVL: MATLAB convention (Loizou's compute_metrics
                   "gives on int16-scale samples).")
 PUBLISHED_CAPTION = ("CSIG, CBAK, COVL: published convention (the CMGAN/MP-SENet Python port on float "
                      "samples, as their evaluation scripts call it; compare these with papers' tables).")
+UNITS_NOTE = ("PESQ is wide-band (up to 4.64); CSIG, CBAK, COVL on a 1-5 scale; STOI and ESTOI in [0, 1]; "
+              "SSNR and SI-SDR in dB (SI-SDR scale-invariant, Le Roux et al. 2019).")
 SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
@@ -365,7 +373,7 @@ def write_reports(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     files.write_text(out_dir / "summary.md", summary_markdown({k: v for k, v in metrics.items()
                                                               if k not in TIMING_KEYS}))
     for set_name in SETS:
-        for metric in ("pesq", "stoi"):
+        for metric in SNR_PLOT_METRICS:
             if any(r["set"] == set_name and r["noise"] != "all" for r in table):
                 snr_plot(table, set_name, metric, out_dir / f"{set_name}_{metric}_by_snr.png")
     by_key = {(r["set"], r["system"], r["utt"]): r for r in rows}
@@ -399,12 +407,16 @@ def pick_spectrogram_items(items: list[dict[str, Any]], count: int) -> list[dict
 
 
 def _fmt(value: float, metric: str) -> str:
-    return f"{value:.3f}" if metric == "stoi" else f"{value:.2f}"
+    return f"{value:.3f}" if metric in THREE_DECIMALS else f"{value:.2f}"
+
+
+def _fmt_gain(value: float, metric: str) -> str:
+    return f"{value:+.3f}" if metric in THREE_DECIMALS else f"{value:+.2f}"
 
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
-    """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI per set (MATLAB
-    convention), then, when present, the composites in the published convention."""
+    """The headline table: noisy / PyTorch / ONNX rows × PESQ CSIG CBAK COVL SSNR STOI ESTOI SI-SDR per
+    set (MATLAB convention), then, when present, the composites in the published convention."""
     lines = ["# Evaluation", ""]
     if "protocol" in metrics:
         lines += [f"Inference protocol: {metrics['protocol']}.", ""]
@@ -413,6 +425,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         lines += [f"Generator `{model['checkpoint']}`: {model['params_total'] / 1e6:.3f} M parameters "
                   f"({model['params_nonzero'] / 1e6:.3f} M non-zero), {model['gmac_per_second']:.2f} "
                   f"GMAC per second of audio; ONNX `{model['onnx']}` ({model['onnx_mb']:.2f} MB).", ""]
+    lines += [UNITS_NOTE, ""]
     columns = ["system", *(METRIC_LABELS[m] for m in METRICS)]
     for set_name in SETS:
         if set_name not in metrics:
@@ -422,14 +435,14 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         table = [{"system": SYSTEM_LABELS[s], **{METRIC_LABELS[m]: _fmt(res[s][m], m) for m in METRICS}}
                  for s in SYSTEMS]
         table.append({"system": "gain (PyTorch − noisy)",
-                      **{METRIC_LABELS[m]: f"{res['improvement'][m]:+.2f}" for m in METRICS}})
+                      **{METRIC_LABELS[m]: _fmt_gain(res["improvement"][m], m) for m in METRICS}})
         lines += [files.markdown_table(table, columns).rstrip(), ""]
         if all(m in res["noisy"] for m in PUBLISHED_METRICS):
             labels = PUBLISHED_LABELS
             published = [{"system": SYSTEM_LABELS[s], **{labels[m]: _fmt(res[s][m], m) for m in labels}}
                          for s in SYSTEMS]
             published.append({"system": "gain (PyTorch − noisy)",
-                              **{labels[m]: f"{res['improvement'][m]:+.2f}" for m in labels}})
+                              **{labels[m]: _fmt_gain(res["improvement"][m], m) for m in labels}})
             table_md = files.markdown_table(published, ["system", *labels.values()]).rstrip()
             lines += [PUBLISHED_CAPTION, "", table_md, ""]
         d = res["onnx_minus_pytorch"]
@@ -451,7 +464,7 @@ def condition_markdown(table: list[dict[str, Any]]) -> str:
     lines = ["# Results by condition", "",
              "Each cell: mean over the condition's files, noisy input → PyTorch model output "
              "(ONNX means, and the composites in the published convention as "
-             "`<system>_csig_published`, ..., are in by_condition.csv).", ""]
+             "`<system>_csig_published`, ..., are in by_condition.csv).", "", UNITS_NOTE, ""]
     for set_name in SETS:
         rows = [r for r in table if r["set"] == set_name]
         if not rows:
@@ -484,7 +497,8 @@ def snr_plot(table: list[dict[str, Any]], set_name: str, metric: str, path: Path
     ax.plot([], [], "k-", label="enhanced (solid)")
     ax.plot([], [], "k--", label="noisy (dashed)")
     ax.set_xlabel("SNR (dB)")
-    ax.set_ylabel(METRIC_LABELS[metric] + (" (wide-band)" if metric == "pesq" else ""))
+    unit = " (wide-band)" if metric == "pesq" else " (dB)" if metric in DB_METRICS else ""
+    ax.set_ylabel(METRIC_LABELS[metric] + unit)
     ax.set_title(f"{SET_TITLES[set_name]}: {METRIC_LABELS[metric]} by SNR")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -1,4 +1,4 @@
-"""Speech-enhancement metrics: wide-band PESQ, Loizou's composite CSIG/CBAK/COVL, SSNR and STOI.
+"""Speech-enhancement metrics: wide-band PESQ, Loizou's CSIG/CBAK/COVL, SSNR, STOI, ESTOI and SI-SDR.
 
 Every VoiceBank+DEMAND paper reports these through Loizou's `composite.m` (in its common Python
 port, "compute_metrics"), so the composite measures here follow that algorithm detail for detail
@@ -17,6 +17,11 @@ CSIG, CBAK and COVL come in two conventions (``convention=``), from the same fra
 That WSS floor is the only place the sample scale enters (LLR is a ratio of quadratic forms in
 the same frame, SSNR a ratio of energies; PESQ and STOI are unaffected), so the two conventions
 differ only in ``_WSS_POWER_SCALE``. Signals are float samples in [-1, 1] in both.
+
+ESTOI (extended STOI, Jensen & Taal 2016) and SI-SDR (scale-invariant SDR, Le Roux et al. 2019) are
+what diffusion-model papers report next to PESQ; like PESQ, SSNR and STOI they have one convention.
+ESTOI is pystoi's extended mode after the same MATLAB-style resampling to 10 kHz as STOI; SI-SDR is
+the formula of the paper (``si_sdr``), capped at +-SI_SDR_MAX_DB so a perfect match stays finite.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from effifusion.core.parallel import single_thread_worker
 from effifusion.evaluation.pesq import PESQ_SAMPLE_RATE, pesq_wb
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError, say
 
-METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
+METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr")
 COMPOSITES = ("csig", "cbak", "covl")  # the measures whose value depends on the convention
 CONVENTIONS = ("matlab", "published")
 DEFAULT_CONVENTION = "matlab"
@@ -53,6 +58,8 @@ MIN_DURATION_S = 0.25          # PESQ needs at least a quarter second of speech
 MAX_TRIM_SAMPLES = 1600        # length mismatch trimmed silently up to this (0.1 s at 16 kHz) ...
 MAX_TRIM_FRACTION = 0.01       # ... or up to 1 % of the longer signal
 STOI_SAMPLE_RATE = 10_000
+ESTOI_DITHER_SEED = 0          # pystoi's ESTOI dithers with numpy's global generator: seeded, then restored
+SI_SDR_MAX_DB = 100.0          # |SI-SDR| capped here: a perfect match is +100 dB, not inf (see si_sdr)
 
 # composite.m constants
 FRAME_MS = 30                  # 30 ms frames, hop a quarter frame
@@ -229,7 +236,8 @@ def _check_extra(convention: str, extra_conventions: tuple[str, ...] | list[str]
 def convention_key(metric: str, convention: str) -> str:
     """Name of ``metric`` in ``convention`` where results of both sit side by side: ``csig_published``.
 
-    The MATLAB convention keeps the plain names, and so do PESQ, SSNR and STOI, which have only one.
+    The MATLAB convention keeps the plain names, and so do PESQ, SSNR, STOI, ESTOI and SI-SDR, which
+    have only one.
     """
     return metric if convention == "matlab" or metric not in COMPOSITES else f"{metric}_{convention}"
 
@@ -312,22 +320,79 @@ def _matlab_resample_filter(up: int, down: int) -> np.ndarray:
     return h / np.sum(h)  # resample_poly multiplies by ``up`` again
 
 
-def stoi_score(clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE) -> float:
-    """STOI (Taal et al. 2011) via pystoi, after resampling to 10 kHz the way the MATLAB reference does."""
+def _resample_for_stoi(clean: np.ndarray, enhanced: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals at 10 kHz, resampled the way the MATLAB reference stoi.m does (resample())."""
+    if sr == STOI_SAMPLE_RATE:
+        return clean, enhanced
+    g = math.gcd(STOI_SAMPLE_RATE, sr)
+    up, down = STOI_SAMPLE_RATE // g, sr // g
+    h = _matlab_resample_filter(up, down)
+    return resample_poly(clean, up, down, window=h), resample_poly(enhanced, up, down, window=h)
+
+
+def _stoi_at_10k(clean: np.ndarray, enhanced: np.ndarray, extended: bool) -> float:
+    """pystoi on 10 kHz signals; AudioError where pystoi would warn and return 1e-5.
+
+    pystoi's ESTOI adds eps * randn dither from numpy's global generator (row_col_normalize): it runs
+    here from a fixed seed (ESTOI_DITHER_SEED), so a pair always gets the same value to the last bit,
+    and the caller's global random state is put back afterwards, as if it had not been used.
+    """
     from pystoi import stoi
 
-    if sr != STOI_SAMPLE_RATE:
-        g = math.gcd(STOI_SAMPLE_RATE, sr)
-        up, down = STOI_SAMPLE_RATE // g, sr // g
-        h = _matlab_resample_filter(up, down)
-        clean, enhanced = (resample_poly(x, up, down, window=h) for x in (clean, enhanced))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = float(stoi(clean, enhanced, STOI_SAMPLE_RATE, extended=False))
+    state = np.random.get_state() if extended else None
+    try:
+        if extended:
+            np.random.seed(ESTOI_DITHER_SEED)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = float(stoi(clean, enhanced, STOI_SAMPLE_RATE, extended=extended))
+    finally:
+        if state is not None:
+            np.random.set_state(state)
     if any("Not enough STFT frames" in str(w.message) for w in caught):  # pystoi then returns 1e-5
-        raise AudioError("too little active speech for STOI: it needs 30 frames (about 0.4 s) within 40 dB "
-                         "of the clean signal's loudest frame")
+        name = "ESTOI" if extended else "STOI"
+        raise AudioError(f"too little active speech for {name}: it needs 30 frames (about 0.4 s) within "
+                         "40 dB of the clean signal's loudest frame")
     return value
+
+
+def stoi_score(
+    clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE, extended: bool = False
+) -> float:
+    """STOI (Taal et al. 2011), or with ``extended`` ESTOI (Jensen & Taal 2016), via pystoi after
+    resampling to 10 kHz the way the MATLAB reference does."""
+    return _stoi_at_10k(*_resample_for_stoi(clean, enhanced, sr), extended=extended)
+
+
+# ---------------------------------------------------------------------------------------------
+# SI-SDR
+
+
+def si_sdr(
+    clean: np.ndarray, enhanced: np.ndarray, names: tuple[str, str] = ("clean", "enhanced")
+) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019) of ``enhanced`` against ``clean`` (equal lengths).
+
+    Both signals are made zero-mean; the target is the projection of the enhanced signal on the clean
+    one, alpha * clean with alpha = <e, c> / <c, c>, the noise the rest, and SI-SDR = 10 log10(|target|^2 /
+    |noise|^2). The ratio is limited to 10^(+-SI_SDR_MAX_DB / 10), a floor relative to the signals' own
+    energy (so the value stays scale-invariant): a perfect match (noise 0, e.g. ``enhanced = 2 * clean``)
+    gives +100 dB and an output orthogonal to the reference -100 dB, finite values a mean can use.
+    A constant signal (nothing left after removing the mean) raises AudioError naming it by ``names``.
+    """
+    c = np.asarray(clean, dtype=np.float64)
+    e = np.asarray(enhanced, dtype=np.float64)
+    for x, name in zip((c, e), names):
+        if x.size and np.ptp(x) == 0:
+            raise AudioError(f"{name}: is constant (nothing left after removing its mean); "
+                             "SI-SDR is undefined")
+    c, e = c - np.mean(c), e - np.mean(e)
+    alpha = np.dot(e, c) / np.dot(c, c)
+    target = alpha * c
+    noise = e - target
+    t, n = float(np.dot(target, target)), float(np.dot(noise, noise))
+    floor = 10.0 ** (-SI_SDR_MAX_DB / 10.0)
+    return float(10.0 * np.log10(max(t, floor * n) / max(n, floor * t)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,11 +430,12 @@ def score_pair(
     convention: str = DEFAULT_CONVENTION,
     extra_conventions: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """PESQ (wide-band), CSIG, CBAK, COVL, SSNR and STOI of ``enhanced`` against ``clean``.
+    """PESQ (wide-band), CSIG, CBAK, COVL, SSNR, STOI, ESTOI and SI-SDR of ``enhanced`` against ``clean``.
 
     Both must be finite 1-D signals at 16 kHz. Lengths that differ by at most 1600 samples or 1 %
-    (codec and resampler padding) are trimmed to the shorter; larger differences, a silent signal
-    or less than 0.25 s raise AudioError, whose message calls the two signals by ``names``.
+    (codec and resampler padding) are trimmed to the shorter; larger differences, a silent or constant
+    signal or less than 0.25 s raise AudioError, whose message calls the two signals by ``names``.
+    SI-SDR is in dB, limited to +-SI_SDR_MAX_DB (a perfect match: +100 dB, see si_sdr).
 
     CSIG, CBAK and COVL are in ``convention`` ("matlab" or "published"); each of
     ``extra_conventions`` adds them as ``csig_<convention>``, ... from the same frames.
@@ -385,13 +451,16 @@ def score_pair(
     for x, name in ((c, names[0]), (e, names[1])):
         if float(np.max(np.abs(x))) < SILENCE_PEAK:
             raise AudioError(f"{name}: is silent (peak below {SILENCE_PEAK:g}); PESQ is undefined")
+    sdr = si_sdr(c, e, names)  # first: it names a constant (DC-only) signal, which passes the peak check
     try:
         pesq = pesq_wb(c, e, sr)
-        stoi = stoi_score(c, e, sr)
+        c10, e10 = _resample_for_stoi(c, e, sr)  # once, for STOI and ESTOI
+        stoi = _stoi_at_10k(c10, e10, extended=False)
+        estoi = _stoi_at_10k(c10, e10, extended=True)
     except AudioError as exc:
         raise AudioError(f"{names[1]} vs {names[0]}: {exc}") from None
     measures = composite_conventions(c, e, pesq, sr, (convention, *extra))
-    scores = {"pesq": pesq, **measures[convention], "stoi": stoi}
+    scores = {"pesq": pesq, **measures[convention], "stoi": stoi, "estoi": estoi, "si_sdr": sdr}
     out = {k: scores[k] for k in METRICS}
     for other in extra:
         out.update({f"{m}_{other}": measures[other][m] for m in COMPOSITES})
@@ -437,7 +506,7 @@ def score_files(
 ) -> list[dict]:
     """Score (utt, clean WAV, enhanced WAV) triples in worker processes; rows in input order.
 
-    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi"}, the composites in
+    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr"}, the composites in
     ``convention``, plus "csig_<c>", "cbak_<c>", "covl_<c>" for each of ``extra_conventions``
     (see score_pair); a file that cannot be scored gets NaN metrics and an "error" message. Unless
     ``allow_errors``, AudioError lists those files after all others are done. Workers are spawned

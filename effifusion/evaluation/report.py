@@ -27,7 +27,8 @@ from effifusion.tracking.names import EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_
 from effifusion.core.config import read_params, repo_root
 from effifusion.core.errors import DataError
 
-QUALITY = ("pesq", "csig", "cbak", "covl", "stoi")
+QUALITY = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr")  # MLflow <set>/<metric> names
+QUALITY_TITLES = {"si_sdr": "SI-SDR (dB)"}  # the others: the name in capitals
 SETS = ("test", "unseen")
 REGISTERED_MODEL = "effifusion-gan"
 SELECT_BY = "val_pesq"  # the row column selection reads: MLflow's val/pesq, never a test metric
@@ -111,7 +112,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             ys = [r[f"{s}_{q}"] for r in rows]
             if any(y is not None for y in ys):
                 ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=s)
-        ax.set_title(q.upper())
+        ax.set_title(QUALITY_TITLES.get(q, q.upper()))
         ax.set_xlabel("conv weights pruned (%)")
         ax.grid(alpha=0.3)
     axes[0].legend()

@@ -147,7 +147,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def test_outputs_exist(evaluated) -> None:
     out = evaluated["root"] / "reports" / "evaluate"
-    plots = [f"{s}_{m}_by_snr.png" for s in ("test", "unseen") for m in ("pesq", "stoi")]
+    plots = [f"{s}_{m}_by_snr.png" for s in ("test", "unseen") for m in ("pesq", "stoi", "estoi", "si_sdr")]
     for name in ("per_utterance.csv", "by_condition.csv", "by_condition.md", "summary.md", *plots):
         assert (out / name).is_file(), name
     spectrograms = sorted(out.glob("spectrogram_*.png"))
@@ -174,6 +174,7 @@ def test_metrics_json_structure(evaluated) -> None:
         for m in METRICS:
             assert res["improvement"][m] == pytest.approx(res["pytorch"][m] - res["noisy"][m])
         assert 1.0 <= res["pytorch"]["pesq"] <= 4.65 and 0.0 <= res["pytorch"]["stoi"] <= 1.0
+        assert 0.0 <= res["pytorch"]["estoi"] <= 1.0 and abs(res["pytorch"]["si_sdr"]) < 100.0
         for m in ("csig", "cbak", "covl"):  # the port's 1e-10 floor on float input only ever adds
             assert res["noisy"][f"{m}_published"] >= res["noisy"][m]
     assert metrics["conventions"] == {"csig/cbak/covl": "matlab (Loizou compute_metrics, int16 scale)",
@@ -208,7 +209,7 @@ def test_onnx_matches_pytorch(evaluated) -> None:
         diff = evaluated["metrics"][set_name]["onnx_minus_pytorch"]
         assert diff["pesq_max_abs"] < 0.01
         assert abs(diff["pesq"]) <= diff["pesq_max_abs"]
-        assert abs(diff["stoi"]) < 1e-3
+        assert abs(diff["stoi"]) < 1e-3 and abs(diff["estoi"]) < 1e-3
     root = evaluated["root"] / "data" / "enhanced"
     a, _ = sf.read(str(root / "pytorch/unseen/p232_170_NPARK_0.0.wav"))
     b, _ = sf.read(str(root / "onnx/unseen/p232_170_NPARK_0.0.wav"))
@@ -236,6 +237,10 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert int(overall["n"]) == 4
     expected = evaluated["metrics"]["test"]["pytorch"]["stoi"]
     assert float(overall["pytorch_stoi"]) == pytest.approx(expected, abs=1e-5)
+    for m in ("estoi", "si_sdr"):
+        expected = evaluated["metrics"]["test"]["pytorch"][m]
+        assert float(overall[f"pytorch_{m}"]) == pytest.approx(expected, abs=1e-5)
+        assert m in rows[0]
     md = (out / "by_condition.md").read_text()
     assert "NPARK" in md and "→" in md
     assert md.count(ev.MATLAB_CAPTION) == 2  # every table names its composite convention
@@ -248,6 +253,11 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert summary.count("\n| system |") == 4  # two tables per set, each right after its caption
     published = f"{evaluated['metrics']['test']['pytorch']['csig_published']:.2f}"
     assert published in summary.split(ev.PUBLISHED_CAPTION)[1]
+    header = next(line for line in summary.splitlines() if line.startswith("| system |"))
+    assert header == "| system | PESQ | CSIG | CBAK | COVL | SSNR | STOI | ESTOI | SI-SDR |"
+    assert f"{evaluated['metrics']['test']['noisy']['si_sdr']:.2f} |" in summary  # dB, 2 decimals
+    assert f"| {evaluated['metrics']['test']['noisy']['estoi']:.3f} |" in summary
+    assert ev.UNITS_NOTE in summary and "SI-SDR" in md
 
 
 def test_plots_are_pngs(evaluated) -> None:
@@ -271,6 +281,8 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     assert logged["test/pesq"] == pytest.approx(m["test"]["pytorch"]["pesq"])
     assert logged["test/noisy_pesq"] == pytest.approx(m["test"]["noisy"]["pesq"])
     assert logged["unseen/onnx_stoi"] == pytest.approx(m["unseen"]["onnx"]["stoi"])
+    assert logged["test/estoi"] == pytest.approx(m["test"]["pytorch"]["estoi"])
+    assert logged["unseen/improvement_si_sdr"] == pytest.approx(m["unseen"]["improvement"]["si_sdr"])
     assert logged["unseen/improvement_pesq"] == pytest.approx(m["unseen"]["improvement"]["pesq"])
     assert logged["test/onnx_minus_torch_pesq"] == pytest.approx(m["test"]["onnx_minus_pytorch"]["pesq"])
     assert logged["rtf/torch"] == pytest.approx(m["rtf"]["pytorch"])

@@ -19,7 +19,7 @@ from effifusion.cli import main
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from helpers import fixtures_or_skip
 
-TSV_COLUMNS = {
+TSV_COLUMNS = {  # the fixtures have no ESTOI or SI-SDR: those are checked against pystoi and the formula
     "PESQ_wb": "pesq", "CSIG": "csig", "CBAK": "cbak", "COVL": "covl", "SSNR": "ssnr", "STOI": "stoi",
 }
 TOLERANCE = {"pesq": 1e-3, "csig": 1e-3, "cbak": 1e-3, "covl": 1e-3, "ssnr": 1e-3, "stoi": 5e-3}
@@ -88,6 +88,8 @@ def test_identical_signals_get_top_scores(voicebank):
     assert scores["ssnr"] == 35.0
     assert scores["csig"] == scores["cbak"] == scores["covl"] == 5.0
     assert scores["stoi"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["estoi"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["si_sdr"] == metrics.SI_SDR_MAX_DB  # a perfect match: the cap, not inf
 
 
 def test_small_length_mismatch_is_trimmed(voicebank):
@@ -129,6 +131,112 @@ def test_no_speech_for_stoi_is_an_error_not_a_number(speech):
         metrics.score_pair(speech[8000:12800], speech[8000:12800])
 
 
+def _pystoi_at_10k(clean, enhanced, extended):
+    """pystoi called directly on the pair, after the same MATLAB-style resampling to 10 kHz."""
+    from pystoi import stoi
+    from scipy.signal import resample_poly
+
+    h = metrics._matlab_resample_filter(5, 8)
+    c, e = (resample_poly(x, 5, 8, window=h) for x in (clean, enhanced))
+    return stoi(c, e, metrics.STOI_SAMPLE_RATE, extended=extended)
+
+
+@pytest.mark.parametrize("folder", ["noisy", "enhanced_cmgan"])
+def test_estoi_is_pystoi_extended_mode(scored, voicebank, folder):
+    """ESTOI on real pairs = pystoi's extended mode on the same 10 kHz signals, and close to pystoi's own
+    resampling from 16 kHz (Octave's filter instead of MATLAB's moves short files by < 0.01)."""
+    from pystoi import stoi
+
+    for utt in SHORT_UTTS:
+        clean, enhanced = _read(voicebank / "clean" / f"{utt}.wav"), _read(voicebank / folder / f"{utt}.wav")
+        row = scored[(folder, utt)]
+        assert row["estoi"] == pytest.approx(_pystoi_at_10k(clean, enhanced, extended=True), abs=1e-12)
+        assert row["stoi"] == pytest.approx(_pystoi_at_10k(clean, enhanced, extended=False), abs=1e-12)
+        assert row["estoi"] == pytest.approx(stoi(clean, enhanced, 16000, extended=True), abs=0.01)
+        assert metrics.stoi_score(clean, enhanced, extended=True) == pytest.approx(row["estoi"], abs=1e-12)
+        assert metrics.stoi_score(clean, enhanced) == pytest.approx(row["stoi"], abs=1e-12)
+
+
+def test_estoi_on_a_constructed_pair():
+    """Synthetic speech plus white noise: ESTOI falls with the SNR and matches pystoi directly."""
+    from helpers import synthetic_speech
+
+    clean = synthetic_speech(2.0, seed=3).astype(np.float64)
+    noise = np.random.default_rng(3).standard_normal(clean.size)
+    values = []
+    for snr_db in (20.0, 0.0):
+        enhanced = clean + noise * np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** (snr_db / 10))
+        value = metrics.stoi_score(clean, enhanced, extended=True)
+        assert value == pytest.approx(_pystoi_at_10k(clean, enhanced, extended=True), abs=1e-12)
+        values.append(value)
+    assert 1.0 > values[0] > values[1] > 0.0
+
+
+def test_estoi_is_deterministic_and_leaves_the_global_random_state_alone(speech, voicebank):
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    np.random.seed(123)
+    expected_draw = np.random.standard_normal(3)
+    np.random.seed(123)
+    values = {metrics.stoi_score(speech, noisy, extended=True) for _ in range(3)}
+    assert len(values) == 1  # pystoi's eps dither comes from a fixed seed
+    np.testing.assert_array_equal(np.random.standard_normal(3), expected_draw)
+
+
+def test_no_speech_for_estoi_is_an_error_not_a_number(speech):
+    with pytest.raises(AudioError, match="too little active speech for ESTOI"):
+        metrics.stoi_score(speech[8000:12800], speech[8000:12800], extended=True)
+
+
+def _orthogonal_noise(clean: np.ndarray, ratio_db: float, seed: int = 0) -> np.ndarray:
+    """Zero-mean noise orthogonal to the zero-mean ``clean``, ``ratio_db`` below it in energy."""
+    c = clean - clean.mean()
+    n = np.random.default_rng(seed).standard_normal(clean.size)
+    n -= n.mean()
+    n -= (n @ c) / (c @ c) * c
+    return n * np.sqrt((c @ c) / (n @ n) / 10 ** (ratio_db / 10))
+
+
+def test_si_sdr_known_values(speech):
+    c = speech
+    assert metrics.si_sdr(c, c) == metrics.SI_SDR_MAX_DB
+    assert metrics.si_sdr(c, 2 * c) == metrics.SI_SDR_MAX_DB  # scaled copy: no noise at all, capped
+    assert metrics.si_sdr(c, -0.3 * c) == metrics.SI_SDR_MAX_DB  # the sign is a scale too
+    n = _orthogonal_noise(c, 20.0)  # |n|^2 = |c|^2 / 100
+    assert metrics.si_sdr(c, c + n) == pytest.approx(20.0, abs=1e-9)
+    assert metrics.si_sdr(c, c + _orthogonal_noise(c, -5.0, seed=1)) == pytest.approx(-5.0, abs=1e-9)
+    assert metrics.si_sdr(c, n) == -metrics.SI_SDR_MAX_DB  # nothing of the reference: the lower cap
+    # a noise that is part target: e = c + 0.5 c + n -> target 1.5 c, SI-SDR 20 dB + 20 log10(1.5)
+    assert metrics.si_sdr(c, 1.5 * c + n) == pytest.approx(20.0 + 20 * np.log10(1.5), abs=1e-9)
+
+
+def test_si_sdr_is_scale_and_offset_invariant(speech):
+    c, n = speech, _orthogonal_noise(speech, 7.0, seed=2)
+    reference = metrics.si_sdr(c, c + n)
+    assert reference == pytest.approx(7.0, abs=1e-9)
+    for scale in (1e-3, 0.5, 3.0, -2.0):
+        assert metrics.si_sdr(c, scale * (c + n)) == pytest.approx(reference, abs=1e-9)
+        assert metrics.si_sdr(c * abs(scale), c + n) == pytest.approx(reference, abs=1e-9)
+    assert metrics.si_sdr(c + 0.25, c + n - 0.1) == pytest.approx(reference, abs=1e-9)  # DC removed
+    assert metrics.si_sdr(1e-6 * c, 1e-6 * c) == metrics.SI_SDR_MAX_DB  # the cap is relative, not absolute
+
+
+def test_si_sdr_of_a_constant_signal_is_one_clear_error(speech):
+    with pytest.raises(AudioError) as exc:
+        metrics.si_sdr(np.full(1000, 0.2), speech[:1000])
+    assert str(exc.value) == "clean: is constant (nothing left after removing its mean); SI-SDR is undefined"
+    assert "\n" not in str(exc.value)
+    with pytest.raises(AudioError, match="^out.wav: is constant"):
+        metrics.score_pair(speech, np.full_like(speech, -0.5), names=("ref.wav", "out.wav"))
+
+
+def test_score_pair_si_sdr_is_the_formula(speech, voicebank):
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    c, e = speech - speech.mean(), noisy - noisy.mean()
+    target = (e @ c) / (c @ c) * c
+    expected = 10 * np.log10((target @ target) / ((e - target) @ (e - target)))
+    assert metrics.score_pair(speech, noisy)["si_sdr"] == pytest.approx(expected, abs=1e-9)
+
+
 def test_published_convention_is_higher_by_the_documented_offsets(scored):
     """Published minus MATLAB on the 25 noisy files: CSIG +0.0948, CBAK and COVL +0.0755 (fixture TSVs)."""
     rows = [row for (folder, _), row in scored.items() if folder == "noisy"]
@@ -148,7 +256,7 @@ def test_conventions_share_everything_but_the_composites(voicebank):
     assert list(both) == [*metrics.METRICS, "csig_published", "cbak_published", "covl_published"]
     assert both == {**matlab, **{f"{m}_published": published[m] for m in metrics.COMPOSITES}}
     assert metrics.score_pair(clean, noisy, convention="matlab") == matlab  # the default
-    for key in ("pesq", "ssnr", "stoi"):
+    for key in ("pesq", "ssnr", "stoi", "estoi", "si_sdr"):
         assert published[key] == matlab[key]
     assert all(published[m] > matlab[m] for m in metrics.COMPOSITES)
     # the published convention is the MATLAB one with WSS's band energies scaled by 32768**-2: the
@@ -287,7 +395,8 @@ def test_cli_score_published_convention(voicebank, tmp_path, capsys):
     assert main([*argv, "--convention", "published"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["convention"] == "published" and "CMGAN/MP-SENet" in summary["convention_note"]
-    labelled = ["pesq", "csig_published", "cbak_published", "covl_published", "ssnr", "stoi"]
+    labelled = ["pesq", "csig_published", "cbak_published", "covl_published", "ssnr", "stoi", "estoi",
+                "si_sdr"]
     assert list(summary["means"]) == labelled  # never a bare "csig" that could pass for MATLAB's
     with open(out) as f:
         rows = list(csv.DictReader(f))
