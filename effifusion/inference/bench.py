@@ -36,6 +36,7 @@ Output (``--json``: one JSON object on the last line of stdout)::
      "peak_rss_mib": 812.0,        # peak resident memory of the measuring process (model, runtime, run)
      "baseline_rss_mib": 350.0,    # its resident memory once the model and input are loaded, before any run
      "params_total": 1086033,
+     "network_evaluations": 1,     # network runs per piece summed (a diffusion sampler: 1 to ~60 per piece)
      "chunked": false,             # whether the input was run in several pieces
      "piece_s": 2.0,               # longest piece run, in seconds (the whole input when not chunked)
      "platform": {"python": "3.12.3", "onnxruntime": "1.22.0", "torch": "2.11.0",
@@ -227,8 +228,10 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
     child = run_child(cmd, env)
     model = prepared.model
     sr, hop = model.sample_rate, model.frontend.hop_length
-    macs = sum(model.macs(frames_for(max(n, model.min_samples) / sr, sr, hop))["total"] for n in child["pieces"])
+    costs = [model.macs(frames_for(max(n, model.min_samples) / sr, sr, hop)) for n in child["pieces"]]
+    macs = sum(c["total"] for c in costs)
     compute_s = child["compute_s"]
+    evaluations = sum(c.get("evaluations", 1) for c in costs)  # a diffusion sampler runs its network many times
     return {
         "preset": prepared.name,
         "arch": model.arch,
@@ -244,6 +247,7 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
         "peak_rss_mib": round(child["peak_rss_bytes"] / MIB, 1),
         "baseline_rss_mib": round(child["baseline_rss_bytes"] / MIB, 1),
         "params_total": parameter_counts(model)["params_total"],
+        "network_evaluations": evaluations,
         "chunked": child["chunked"],
         "piece_s": round(child["piece_s"], 4),
         "platform": platform_info(),
@@ -284,6 +288,8 @@ def describe(row: dict[str, Any]) -> str:
         f"run         {row['backend']}, {row['threads']} thread(s); {row['seconds']:g} s of audio at "
         f"{row['sample_rate']} Hz, enhanced {pieces}",
         f"real time   RTF {row['rtf']:.3f} ({row['compute_s']:.3f} s of compute for {row['seconds']:g} s of audio)",
+        *([f"sampler     {row['network_evaluations']} network evaluations "
+           f"({row['compute_s'] / row['network_evaluations']:.3f} s each)"] if row.get("network_evaluations", 1) > 1 else []),
         f"MACs        {row['gmac_total']:.2f} GMAC for this input, {row['gmac_per_s_audio']:.2f} GMAC per second "
         f"of audio, {row['gmac_per_s_achieved']:.2f} GMAC/s achieved",
         f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "

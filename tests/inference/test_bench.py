@@ -18,7 +18,7 @@ from effifusion.cli import main
 from effifusion.inference.bench import BenchError, run_child
 
 KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
-        "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "chunked",
+        "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations", "chunked",
         "piece_s", "platform"}
 
 

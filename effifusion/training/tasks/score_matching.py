@@ -26,6 +26,16 @@ from effifusion.training.ema import Ema
 from effifusion.training.tasks.base import Task, Wrap, check_finite, optimise
 
 
+def half_squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """½ Σ_bins |a − b|² over [B, 2, F, T] (Re, Im), averaged over the batch."""
+    return 0.5 * (a - b).pow(2).flatten(1).sum(-1).mean()
+
+
+def score_loss(score: torch.Tensor, z: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Denoising score matching with σ² weighting: ½ Σ |σ s + z|², i.e. s should be −z/σ."""
+    return half_squared_error(std * score, -z)
+
+
 class ScoreMatchingTask(Task):
     name = "score_matching"
 
@@ -65,9 +75,9 @@ class ScoreMatchingTask(Task):
             x_t = sde.mean(x0, y, tb) + std * z
         with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.amp):
             score, x_pred = self.net(x_t, y, t, predictive=self.w_pred > 0)
-        losses = {"score": 0.5 * (std * score.float() + z).pow(2).flatten(1).sum(-1).mean()}
+        losses = {"score": score_loss(score.float(), z, std)}
         if x_pred is not None:
-            losses["predictive"] = 0.5 * (x_pred.float() - x0).pow(2).flatten(1).sum(-1).mean()
+            losses["predictive"] = half_squared_error(x_pred.float(), x0)
         total = self.w_score * losses["score"] + self.w_pred * losses.get("predictive", 0.0)
         optimise(self.opt, total, self.net.parameters(), self.grad_clip)
         self.ema.update(self.model)
