@@ -36,7 +36,7 @@ class SamplerSettings:
     snr: float = 0.5            # corrector step: 2 (snr · σ(t))²
     corrector_steps: int = 1
     first_fusion: bool = True   # joint: start around x̂ (else from the prior at t = 1)
-    start_step: int = 0         # joint with first_fusion: the first of the N steps run
+    start_step: int = 0         # joint with first_fusion: the first of the N steps run (ignored otherwise)
     final_fusion: bool = True   # joint: output w·x_gen + (1 − w)·x̂
     fusion_weight: float = 0.5  # w
     seed: int = 0
@@ -62,8 +62,6 @@ class SamplerSettings:
             return f"corrector_steps: {self.corrector_steps!r} is not an integer >= 0"
         if not is_int(self.start_step, 0) or self.start_step >= self.steps:
             return f"start_step: {self.start_step!r} is not an integer in [0, steps)"
-        if self.start_step and not (self.mode == "joint" and self.first_fusion):
-            return "start_step: only a joint sampler with first_fusion starts after step 0"
         if not (isinstance(self.snr, (int, float)) and not isinstance(self.snr, bool) and self.snr >= 0):
             return f"snr: {self.snr!r} is not a number >= 0"
         w = self.fusion_weight

@@ -24,6 +24,7 @@ published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import statistics
@@ -109,7 +110,10 @@ def evaluate(
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
     # ONNX Runtime runs on the CPU here (effifusion.inference.backends); runtime.evaluate_device applies to the checkpoint
-    models = {"pytorch": (str(torch_model), cfg["device"]), "onnx": (str(onnx_model), "cpu")}
+    # a diffusion model samples as exported (export.sampler may override the checkpoint's settings): the
+    # PyTorch model takes the ONNX card's sampler, so both rows score the same sampler
+    sampler = _exported_sampler(onnx_model)
+    models = {"pytorch": (str(torch_model), cfg["device"], sampler), "onnx": (str(onnx_model), "cpu", None)}
     rtf_signal = _rtf_signal(items[0]["noisy"], float(cfg["rtf_seconds"]), sr)
     t0 = time.perf_counter()
     clipped, rtf = enhance_all(items, models, enhanced_dir, cfg["workers"], rtf_signal, sr)
@@ -193,11 +197,11 @@ def _rtf_signal(noisy_path: Path, seconds: float, sr: int) -> np.ndarray:
 # worker processes: each loads each model once, one thread
 
 
-_MODELS: dict[str, tuple[str, str]] = {}
+_MODELS: dict[str, tuple[str, str, dict[str, Any] | None]] = {}
 _ENHANCERS: dict[str, Any] = {}
 
 
-def _init_worker(models: dict[str, tuple[str, str]]) -> None:
+def _init_worker(models: dict[str, tuple[str, str, dict[str, Any] | None]]) -> None:
     single_thread_worker()
     _MODELS.update(models)
 
@@ -206,9 +210,17 @@ def _enhancer(system: str) -> Any:
     if system not in _ENHANCERS:
         from effifusion.inference.backends import load_enhancer
 
-        path, device = _MODELS[system]
-        _ENHANCERS[system] = load_enhancer(path, device=device, threads=1)
+        path, device, sampler = _MODELS[system]
+        _ENHANCERS[system] = load_enhancer(path, device=device, threads=1, sampler=sampler)
     return _ENHANCERS[system]
+
+
+def _exported_sampler(onnx_model: Path) -> dict[str, Any] | None:
+    """The sampler settings in an export's model card (diffusion models), else None."""
+    from effifusion.inference.onnx_model import onnx_session
+
+    meta = onnx_session(onnx_model, threads=1).get_modelmeta().custom_metadata_map
+    return json.loads(meta["sampler"]) if "sampler" in meta else None
 
 
 def _enhance_file(job: tuple[str, str, str]) -> dict[str, int]:
@@ -240,7 +252,7 @@ def enhanced_path(enhanced_dir: Path, system: str, item: dict[str, Any]) -> Path
     return enhanced_dir / system / item["set"] / f"{item['utt']}.wav"
 
 
-def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str]], enhanced_dir: Path,
+def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str, dict[str, Any] | None]], enhanced_dir: Path,
                 workers: int, rtf_signal: np.ndarray, sr: int) -> tuple[dict[str, int], dict[str, float]]:
     """Enhance every item with every model in ``workers`` processes, then time each model alone.
 

@@ -104,11 +104,13 @@ class Enhancer:
         return np.concatenate([stream.push(wav), stream.flush()])
 
 
-def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | None = None) -> Enhancer:
+def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | None = None,
+                  sampler: dict[str, Any] | None = None) -> Enhancer:
     """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU) or a model checkpoint ``.pt`` (PyTorch).
 
     ``threads`` sets ONNX Runtime's intra-op threads, or torch.set_num_threads for checkpoints
-    (process-wide). A missing or unreadable model (random bytes, text, a .pt that is no checkpoint, an
+    (process-wide). ``sampler`` overrides a diffusion model's sampler settings key by key (steps,
+    mode, seed, ...; diffusion/sampler.py); a model without a sampler refuses it. A missing or unreadable model (random bytes, text, a .pt that is no checkpoint, an
     ONNX graph that is no effifusion export) is a ConfigError naming the file and the problem.
     """
     path = Path(model_path)
@@ -117,13 +119,13 @@ def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | No
                           "(run `dvc repro export`, or pass --model FILE.onnx|.pt)")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return _onnx_enhancer(path, device, threads)
+        return _onnx_enhancer(path, device, threads, sampler)
     if suffix in (".pt", ".pth"):
-        return _torch_enhancer(path, device, threads)
+        return _torch_enhancer(path, device, threads, sampler)
     raise ConfigError(f"{path}: unknown model type {path.suffix!r} (expected .onnx or a model checkpoint .pt)")
 
 
-def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
+def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[str, Any] | None = None) -> Enhancer:
     from effifusion.inference.onnx_model import INPUT_NAME, OUTPUT_NAME, model_card, onnx_session
 
     if device != "cpu":
@@ -134,8 +136,12 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
     if meta.get("runtime") == "diffusion":  # the network alone: the sampler runs around it (diffusion/)
         from effifusion.inference.diffusion_runtime import diffusion_run_batch
 
-        return Enhancer(diffusion_run_batch(path, session, meta, threads), int(meta["sample_rate"]), "onnxruntime",
-                        str(path), model_card(meta))
+        run_batch, settings = diffusion_run_batch(path, session, meta, threads, sampler)
+        return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path),
+                        {**model_card(meta), "sampler": settings})
+    if sampler:
+        raise ConfigError(f"{path}: sampler settings given, but {meta.get('arch', 'this model')} has no sampler "
+                          "(only the diffusion models sgmse and gp_sgmse do)")
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or "sample_rate" not in meta:
@@ -163,7 +169,8 @@ def onnx_enhancer(path: Path, threads: int | None = None) -> Enhancer:
     return _onnx_enhancer(Path(path), "cpu", threads)
 
 
-def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
+def _torch_enhancer(path: Path, device: str, threads: int | None, sampler: dict[str, Any] | None = None
+                    ) -> Enhancer:
     try:
         import torch
 
@@ -177,6 +184,14 @@ def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
     if threads:
         torch.set_num_threads(int(threads))
     model, _ = load_checkpoint(path, map_location=device)
+    if sampler:
+        if not hasattr(model, "with_sampler"):
+            raise ConfigError(f"{path}: sampler settings given, but {model.arch} has no sampler "
+                              "(only the diffusion models sgmse and gp_sgmse do)")
+        try:
+            model.with_sampler(**sampler)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def run_batch(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -184,4 +199,6 @@ def _torch_enhancer(path: Path, device: str, threads: int | None) -> Enhancer:
 
     card = {"arch": model.arch, "sample_rate": model.sample_rate, "min_samples": model.min_samples,
             "params_total": sum(p.numel() for p in model.parameters()), "config": model.config()}
+    if hasattr(model, "sampler"):
+        card["sampler"] = model.sampler.config()
     return Enhancer(run_batch, model.sample_rate, "pytorch", str(path), card)

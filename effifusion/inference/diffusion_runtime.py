@@ -15,18 +15,34 @@ from effifusion.diffusion.sampler import SamplerSettings
 from effifusion.diffusion.sde import OuveSde
 
 
-def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads: int | None) -> Any:
-    """``run_batch`` ([B, N] -> [B, N]) for the Enhancer of a diffusion export at ``path``."""
+def sampler_settings(base: dict[str, Any], overrides: dict[str, Any] | None, has_predictive: bool,
+                     where: str) -> SamplerSettings:
+    """``base`` with ``overrides`` applied key by key and checked; ConfigError naming the key."""
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k not in SamplerSettings.KEYS]
+    if unknown:
+        raise ConfigError(f"{where}sampler.{unknown[0]}: unknown setting (known: {', '.join(SamplerSettings.KEYS)})")
+    settings = SamplerSettings(**{**base, **overrides})
+    problem = settings.problem(has_predictive)
+    if problem:
+        raise ConfigError(f"{where}sampler.{problem}")
+    return settings
+
+
+def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads: int | None,
+                        overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(``run_batch`` [B, N] -> [B, N], the sampler settings it uses) for a diffusion export at ``path``."""
     from effifusion.inference.onnx_model import onnx_session
 
     try:
         sde = OuveSde.from_config(json.loads(meta["sde"]))
-        settings = SamplerSettings(**json.loads(meta["sampler"]))
+        base = json.loads(meta["sampler"])
         n_fft, hop = int(meta["n_fft"]), int(meta["hop_length"])
         alpha, beta = float(meta["compress_factor"]), float(meta["spec_scale"])
         multiple, min_samples = int(meta["time_multiple"]), int(meta["min_samples"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: damaged diffusion model card ({type(exc).__name__}: {exc})") from None
+    settings = sampler_settings(base, overrides, bool(meta.get("predictive_file")), f"{path}: ")
     predictive = None
     if meta.get("predictive_file"):
         pred_path = path.with_name(meta["predictive_file"])
@@ -53,4 +69,4 @@ def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads:
                                settings=settings)
         return (y[:, :n] / gain).astype(np.float32)
 
-    return run_batch
+    return run_batch, settings.config()

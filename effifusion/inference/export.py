@@ -292,8 +292,19 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
     model, _ = load_checkpoint(checkpoint)
     _check_sample_rate(checkpoint, model, audio_cfg)
     sample_rate = model.sample_rate
+    overrides = export_cfg.get("sampler") or {}
+    if overrides and not hasattr(model, "with_sampler"):
+        raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
+                          "sgmse and gp_sgmse do): leave it empty ({})")
     if hasattr(model, "export_networks"):  # a diffusion model: its networks, the sampler stays outside
         from effifusion.inference.diffusion_export import export_diffusion
+
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"params.yaml export.sampler: {overrides!r} is not a mapping of sampler settings")
+        try:
+            model.with_sampler(**overrides)  # the exported card carries the settings evaluate then uses
+        except ConfigError as exc:
+            raise ConfigError(f"params.yaml export.{exc}") from None
 
         return export_diffusion(model, checkpoint, out_dir, name, opset, lengths_s, tolerance, start)
 

@@ -18,16 +18,21 @@ from effifusion.training.stages import prune_finetune, train_dense
 pytestmark = pytest.mark.slow
 
 SHRINK = {"muse": {"blocks": [1, 1, 1]}, "imse": {"blocks": [1, 1, 1]},
-          "saf": {"channels": 8, "num_saf_blocks": 1, "num_heads": 1, "tcn_hidden": 16}}
+          "saf": {"channels": 8, "num_saf_blocks": 1, "num_heads": 1, "tcn_hidden": 16},
+          "gp_sgmse": {"nf": 8, "ch_mult": [1, 2, 2], "attn_resolutions": [64],
+                       "sampler": {"mode": "joint", "steps": 3, "snr": 0.5, "corrector_steps": 1, "first_fusion": True,
+                                   "start_step": 1, "final_fusion": True, "fusion_weight": 0.5, "seed": 0}}}
+TRAIN_KEYS = ("objective", "loss_weights", "score_matching", "lr", "betas", "lr_decay", "grad_clip")
 
 
-@pytest.mark.parametrize("preset", ["muse-demo", "imse-demo", "saf-demo"])
+@pytest.mark.parametrize("preset", ["muse-demo", "imse-demo", "saf-demo", "gp-sgmse-demo"])
 def test_one_pipeline_pass(preset, tmp_path):
     demo = yaml.safe_load((ROOT / "presets" / f"{preset}.yaml").read_text())
     params = tiny_params(train__epochs=1, train__segment_s=0.5)
     params["model"] = {**demo["model"], **SHRINK[demo["model"]["arch"]]}
-    params["train"]["loss_weights"] = demo["train"]["loss_weights"]
-    params["export"].update(parity_lengths_s=[1.1])  # the parity lengths of every export: tests/inference
+    params["train"].update({k: demo["train"][k] for k in TRAIN_KEYS})
+    params["export"].update(parity_lengths_s=[1.1], parity_tolerance=demo["export"]["parity_tolerance"])
+    # (the parity lengths of every export: tests/inference)
     params["evaluate"].update(num_spectrograms=0, rtf_seconds=0.5)
     prepared = make_prepared(tmp_path / "prepared", n_train=4, n_val=2)
     shutil.copy(prepared / "test.csv", prepared / "unseen.csv")  # the unseen set: the same pairs, for speed

@@ -95,11 +95,9 @@ class Sgmse(EnhancementModel):
 
     def with_sampler(self, **overrides: Any) -> "Sgmse":
         """Change sampler settings in place (inference only: the weights do not depend on them)."""
-        settings = SamplerSettings(**{**self.sampler.config(), **overrides})
-        problem = settings.problem(self.has_predictive)
-        if problem:
-            raise ConfigError(f"sampler.{problem}")
-        self.sampler = settings
+        from effifusion.inference.diffusion_runtime import sampler_settings
+
+        self.sampler = sampler_settings(self.sampler.config(), overrides, self.has_predictive, "")
         return self
 
     # -- the networks -----------------------------------------------------------------------------

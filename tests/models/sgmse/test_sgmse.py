@@ -61,7 +61,7 @@ def test_the_training_spectrogram_is_the_runtimes():
     assert np.abs(ours - ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("n", [1, 300, 16000, 16001])
+@pytest.mark.parametrize("n", [1, 300, 4001])
 def test_enhance_any_length_deterministically(n):
     torch.manual_seed(0)
     model = build_model(small(), 16000).eval()
