@@ -40,7 +40,7 @@ def _enhance(args: argparse.Namespace) -> None:
     if args.info:
         from effifusion.inference.backends import load_enhancer
 
-        enhancer = load_enhancer(args.model, device=args.device)
+        enhancer = load_enhancer(args.model, device=args.device, sampler=_sampler_overrides(args))
         print(json.dumps({"model": enhancer.source, "backend": enhancer.backend, **enhancer.card}, indent=2))
         return
     if not args.inputs or args.output is None:
@@ -51,7 +51,28 @@ def _enhance(args: argparse.Namespace) -> None:
     options = EnhanceOptions(atten_lim_db=args.atten_lim_db, mix=args.mix, high_band=args.high_band,
                              max_piece_s=args.max_piece_s)
     enhance_paths(args.inputs, args.output, model=args.model, options=options, device=args.device,
-                  quiet=args.quiet)
+                  quiet=args.quiet, sampler=_sampler_overrides(args))
+
+
+def _sampler_overrides(args: argparse.Namespace) -> dict | None:
+    """--sampler KEY=VALUE ... as a dict (true/false, integers and numbers decoded; no yaml: torch-free path)."""
+    out: dict = {}
+    for item in args.sampler or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            args.parser.error(f"--sampler {item!r}: expected KEY=VALUE, e.g. --sampler steps=10")
+        value: object = text
+        if text in ("true", "false"):
+            value = text == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out or None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -166,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ones in S-second chunks with 1 s raised-cosine cross-fades (default 60). "
                         "--chunk-s is the old name. Memory per piece: see --info (memory_mb_per_s)")
     s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
+    s.add_argument("--sampler", action="append", metavar="KEY=VALUE",
+                   help="diffusion models: override a sampler setting (mode, steps, snr, corrector_steps, "
+                        "first_fusion, start_step, final_fusion, fusion_weight, seed); repeatable")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (warnings and errors still printed)")
     s.add_argument("--info", action="store_true", help="print the model card of --model as JSON and exit")
     s.set_defaults(func=_enhance, parser=s)

@@ -290,7 +290,8 @@ def _planned_path(src: Path, dst: Path) -> Path:
 
 
 def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOptions | None = None,
-                  device: str = "cpu", quiet: bool = False, *, chunk_s: float | None = None) -> list[Path]:
+                  device: str = "cpu", quiet: bool = False, *, chunk_s: float | None = None,
+                  sampler: dict | None = None) -> list[Path]:
     """Enhance files and folders (recursively, every audio format) into ``output``; return the written paths.
 
     Files keep their name, folders their structure below the folder. Every file keeps its sample
@@ -307,7 +308,7 @@ def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOp
         raise DataError(f"{out}: is a file; -o takes a folder")
     pairs = _collect(list(inputs), out)
     check_writable_dir(out, "output folder")
-    enhancer = load_enhancer(model, device=device)
+    enhancer = load_enhancer(model, device=device, sampler=sampler)  # sampler: diffusion models' overrides
     progress = not quiet
     if len(pairs) == 1:  # one file: its error is the command's error
         return [enhance_file(enhancer, *pairs[0], options, progress)]

@@ -1,7 +1,5 @@
 """SGMSE+ and the joint model: sizes, NCSN++'s FIR resampling, the front end, the contract, export."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -122,10 +120,14 @@ def test_export_parity_and_torch_free_runtime(tmp_path):
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
         "effifusion.onnx", "effifusion.predictive.onnx", "export.json"]
     enhancer = load_enhancer(tmp_path / "onnx" / "effifusion.onnx")
-    assert enhancer.card["runtime"] == "diffusion" and json.loads(enhancer.card["sampler"])["steps"] == 4
+    assert enhancer.card["runtime"] == "diffusion" and enhancer.card["sampler"]["steps"] == 4
     x = np.random.default_rng(2).standard_normal(7000).astype(np.float32) * 0.1
     y = enhancer.enhance(x)
     assert y.shape == x.shape and np.array_equal(y, enhancer.enhance(x))
+    predictive = load_enhancer(tmp_path / "onnx" / "effifusion.onnx", sampler={"mode": "predictive"})
+    assert predictive.card["sampler"]["mode"] == "predictive" and not np.allclose(predictive.enhance(x), y)
+    with pytest.raises(ConfigError, match="sampler.stepz: unknown setting"):
+        load_enhancer(tmp_path / "onnx" / "effifusion.onnx", sampler={"stepz": 3})
     (tmp_path / "onnx" / "effifusion.predictive.onnx").unlink()
     with pytest.raises(ConfigError, match="effifusion.predictive.onnx is missing"):
         load_enhancer(tmp_path / "onnx" / "effifusion.onnx")
