@@ -115,7 +115,15 @@ def _param_value(text: str) -> Any:
 def model_config(run: Any) -> tuple[dict[str, Any], int]:
     """The run's ``model`` section and sample rate, from its flattened params."""
     params = run.data.params
-    cfg = {k[len("model."):]: _param_value(v) for k, v in params.items() if k.startswith("model.")}
+    cfg: dict[str, Any] = {}
+    for key, value in params.items():
+        if not key.startswith("model."):
+            continue
+        *parents, leaf = key[len("model."):].split(".")  # nested sections (model.sampler.steps) unflattened
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _param_value(value)
     return cfg, int(_param_value(params.get("audio.sample_rate", "16000")))
 
 

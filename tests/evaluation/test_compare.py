@@ -177,3 +177,20 @@ def test_metric_labels_drop_the_convention_only():
     labels = [compare.metric_label(k) for k in compare.SET_METRICS]
     assert labels == ["PESQ", *["CSIG", "CBAK", "COVL"] * 2, "STOI", "SSNR", "ESTOI", "SI-SDR"]
     assert compare.cell(12.3456, "test_si_sdr") == "12.35" and compare.cell(0.75, "unseen_estoi") == "0.750"
+
+
+def test_nested_model_params_are_unflattened():
+    """A diffusion model's nested sections (model.sampler.steps) rebuild from MLflow's flat params."""
+    from types import SimpleNamespace
+
+    from effifusion.evaluation.compare import analytic_gmac_per_s, build_from_params, model_config
+    from effifusion.core.config import flatten
+    from effifusion.models.sgmse.model import gp_sgmse_config
+
+    cfg = {**gp_sgmse_config(), "nf": 8, "ch_mult": [1, 2, 2], "attn_resolutions": [64]}
+    params = {f"model.{k}": str(v).replace("'", "") if not isinstance(v, list) else str(v)
+              for k, v in flatten(cfg).items()}
+    run = SimpleNamespace(data=SimpleNamespace(params={**params, "audio.sample_rate": "16000"}))
+    assert model_config(run)[0]["sampler"]["steps"] == 30
+    model, why = build_from_params(run)
+    assert why == "" and analytic_gmac_per_s(model) > 0
