@@ -104,6 +104,67 @@ def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) ->
     assert sr == 44100 and y.shape == x.shape
 
 
+def diffusion_onnx(folder: Path) -> Path:
+    """A stand-in diffusion export: score = y − x, x̂ = 0.5·y, with a diffusion model card."""
+    spec = ["batch", 2, 256, "frames"]
+    score = helper.make_graph(
+        [helper.make_node("Sub", ["y", "x"], ["score"])], "score",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, spec)])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    predictive = helper.make_graph(
+        [helper.make_node("Mul", ["y", "half"], ["estimate"])], "predictive",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, spec)],
+        [helper.make_tensor_value_info("estimate", TensorProto.FLOAT, spec)], initializer=[half])
+    sampler = {"mode": "joint", "steps": 4, "snr": 0.5, "corrector_steps": 1, "first_fusion": True, "start_step": 2,
+               "final_fusion": True, "fusion_weight": 0.5, "seed": 0}
+    card = {"arch": "gp_sgmse", "runtime": "diffusion", "sample_rate": "16000", "min_samples": "510",
+            "n_fft": "510", "hop_length": "128", "win_length": "510", "compress_factor": "0.5", "spec_scale": "0.15",
+            "time_multiple": "4", "predictive_file": "d.predictive.onnx",
+            "sde": json.dumps({"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5, "t_eps": 0.03}),
+            "sampler": json.dumps(sampler)}
+    for graph, name, props in ((score, "d.onnx", card), (predictive, "d.predictive.onnx", {})):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        if props:
+            helper.set_model_props(model, props)
+        onnx.save(model, str(folder / name))
+    return folder / "d.onnx"
+
+
+def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
+    """A diffusion export (score and predictive graphs, sampler in numpy) enhances with torch & co.
+    blocked, deterministically, and takes --sampler overrides."""
+    diffusion_onnx(tmp_path)
+    sf.write(tmp_path / "in.wav", parity_signal(16000, 16000, seed=3), 16000)
+    out = run_python(f"""
+        import sys, importlib.abc
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {PIPELINE_MODULES!r}:
+                    raise ImportError(f"blocked: {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import numpy as np, soundfile as sf
+        from effifusion.cli import main
+        from effifusion.inference import load_enhancer
+        x, sr = sf.read("in.wav", dtype="float32")
+        e = load_enhancer("d.onnx")
+        a, b = e.enhance(x), e.enhance(x)
+        assert a.shape == x.shape and np.array_equal(a, b) and not np.allclose(a, x)
+        p = load_enhancer("d.onnx", sampler={{"mode": "predictive"}}).enhance(x)
+        assert not np.allclose(p, a)
+        assert main(["enhance", "in.wav", "-o", "out", "--model", "d.onnx", "--sampler", "mode=predictive", "-q"]) == 0
+        assert np.allclose(sf.read("out/in.wav", dtype="float32")[0], p, atol=1 / 32768)
+        print("ok")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
+
+
 @pytest.mark.slow
 def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
     """A fresh venv, `pip install <copy of the repository>` with no extras (PyPI for numpy, soundfile,
