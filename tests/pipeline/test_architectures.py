@@ -54,3 +54,29 @@ def test_one_pipeline_pass(preset, tmp_path):
         assert metrics[set_name]["n"] == 2
         for system in ("pytorch", "onnx"):
             assert 1.0 <= metrics[set_name][system]["pesq"] <= 4.65
+    if demo["model"]["arch"] == "gp_sgmse":
+        check_diffusion_export(tmp_path / "onnx", report)
+
+
+def check_diffusion_export(folder, report):
+    """The diffusion export: two graphs, each network at parity, the torch-free sampler deterministic and
+    open to sampler overrides, a missing predictive graph one line."""
+    import numpy as np
+
+    from effifusion.core.errors import ConfigError
+    from effifusion.inference.backends import load_enhancer
+
+    assert max(report["network_parity_max_rel"].values()) < 1e-4
+    assert sorted(p.name for p in folder.iterdir()) == ["effifusion.onnx", "effifusion.predictive.onnx", "export.json"]
+    enhancer = load_enhancer(folder / "effifusion.onnx")
+    assert enhancer.card["runtime"] == "diffusion" and enhancer.card["sampler"]["steps"] == 3
+    x = np.random.default_rng(2).standard_normal(7000).astype(np.float32) * 0.1
+    y = enhancer.enhance(x)
+    assert y.shape == x.shape and np.array_equal(y, enhancer.enhance(x))
+    predictive = load_enhancer(folder / "effifusion.onnx", sampler={"mode": "predictive"})
+    assert predictive.card["sampler"]["mode"] == "predictive" and not np.allclose(predictive.enhance(x), y)
+    with pytest.raises(ConfigError, match="sampler.stepz: unknown setting"):
+        load_enhancer(folder / "effifusion.onnx", sampler={"stepz": 3})
+    (folder / "effifusion.predictive.onnx").unlink()
+    with pytest.raises(ConfigError, match="effifusion.predictive.onnx is missing"):
+        load_enhancer(folder / "effifusion.onnx")

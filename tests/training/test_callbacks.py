@@ -60,6 +60,6 @@ def test_zero_amount_prunes_nothing(tmp_path):
 
 
 def test_objectives_by_name():
-    assert set(TASKS) == {"metric_gan", "predictive"}
+    assert set(TASKS) == {"metric_gan", "predictive", "score_matching"}
     with pytest.raises(ConfigError, match="train.objective: 'diffusion' is not a known objective"):
         task_class("diffusion")

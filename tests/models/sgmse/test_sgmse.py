@@ -101,33 +101,3 @@ def test_checkpoint_round_trip_keeps_weights_and_sampler(tmp_path):
     assert again.sampler == model.sampler and again.config() == model.config()
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-
-
-def test_export_parity_and_torch_free_runtime(tmp_path):
-    from effifusion.inference.backends import load_enhancer
-    from effifusion.inference.export import export_onnx
-
-    torch.manual_seed(0)
-    model = build_model(small(), 16000)
-    with torch.no_grad():  # away from the near-zero initialisation, so parity is not trivially met
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(tmp_path / "m.pt", model)
-    report = export_onnx(tmp_path / "m.pt", tmp_path / "onnx", {"opset": 18, "parity_lengths_s": [0.6],
-                                                               "parity_tolerance": 1e-3}, {"sample_rate": 16000})
-    assert report["onnx_parity_max_abs"] <= 1e-3
-    assert max(report["network_parity_max_rel"].values()) < 1e-4
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
-        "effifusion.onnx", "effifusion.predictive.onnx", "export.json"]
-    enhancer = load_enhancer(tmp_path / "onnx" / "effifusion.onnx")
-    assert enhancer.card["runtime"] == "diffusion" and enhancer.card["sampler"]["steps"] == 4
-    x = np.random.default_rng(2).standard_normal(7000).astype(np.float32) * 0.1
-    y = enhancer.enhance(x)
-    assert y.shape == x.shape and np.array_equal(y, enhancer.enhance(x))
-    predictive = load_enhancer(tmp_path / "onnx" / "effifusion.onnx", sampler={"mode": "predictive"})
-    assert predictive.card["sampler"]["mode"] == "predictive" and not np.allclose(predictive.enhance(x), y)
-    with pytest.raises(ConfigError, match="sampler.stepz: unknown setting"):
-        load_enhancer(tmp_path / "onnx" / "effifusion.onnx", sampler={"stepz": 3})
-    (tmp_path / "onnx" / "effifusion.predictive.onnx").unlink()
-    with pytest.raises(ConfigError, match="effifusion.predictive.onnx is missing"):
-        load_enhancer(tmp_path / "onnx" / "effifusion.onnx")
