@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,12 @@ def _export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: 
     blocks = torch.export.Dim("blocks", min=1, max=100_000)
     spec = {0: batch, 3: multiple * blocks}
     shapes = {name: ({0: batch} if name == "t" else spec) for name in inputs}
-    with _quiet_exporter(), torch.no_grad():
+    with _quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # derived frame axes
         program = torch.onnx.export(module.eval(), example, dynamo=True, optimize=False, opset_version=opset,
                                     input_names=list(inputs), output_names=[output], dynamic_shapes=shapes,
                                     verbose=False)
-    return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))
+        return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))  # its warnings quiet too
 
 
 def _card(model: Any, source: str, predictive: str) -> dict[str, str]:
