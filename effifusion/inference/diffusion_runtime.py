@@ -30,8 +30,11 @@ def sampler_settings(base: dict[str, Any], overrides: dict[str, Any] | None, has
 
 
 def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads: int | None,
-                        overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """(``run_batch`` [B, N] -> [B, N], the sampler settings it uses) for a diffusion export at ``path``."""
+                        overrides: dict[str, Any] | None = None, predictive_path: Path | None = None
+                        ) -> tuple[Any, dict[str, Any]]:
+    """(``run_batch`` [B, N] -> [B, N], the sampler settings it uses) for a diffusion export at ``path``;
+    its predictive graph is the card's ``predictive_file`` beside it (or ``predictive_path``: export's
+    parity check runs the files before they take their final names)."""
     from effifusion.inference.onnx_model import onnx_session
 
     try:
@@ -45,7 +48,7 @@ def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads:
     settings = sampler_settings(base, overrides, bool(meta.get("predictive_file")), f"{path}: ")
     predictive = None
     if meta.get("predictive_file"):
-        pred_path = path.with_name(meta["predictive_file"])
+        pred_path = Path(predictive_path) if predictive_path else path.with_name(meta["predictive_file"])
         if not pred_path.is_file():
             raise ConfigError(f"{path}: its predictive network {pred_path.name} is missing (it is exported beside "
                               "the score network; copy both files)")

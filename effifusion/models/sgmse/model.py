@@ -17,7 +17,6 @@ as callables; ONNX export covers the networks (``export_networks``), the runtime
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
