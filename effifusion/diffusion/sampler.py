@@ -82,6 +82,25 @@ class SamplerSettings:
         return (self.steps - start) * (self.corrector_steps + 1) + (self.mode == "joint")
 
 
+def settings_with(base: dict[str, Any], overrides: dict[str, Any] | None, has_predictive: bool,
+                  where: str = "") -> SamplerSettings:
+    """``base`` with ``overrides`` applied key by key and checked; ConfigError "<where>sampler.<key>: ..."."""
+    from effifusion.core.errors import ConfigError
+
+    merged = {**base, **(overrides or {})}
+    unknown = [k for k in merged if k not in SamplerSettings.KEYS]
+    if unknown:
+        raise ConfigError(f"{where}sampler.{unknown[0]}: unknown setting (known: {', '.join(SamplerSettings.KEYS)})")
+    missing = [k for k in SamplerSettings.KEYS if k not in merged]
+    if missing:
+        raise ConfigError(f"{where}sampler.{missing[0]}: missing setting (needed: {', '.join(SamplerSettings.KEYS)})")
+    settings = SamplerSettings(**merged)
+    problem = settings.problem(has_predictive)
+    if problem:
+        raise ConfigError(f"{where}sampler.{problem}")
+    return settings
+
+
 def complex_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """z with independent real and imaginary parts of variance 1/2 (torch.randn_like on complex)."""
     re = rng.standard_normal(shape, dtype=np.float32)

@@ -11,22 +11,8 @@ import numpy as np
 from effifusion.core.errors import ConfigError
 from effifusion.diffusion import spectrum
 from effifusion.diffusion.enhance import enhance_normalised
-from effifusion.diffusion.sampler import SamplerSettings
+from effifusion.diffusion.sampler import settings_with
 from effifusion.diffusion.sde import OuveSde
-
-
-def sampler_settings(base: dict[str, Any], overrides: dict[str, Any] | None, has_predictive: bool,
-                     where: str) -> SamplerSettings:
-    """``base`` with ``overrides`` applied key by key and checked; ConfigError naming the key."""
-    overrides = dict(overrides or {})
-    unknown = [k for k in overrides if k not in SamplerSettings.KEYS]
-    if unknown:
-        raise ConfigError(f"{where}sampler.{unknown[0]}: unknown setting (known: {', '.join(SamplerSettings.KEYS)})")
-    settings = SamplerSettings(**{**base, **overrides})
-    problem = settings.problem(has_predictive)
-    if problem:
-        raise ConfigError(f"{where}sampler.{problem}")
-    return settings
 
 
 def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads: int | None,
@@ -45,7 +31,7 @@ def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads:
         multiple, min_samples = int(meta["time_multiple"]), int(meta["min_samples"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: damaged diffusion model card ({type(exc).__name__}: {exc})") from None
-    settings = sampler_settings(base, overrides, bool(meta.get("predictive_file")), f"{path}: ")
+    settings = settings_with(base, overrides, bool(meta.get("predictive_file")), f"{path}: ")
     predictive = None
     if meta.get("predictive_file"):
         pred_path = Path(predictive_path) if predictive_path else path.with_name(meta["predictive_file"])

@@ -468,19 +468,18 @@ class Trainer:
 
     def _validate(self, bar: tqdm) -> None:
         state = self.state
-        with self.task.averaged():  # an EMA's weights for diffusion models
+        selectable = all(cb.selectable() for cb in self.callbacks)  # e.g. pruning: at final sparsity only
+        with self.task.averaged():  # an EMA's weights for diffusion models: scored and, if best, kept
             val_pesq, val_out = validate(self.model, self.val_items, self.device, self.pesq)
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            if selectable and math.isfinite(val_pesq) and val_pesq > state.best_val:
+                state.best = BestModel(step=state.step, val=val_pesq,
+                                       weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                                       task=self.task.snapshot(),
+                                       # the examples logged at the end: no second validation pass
+                                       outputs={u: val_out[u] for u, _, _ in self.val_items[:3]})
         state.val.append({"step": state.step, "val_pesq": val_pesq,
                           "elapsed_s": round(time.perf_counter() - self.t_start, 2)})
         self.pending_log.append((state.step, {"val_pesq": val_pesq}))
-        selectable = all(cb.selectable() for cb in self.callbacks)  # e.g. pruning: at final sparsity only
-        if selectable and math.isfinite(val_pesq) and val_pesq > state.best_val:
-            state.best = BestModel(step=state.step, val=val_pesq,
-                                   weights=weights,
-                                   task=self.task.snapshot(),
-                                   # the examples logged at the end: no second validation pass
-                                   outputs={u: val_out[u] for u, _, _ in self.val_items[:3]})
         bar.write(f"[{self.name}] step {state.step}: val PESQ {val_pesq:.3f} (best {state.best_val:.3f})")
 
     def _count_pesq(self) -> None:

@@ -30,6 +30,18 @@ PIPELINE_MODULES = ("torch", "torchaudio", "yaml", "scipy", "onnx", "onnxscript"
                     "audiomentations", "pesq", "pystoi", "matplotlib")
 
 
+# Prepended to a subprocess's code: importing any of PIPELINE_MODULES then fails.
+BLOCK_PIPELINE = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    f"        if name.split('.')[0] in {PIPELINE_MODULES!r}:\n"
+    "            raise ImportError(f'blocked: {name}')\n"
+    "        return None\n"
+    "sys.meta_path.insert(0, Block())"
+)
+
+
 def identity_onnx(path: Path) -> Path:
     graph = helper.make_graph(
         [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])], "identity",
@@ -47,11 +59,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
-def run_python(code: str, cwd: Path, python: str = sys.executable, timeout: float = 300
-               ) -> subprocess.CompletedProcess:
+def run_python(code: str, cwd: Path, python: str = sys.executable, timeout: float = 300,
+               block_pipeline: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else clean_env()
-    return subprocess.run([python, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    code = (BLOCK_PIPELINE + "\n" if block_pipeline else "") + textwrap.dedent(code)
+    return subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_enhance_modules_import_without_torch(tmp_path: Path) -> None:
@@ -75,16 +87,7 @@ def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) ->
     x = np.stack([parity_signal(44100, 44100, seed=1), parity_signal(44100, 44100, seed=2)], axis=1)
     sf.write(tmp_path / "in.wav", x, 44100)
     (tmp_path / "generator.pt").write_bytes(b"PK\x03\x04 not really")
-    out = run_python(f"""
-        import sys, importlib.abc
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PIPELINE_MODULES!r}:
-                    raise ImportError(f"blocked: {{name}}")
-                return None
-
-        sys.meta_path.insert(0, Block())
+    out = run_python("""
         import numpy as np, soundfile as sf
         from effifusion.cli import main
         assert main(["enhance", "in.wav", "-o", "out", "--model", "identity.onnx", "-q"]) == 0
@@ -94,7 +97,7 @@ def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) ->
         y = Enhancer.from_file("identity.onnx").enhance(x, sr)
         assert y.shape == x.shape and np.allclose(y, sf.read("out/in.wav", dtype="float32")[0], atol=1 / 32768)
         print("exit", main(["enhance", "in.wav", "-o", "out2", "--model", "generator.pt"]))
-    """, tmp_path)
+    """, tmp_path, block_pipeline=True)
     assert out.returncode == 0, out.stderr
     assert '"arch": "identity"' in out.stdout and out.stdout.strip().endswith("exit 2")
     err = out.stderr.strip().splitlines()
@@ -139,15 +142,6 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
     diffusion_onnx(tmp_path)
     sf.write(tmp_path / "in.wav", parity_signal(16000, 16000, seed=3), 16000)
     out = run_python(f"""
-        import sys, importlib.abc
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PIPELINE_MODULES!r}:
-                    raise ImportError(f"blocked: {{name}}")
-                return None
-
-        sys.meta_path.insert(0, Block())
         import numpy as np, soundfile as sf
         from effifusion.cli import main
         from effifusion.inference import load_enhancer
@@ -160,7 +154,7 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
         assert main(["enhance", "in.wav", "-o", "out", "--model", "d.onnx", "--sampler", "mode=predictive", "-q"]) == 0
         assert np.allclose(sf.read("out/in.wav", dtype="float32")[0], p, atol=1 / 32768)
         print("ok")
-    """, tmp_path)
+    """, tmp_path, block_pipeline=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
 

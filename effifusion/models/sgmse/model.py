@@ -26,7 +26,7 @@ from torch import nn
 from effifusion.core.errors import ConfigError
 from effifusion.diffusion import spectrum
 from effifusion.diffusion.enhance import enhance_normalised
-from effifusion.diffusion.sampler import SamplerSettings
+from effifusion.diffusion.sampler import SamplerSettings, settings_with
 from effifusion.diffusion.sde import OuveSde
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
@@ -94,9 +94,7 @@ class Sgmse(EnhancementModel):
 
     def with_sampler(self, **overrides: Any) -> "Sgmse":
         """Change sampler settings in place (inference only: the weights do not depend on them)."""
-        from effifusion.inference.diffusion_runtime import sampler_settings
-
-        self.sampler = sampler_settings(self.sampler.config(), overrides, self.has_predictive, "")
+        self.sampler = settings_with(self.sampler.config(), overrides, self.has_predictive)
         return self
 
     # -- the networks -----------------------------------------------------------------------------
@@ -179,11 +177,12 @@ class Sgmse(EnhancementModel):
         x = torch.zeros(1, 2, self.n_bins, frames)
         t = torch.full((1,), 0.5)
         with torch.no_grad():
-            per_score = traced_macs(ScoreNetwork(self), lambda: ScoreNetwork(self)(x, x, t))["total"]
+            nets = self.export_networks()
+            per_score = traced_macs(nets["score"], lambda: nets["score"](x, x, t))["total"]
             out = {"score_evaluation": per_score}
             per_pred = 0
             if self.has_predictive:
-                per_pred = traced_macs(PredictiveNetwork(self), lambda: PredictiveNetwork(self)(x))["total"]
+                per_pred = traced_macs(nets["predictive"], lambda: nets["predictive"](x))["total"]
                 out["predictive_evaluation"] = per_pred
         s = self.sampler
         n_score = s.evaluations() - (s.mode != "generative")
@@ -243,8 +242,7 @@ def check_config(cfg: Any, arch: str) -> dict[str, Any]:
         require("model.sde", key, sde[key], is_number(sde[key]) and sde[key] > 0, "a positive number")
     require("model.sde", "sigma_max", sde["sigma_max"], sde["sigma_max"] > sde["sigma_min"], "> sigma_min")
     require("model.sde", "t_eps", sde["t_eps"], sde["t_eps"] < 1, "a number in (0, 1)")
-    sampler = SamplerSettings(**check_keys(m["sampler"], SamplerSettings.KEYS, "model.sampler"))
-    problem = sampler.problem(arch == "gp_sgmse")
-    if problem:
-        raise ConfigError(f"model.sampler.{problem}")
+    if not isinstance(m["sampler"], dict):
+        raise ConfigError(f"model.sampler: expected a mapping of settings, got {type(m['sampler']).__name__}")
+    settings_with(m["sampler"], None, arch == "gp_sgmse", "model.")
     return m
