@@ -1,4 +1,4 @@
-"""Stage `prune`: fine-tune models/dense with dynamic L1 pruning to prune.amount -> models/pruned."""
+"""Stage `prune`: models/dense -> models/pruned by prune.method (l1_unstructured, channel, or none: a copy)."""
 
 from pathlib import Path
 
@@ -7,11 +7,16 @@ from effifusion.training.stages import prune_finetune
 
 
 def main() -> None:
-    metrics = prune_finetune(load_params(), init_dir=Path("models/dense"), prepared_dir=Path("data/prepared"),
+    params = load_params()
+    metrics = prune_finetune(params, init_dir=Path("models/dense"), prepared_dir=Path("data/prepared"),
                              out_dir=Path("models/pruned"), metrics_path=Path("metrics/prune.json"),
                              plots_dir=Path("plots/prune"))
-    print(f"prune: val PESQ {metrics['val_pesq']:.3f} at sparsity {metrics['conv_sparsity']:.3f} of conv "
-          f"weights, {metrics['params_nonzero']:,}/{metrics['params_total']:,} non-zero params")
+    if metrics.get("method") == "none":
+        print(f"prune: method none, models/pruned = models/dense ({metrics['params_total']:,} params), "
+              "no fine-tune")
+        return
+    print(f"prune ({params['prune']['method']}): val PESQ {metrics['val_pesq']:.3f}, "
+          f"{metrics['params_nonzero']:,}/{metrics['params_total']:,} non-zero params")
 
 
 if __name__ == "__main__":
