@@ -76,9 +76,22 @@ def _sampler_overrides(args: argparse.Namespace) -> dict | None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from effifusion.inference.bench import describe, run_bench
+    from effifusion.core.errors import ConfigError
+    from effifusion.inference.bench import MODEL_REPEATS, bench_exported, describe, run_bench
 
-    row = run_bench(args.preset, args.seconds, args.backend, args.threads)
+    if args.model is not None:  # the file is the model: nothing to build, no other runtime
+        if args.preset is not None:
+            raise ConfigError(f"--preset {args.preset} does not apply with --model {args.model} "
+                              "(the file is the model measured)")
+        if args.backend not in (None, "onnx"):
+            raise ConfigError(f"--backend {args.backend} does not apply with --model {args.model} "
+                              "(an exported .onnx runs in ONNX Runtime)")
+        repeats = MODEL_REPEATS if args.repeats is None else args.repeats
+        row = bench_exported(args.model, args.seconds, args.threads, repeats, progress=True)
+    else:
+        if args.repeats is not None:
+            raise ConfigError("--repeats applies to --model only (a preset's bench times one run)")
+        row = run_bench(args.preset or "demo", args.seconds, args.backend or "onnx", args.threads)
     print(json.dumps(row) if args.json else describe(row))
 
 
@@ -194,15 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--info", action="store_true", help="print the model card of --model as JSON and exit")
     s.set_defaults(func=_enhance, parser=s)
 
-    s = sub.add_parser("bench", help="inference cost of a preset's model on this machine: real-time factor, "
-                                     "GMAC/s, peak memory (random weights)")
-    s.add_argument("--preset", default="demo", help="presets/NAME.yaml (or a params file) whose model to build "
-                                                    "(default: demo)")
+    s = sub.add_parser("bench", help="inference cost of a preset's model (random weights) or of an exported "
+                                     "model on this machine: real-time factor, GMAC/s, peak memory")
+    s.add_argument("--preset", default=None, help="presets/NAME.yaml (or a params file) whose model to build "
+                                                  "(default: demo)")
+    s.add_argument("--model", default=None, metavar="FILE.onnx",
+                   help="measure this exported model instead (its model card gives the architecture, "
+                        "parameter and MAC counts); not with --preset")
     s.add_argument("--seconds", default="4", metavar="S",
                    help="input length in s, enhanced in one piece (default 4)")
-    s.add_argument("--backend", default="onnx", metavar="onnx|pytorch",
+    s.add_argument("--backend", default=None, metavar="onnx|pytorch",
                    help="ONNX Runtime on the exported model (default) or PyTorch eager on the checkpoint")
     s.add_argument("--threads", default="1", metavar="N", help="intra-op / torch threads (default 1)")
+    s.add_argument("--repeats", default=None, metavar="R",
+                   help="--model only: timed runs after the warm-up, the RTF is their median (default 3)")
     s.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")
     s.set_defaults(func=_bench)
 

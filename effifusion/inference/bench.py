@@ -46,6 +46,19 @@ Errors the user can fix (unknown preset, ``seconds`` <= 0, ``threads`` < 1, unkn
 ConfigErrors (one line, exit 2); a measuring process that dies (killed for lack of memory, say) is
 a BenchError saying so with its exit code. ``bench/bench_infer.py`` calls ``prepare`` and
 ``measure`` for its table (with ``chunk_s`` and ``repeats``, which this command does not use).
+
+``effifusion bench --model FILE.onnx [--seconds S --threads N --repeats R]`` (and ``bench_exported``,
+which the evaluate stage calls) measures a given export instead: an effifusion-GAN-style graph or a
+diffusion export (its sampler runs around the network, inference/diffusion_runtime.py). The same child
+process runs it, ``R`` timed runs after the warm-up (default 3); ``compute_s`` is their median. The row
+has ``model`` (the file) where a preset's has ``preset``, and adds ``repeats``, ``times_s`` (each run),
+``params_nonzero``, ``file_bytes`` (the file, plus a diffusion export's predictive network beside it)
+and where the MACs came from: ``macs_source`` "card" (the card's ``gmac_per_second``, an analytic count
+for 1 s of audio, times the audio run), "config" (the architecture in the card's ``config`` rebuilt with
+PyTorch and counted at this length, when its parameter count matches the card's: a channel-pruned file
+whose config no longer describes its shapes does not) or null, with ``macs_note`` saying which and why;
+the three ``gmac_*`` values are null when it is null. ``params_total`` / ``params_nonzero`` are the
+card's (null if it lacks them); ``network_evaluations`` comes from the card's sampler settings.
 """
 
 from __future__ import annotations
@@ -61,6 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import statistics
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -75,6 +89,7 @@ PARITY_S = 0.5  # export check length (the pipeline's export checks several; spe
 SIGNAL_SEED = 3
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 MIB = 2**20
+MODEL_REPEATS = 3  # --model: timed runs after the warm-up; the row's compute_s is their median
 
 
 class BenchError(EffiFusionError):
@@ -183,6 +198,9 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, An
                              f"{hint}")
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else "(no message)"
+        if proc.returncode == 2 and last.startswith("effifusion bench: error: "):
+            # child_main's exit for an EffiFusionError (a model file it cannot load): the user's to fix
+            raise ConfigError(last.removeprefix("effifusion bench: error: "))
         last = last.removeprefix("effifusion bench: error: ")
         raise BenchError(f"the measuring process failed (exit code {proc.returncode}): {last[:500]}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -219,7 +237,7 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
     ``chunk_s``: inputs longer than it go through ``Enhancer.enhance_long`` (chunks overlapping by
     ``overlap_s``); ``repeats``: timed runs, the fastest is kept. The command uses neither.
     """
-    from effifusion.models.cost import frames_for, parameter_counts
+    from effifusion.models.cost import parameter_counts
 
     model_file = prepared.onnx if backend == "onnx" else prepared.checkpoint
     if model_file is None:
@@ -227,8 +245,8 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
     cmd, env = child_command(model_file, backend, seconds, threads, chunk_s, overlap_s, repeats, warmup_s)
     child = run_child(cmd, env)
     model = prepared.model
-    sr, hop = model.sample_rate, model.frontend.hop_length
-    costs = [model.macs(frames_for(max(n, model.min_samples) / sr, sr, hop)) for n in child["pieces"]]
+    sr = model.sample_rate
+    costs = pieces_macs(model, child["pieces"])
     macs = sum(c["total"] for c in costs)
     compute_s = child["compute_s"]
     evaluations = sum(c.get("evaluations", 1) for c in costs)  # a diffusion sampler runs its network many times
@@ -252,6 +270,14 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
         "piece_s": round(child["piece_s"], 4),
         "platform": platform_info(),
     }
+
+
+def pieces_macs(model: Any, pieces: list[int]) -> list[dict[str, int]]:
+    """``model.macs`` of each piece run (samples; shorter ones are padded to ``min_samples``)."""
+    from effifusion.models.cost import frames_for
+
+    sr, hop = model.sample_rate, model.frontend.hop_length
+    return [model.macs(frames_for(max(n, model.min_samples) / sr, sr, hop)) for n in pieces]
 
 
 def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
@@ -278,20 +304,177 @@ def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
         return measure(prepared, backend, secs, n_threads)
 
 
+# ---------------------------------------------------------------------------------------------
+# A given export (`effifusion bench --model FILE.onnx`, bench_exported)
+
+
+def check_repeats(repeats: Any) -> int:
+    """``--repeats`` as a whole number >= 1; ConfigError otherwise."""
+    try:
+        n = int(str(repeats))
+    except ValueError:
+        raise ConfigError(f"--repeats {repeats!r}: not a whole number") from None
+    if n < 1:
+        raise ConfigError(f"--repeats {repeats}: must be at least 1")
+    return n
+
+
+def check_exported(path: str | os.PathLike) -> Path:
+    """``path`` as an existing ``.onnx`` file: the cheap checks, before a process is started."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.suffix.lower() != ".onnx":
+        raise ConfigError(f"{path}: not an ONNX model (bench --model measures an exported .onnx file; "
+                          "a preset's model: --preset NAME)")
+    with open(path, "rb") as f:  # a ModelProto starts with ir_version (field 1, varint): tag byte 0x08
+        head = f.read(1)
+    if head != b"\x08":
+        raise ConfigError(f"{path}: not an ONNX model ({'empty file' if not head else 'not an ONNX protobuf'})")
+    return path
+
+
+def card_evaluations(card: dict[str, Any]) -> int:
+    """Network evaluations per piece: a diffusion export's sampler settings say how many; else 1."""
+    sampler = card.get("sampler")
+    if card.get("runtime") != "diffusion" or not isinstance(sampler, dict):
+        return 1
+    from effifusion.diffusion.sampler import settings_with  # torch-free
+
+    return settings_with(sampler, None, bool(card.get("predictive_file"))).evaluations()
+
+
+def card_gmacs(card: dict[str, Any], pieces: list[int], sample_rate: int
+               ) -> tuple[float | None, str | None, str]:
+    """(GMACs of the pieces run, source, note) from a model card; (None, None, why) when it cannot say.
+
+    The card's ``gmac_per_second`` (1 s of audio) first: the exporter counted the graph it wrote. Else
+    the architecture in the card's ``config`` rebuilt and counted at the lengths run, but only when its
+    parameter count is the card's: a channel-pruned export's config no longer describes its shapes.
+    """
+    per_s = card.get("gmac_per_second")
+    if per_s is not None:
+        try:
+            value = float(per_s)
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return (value * sum(pieces) / sample_rate, "card",
+                    "the card's gmac_per_second (analytic, counted for 1 s of audio) times the audio run")
+    cfg, arch = card.get("config"), card.get("arch")
+    if not isinstance(cfg, dict) or not arch:
+        return None, None, "unknown: the model card has neither gmac_per_second nor a model config to count"
+    try:
+        import torch  # noqa: F401  (the count rebuilds the architecture)
+
+        from effifusion.models.registry import build_model
+    except ImportError:
+        return None, None, ("unknown: the card has no gmac_per_second, and counting its config needs PyTorch "
+                            "(pip install effifusion[pipeline])")
+    try:
+        model = build_model({**cfg, "arch": cfg.get("arch", arch)}, sample_rate)
+        if isinstance(card.get("sampler"), dict) and hasattr(model, "with_sampler"):
+            model.with_sampler(**card["sampler"])  # the export's sampler, which may differ from its config's
+    except (EffiFusionError, TypeError, ValueError, KeyError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, None, f"unknown: the card has no gmac_per_second and its config builds no model ({why})"
+    built = sum(p.numel() for p in model.parameters())
+    held = card.get("params_total")
+    if isinstance(held, int) and held != built:
+        return None, None, (f"unknown: the card has no gmac_per_second and its config builds {built:,} "
+                            f"parameters where the file holds {held:,} (channel-pruned?)")
+    macs = sum(c["total"] for c in pieces_macs(model, pieces))
+    return (macs / 1e9, "config",
+            "analytic count (models/cost.py) of the architecture in the card's config, at this input length")
+
+
+def file_bytes(path: Path, card: dict[str, Any]) -> int:
+    """Bytes of the model's files: the .onnx, and a diffusion export's predictive network beside it."""
+    total = path.stat().st_size
+    predictive = card.get("predictive_file")
+    if predictive and path.with_name(str(predictive)).is_file():
+        total += path.with_name(str(predictive)).stat().st_size
+    return total
+
+
+def bench_exported(path: str | os.PathLike, seconds: Any = 2.0, threads: Any = 1,
+                   repeats: Any = MODEL_REPEATS, progress: bool = False) -> dict[str, Any]:
+    """What one inference of the export at ``path`` costs: the row of `effifusion bench --model` (see
+    the module docstring). It is measured in a fresh process, so the peak memory is the model's own,
+    not the caller's (the evaluate stage holds PyTorch and data). ConfigError for a bad argument or a
+    file that is no effifusion export; BenchError, with its last line, when the measuring process fails.
+    """
+    secs, _, n_threads = check_args(seconds, "onnx", threads)
+    n_repeats = check_repeats(repeats)
+    path = check_exported(path)
+    if progress:
+        print(f"effifusion bench: measuring {path}: {secs:g} s, {n_threads} thread(s), "
+              f"{n_repeats} run(s) ...", file=sys.stderr, flush=True)
+    cmd, env = child_command(path, "onnx", secs, n_threads, repeats=n_repeats)
+    child = run_child(cmd, env)
+    card, pieces, sr = child["card"], child["pieces"], child["sample_rate"]
+    gmacs, source, note = card_gmacs(card, pieces, sr)
+    compute_s = statistics.median(child["times"])
+
+    def count(key: str) -> int | None:
+        return card[key] if isinstance(card.get(key), int) else None
+
+    return {
+        "model": str(path),
+        "arch": card.get("arch"),
+        "backend": "onnx",
+        "threads": n_threads,
+        "seconds": secs,
+        "sample_rate": sr,
+        "repeats": n_repeats,
+        "rtf": round(compute_s / secs, 4),
+        "compute_s": round(compute_s, 4),
+        "times_s": [round(t, 4) for t in child["times"]],
+        "gmac_per_s_audio": None if gmacs is None else round(gmacs / secs, 4),
+        "gmac_total": None if gmacs is None else round(gmacs, 4),
+        "gmac_per_s_achieved": None if gmacs is None else round(gmacs / compute_s, 4),
+        "macs_source": source,
+        "macs_note": note,
+        "peak_rss_mib": round(child["peak_rss_bytes"] / MIB, 1),
+        "baseline_rss_mib": round(child["baseline_rss_bytes"] / MIB, 1),
+        "params_total": count("params_total"),
+        "params_nonzero": count("params_nonzero"),
+        "file_bytes": file_bytes(path, card),
+        "network_evaluations": card_evaluations(card) * len(pieces),
+        "chunked": child["chunked"],
+        "piece_s": round(child["piece_s"], 4),
+        "platform": platform_info(),
+    }
+
+
 def describe(row: dict[str, Any]) -> str:
     """The human-readable lines of one row."""
     pieces = ("in several pieces, the longest " + f"{row['piece_s']:g} s" if row["chunked"]
               else "in one piece")
     p = row["platform"]
+    if "model" in row:  # a given export (bench_exported): its card's counts, its files, the median run
+        def n(key: str) -> str:
+            return "unknown" if row[key] is None else f"{row[key]:,}"
+
+        model = (f"model       {row['model']} ({row['arch']}, {n('params_total')} parameters, "
+                 f"{n('params_nonzero')} non-zero; {row['file_bytes']:,} bytes)")
+        timing = f", the median of {row['repeats']} runs" if row["repeats"] > 1 else ""
+    else:
+        model = (f"model       {row['preset']} ({row['arch']}, {row['params_total']:,} parameters, "
+                 "random weights)")
+        timing = ""
+    macs = (f"MACs        {row['gmac_total']:.2f} GMAC for this input, {row['gmac_per_s_audio']:.2f} GMAC "
+            f"per second of audio, {row['gmac_per_s_achieved']:.2f} GMAC/s achieved"
+            if row["gmac_total"] is not None else f"MACs        {row['macs_note']}")
     return "\n".join([
-        f"model       {row['preset']} ({row['arch']}, {row['params_total']:,} parameters, random weights)",
+        model,
         f"run         {row['backend']}, {row['threads']} thread(s); {row['seconds']:g} s of audio at "
         f"{row['sample_rate']} Hz, enhanced {pieces}",
-        f"real time   RTF {row['rtf']:.3f} ({row['compute_s']:.3f} s of compute for {row['seconds']:g} s of audio)",
+        f"real time   RTF {row['rtf']:.3f} ({row['compute_s']:.3f} s of compute for {row['seconds']:g} s "
+        f"of audio{timing})",
         *([f"sampler     {row['network_evaluations']} network evaluations "
            f"({row['compute_s'] / row['network_evaluations']:.3f} s each)"] if row.get("network_evaluations", 1) > 1 else []),
-        f"MACs        {row['gmac_total']:.2f} GMAC for this input, {row['gmac_per_s_audio']:.2f} GMAC per second "
-        f"of audio, {row['gmac_per_s_achieved']:.2f} GMAC/s achieved",
+        macs,
         f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "
         "loaded, before the run)",
         f"platform    Python {p['python']}, onnxruntime {p['onnxruntime']}, torch {p['torch']}; {p['cpu']}",
@@ -381,7 +564,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             pieces = [n]
     return {"compute_s": min(times), "times": times, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
             "pieces": pieces, "chunked": len(pieces) > 1 or max(pieces) < n, "piece_s": max(pieces) / sr,
-            "max_piece_s": limit, "sample_rate": sr, "runtime": enhancer.backend}
+            "max_piece_s": limit, "sample_rate": sr, "runtime": enhancer.backend, "card": enhancer.card}
 
 
 def child_main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`effifusion bench` and bench/bench_infer.py: the JSON row, bad arguments, a dying child, chunked rows.
+"""`effifusion bench` and bench/bench_infer.py: the JSON row, bad arguments, a dying child, chunked rows;
+`bench --model FILE.onnx` and bench_exported on a tiny export and a stand-in diffusion export.
 
 Behaviour and bounds only, never timings: the machine running the tests is shared.
 """
@@ -10,11 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
 
 from effifusion.cli import main
+from effifusion.core.errors import ConfigError
 from effifusion.inference.bench import BenchError, run_child
 
 KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
@@ -103,3 +106,171 @@ def test_bench_infer_script_one_piece_and_chunked_rows() -> None:
     assert (short["input_s"], short["chunked"], long["input_s"], long["chunked"]) == ("0.5", "False", "1.5", "True")
     # 1.5 s in 1.2 s chunks overlapping by 1 s: three chunks of 1.2 s, more MACs than the audio alone
     assert float(long["gmac"]) > 3 * float(short["gmac"])
+
+
+# ---------------------------------------------------------------------------------------------
+# `effifusion bench --model FILE.onnx` and bench_exported
+
+MODEL_KEYS = {"model", "arch", "backend", "threads", "seconds", "sample_rate", "repeats", "rtf", "compute_s",
+              "times_s", "gmac_per_s_audio", "gmac_total", "gmac_per_s_achieved", "macs_source", "macs_note",
+              "peak_rss_mib", "baseline_rss_mib", "params_total", "params_nonzero", "file_bytes",
+              "network_evaluations", "chunked", "piece_s", "platform"}
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny effifusion-GAN exported for real (the demo preset shrunk): {"onnx", "params_total"}."""
+    import torch
+    from helpers import tiny_params
+
+    from effifusion.inference.export import export_onnx
+    from effifusion.models.registry import build_model, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("bench-model")
+    torch.manual_seed(0)
+    model = build_model(tiny_params()["model"], 16000).eval()
+    save_checkpoint(tmp / "generator.pt", model)
+    cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-4}
+    report = export_onnx(tmp / "generator.pt", tmp / "onnx", cfg, {"sample_rate": 16000})
+    return {"onnx": Path(report["onnx_file"]), "params_total": sum(p.numel() for p in model.parameters())}
+
+
+def stand_in_diffusion(folder: Path) -> Path:
+    """A diffusion export whose networks are one node each (score y − x, estimate 0.5·y) and whose card has
+    a sampler but no model config: bench counts its evaluations, and says it cannot count its MACs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    spec = ["batch", 2, 256, "frames"]
+    io = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, spec)
+          for name in ("x", "y", "score", "estimate")}
+    t = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])
+    score = helper.make_graph([helper.make_node("Sub", ["y", "x"], ["score"])], "score",
+                              [io["x"], io["y"], t], [io["score"]])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    predictive = helper.make_graph([helper.make_node("Mul", ["y", "half"], ["estimate"])], "predictive",
+                                   [io["y"]], [io["estimate"]], initializer=[half])
+    sampler = {"mode": "joint", "steps": 4, "snr": 0.5, "corrector_steps": 1, "first_fusion": True,
+               "start_step": 2, "final_fusion": True, "fusion_weight": 0.5, "seed": 0}  # (4−2)(1+1)+1 = 5
+    card = {"arch": "gp_sgmse", "runtime": "diffusion", "sample_rate": "16000", "min_samples": "510",
+            "n_fft": "510", "hop_length": "128", "win_length": "510", "compress_factor": "0.5",
+            "spec_scale": "0.15", "time_multiple": "4", "predictive_file": "d.predictive.onnx",
+            "sde": json.dumps({"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5, "t_eps": 0.03}),
+            "sampler": json.dumps(sampler)}
+    for graph, name, props in ((score, "d.onnx", card), (predictive, "d.predictive.onnx", {})):
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        helper.set_model_props(proto, props)
+        onnx.save(proto, str(folder / name))
+    return folder / "d.onnx"
+
+
+def check_model_row(row: dict, seconds: float, repeats: int) -> None:
+    """Keys, types and bounds of a --model row that every export shares (never timings)."""
+    assert set(row) == MODEL_KEYS
+    assert row["backend"] == "onnx" and row["threads"] == 1 and row["sample_rate"] == 16000
+    assert row["seconds"] == seconds and row["repeats"] == repeats and len(row["times_s"]) == repeats
+    for key in ("rtf", "compute_s", "peak_rss_mib", "baseline_rss_mib", "piece_s"):
+        assert isinstance(row[key], float) and row[key] > 0, key
+    assert min(row["times_s"]) <= row["compute_s"] <= max(row["times_s"])  # the median of the runs
+    assert row["rtf"] == pytest.approx(row["compute_s"] / row["seconds"], rel=1e-2)
+    assert row["peak_rss_mib"] >= row["baseline_rss_mib"] and row["peak_rss_mib"] < 4096
+    assert isinstance(row["file_bytes"], int) and row["file_bytes"] > 0
+    assert isinstance(row["network_evaluations"], int) and row["network_evaluations"] >= 1
+    assert row["chunked"] is False and row["piece_s"] == seconds
+    assert isinstance(row["macs_note"], str) and row["macs_note"]
+    assert set(row["platform"]) == {"python", "onnxruntime", "torch", "cpu"}
+
+
+def test_bench_model_json_row_of_an_export(tiny_export: dict, capsys: pytest.CaptureFixture) -> None:
+    onnx_path = tiny_export["onnx"]
+    code = main(["bench", "--model", str(onnx_path), "--seconds", "1", "--threads", "1", "--repeats", "2",
+                 "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    row = json.loads(captured.out.strip().splitlines()[-1])
+    check_model_row(row, 1.0, 2)
+    assert (row["model"], row["arch"]) == (str(onnx_path), "effifusion_gan")
+    assert row["params_total"] == tiny_export["params_total"]
+    assert isinstance(row["params_nonzero"], int) and 0 < row["params_nonzero"] <= row["params_total"]
+    assert row["file_bytes"] == onnx_path.stat().st_size and row["network_evaluations"] == 1
+    # no gmac_per_second in today's card: counted from its config at this length, as the preset bench does
+    assert row["macs_source"] == "config"
+    assert 0.01 < row["gmac_total"] < 0.68  # a shrunk demo model: below the demo's 0.68 GMAC per second
+    assert row["gmac_per_s_audio"] == pytest.approx(row["gmac_total"] / row["seconds"], rel=1e-3)
+    assert row["gmac_per_s_achieved"] == pytest.approx(row["gmac_total"] / row["compute_s"], rel=1e-2)
+
+
+def test_bench_exported_of_a_diffusion_export_in_a_fresh_process(tmp_path: Path) -> None:
+    """The API the evaluate stage calls: the same row; a card without MAC count or config gives nulls."""
+    from effifusion.inference.bench import bench_exported
+
+    path = stand_in_diffusion(tmp_path)
+    row = bench_exported(path, seconds=0.5, threads=1, repeats=1)
+    check_model_row(row, 0.5, 1)
+    assert (row["model"], row["arch"]) == (str(path), "gp_sgmse")
+    assert row["network_evaluations"] == 5  # the card's sampler on one piece
+    assert row["file_bytes"] == path.stat().st_size + (tmp_path / "d.predictive.onnx").stat().st_size
+    assert row["params_total"] is None and row["params_nonzero"] is None  # the stand-in's card lacks them
+    assert row["macs_source"] is None and row["macs_note"].startswith("unknown: ")
+    assert (row["gmac_total"], row["gmac_per_s_audio"], row["gmac_per_s_achieved"]) == (None, None, None)
+    (tmp_path / "d.predictive.onnx").unlink()
+    with pytest.raises(ConfigError, match=r"d\.onnx: its predictive network d\.predictive\.onnx is missing"):
+        bench_exported(path, seconds=0.5)
+
+
+def test_card_gmacs_prefers_the_card_and_refuses_a_config_that_is_not_the_file(tiny_export: dict) -> None:
+    import onnxruntime as ort
+
+    from effifusion.inference.bench import card_gmacs
+    from effifusion.inference.onnx_model import model_card
+
+    meta = ort.InferenceSession(str(tiny_export["onnx"]), providers=["CPUExecutionProvider"])
+    card = model_card(meta.get_modelmeta().custom_metadata_map)
+    derived, source, _ = card_gmacs(card, [16000], 16000)
+    assert source == "config" and derived > 0
+    assert card_gmacs({**card, "gmac_per_second": "0.5"}, [32000], 16000)[:2] == (1.0, "card")
+    gmacs, source, note = card_gmacs({**card, "params_total": card["params_total"] // 2}, [16000], 16000)
+    assert (gmacs, source) == (None, None) and "channel-pruned" in note
+    assert card_gmacs({"arch": "effifusion_gan"}, [16000], 16000)[:2] == (None, None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "demo"], "--preset demo does not apply with --model "),
+    (["--backend", "pytorch"], "--backend pytorch does not apply with --model "),
+    (["--repeats", "0"], "--repeats 0: must be at least 1"),
+    (["--seconds", "0"], "--seconds 0: must be a positive number"),
+])
+def test_options_that_do_not_apply_to_a_file_are_one_line(tiny_export: dict, args: list[str], message: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--model", str(tiny_export["onnx"]), *args, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("effifusion bench: error: ") and message in lines[0]
+
+
+def test_repeats_without_a_model_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--repeats", "2"]) == 2
+    assert capsys.readouterr().err.strip() == ("effifusion bench: error: --repeats applies to --model only "
+                                               "(a preset's bench times one run)")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.onnx", None, "missing.onnx: model file not found"),
+    ("generator.pt", b"\x80\x02 not onnx", "generator.pt: not an ONNX model (bench --model measures an "),
+    ("text.onnx", b"hello", "text.onnx: not an ONNX model (not an ONNX protobuf)"),
+    ("empty.onnx", b"", "empty.onnx: not an ONNX model (empty file)"),
+    ("broken.onnx", b"\x08\x07 garbage", "broken.onnx: not a loadable ONNX model ("),  # the child finds it
+])
+def test_a_missing_or_non_onnx_file_is_one_line(tmp_path: Path, name: str, content: bytes | None, message: str
+                                                ) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "effifusion.cli", "bench", "--model", str(path), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("effifusion bench: error: ") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == (2 if name == "broken.onnx" else 1)  # the child's error follows the progress line
