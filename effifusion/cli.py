@@ -32,7 +32,7 @@ def _score(args: argparse.Namespace) -> None:
     from effifusion.evaluation.metrics import score_dirs
 
     means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
-                       convention=args.convention, allow_missing=args.allow_missing)
+                       convention=args.convention, allow_missing=args.allow_missing, noisy_dir=args.noisy)
     print(json.dumps(means, indent=2))
 
 
@@ -158,10 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
     s.set_defaults(func=_pretrained)
 
-    s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI, ESTOI, SI-SDR of enhanced vs "
-                                     "clean files")
+    s = sub.add_parser("score", help="PESQ, CSIG, CBAK, COVL, SSNR, STOI, ESTOI, SI-SDR (with --noisy also "
+                                     "SI-SIR, SI-SAR) of enhanced vs clean files")
     s.add_argument("--clean", required=True, help="folder of clean references")
     s.add_argument("--enhanced", required=True, help="folder of outputs to score (matched by file name)")
+    s.add_argument("--noisy", default=None,
+                   help="folder of the noisy inputs (matched by file name): adds SI-SIR and SI-SAR, which "
+                        "need the interference noisy - clean")
     s.add_argument("--out", default=None, help="write per-file rows to this CSV (checked writable first)")
     s.add_argument("--allow-missing", action="store_true",
                    help="score the files present when some clean references have no enhanced file "

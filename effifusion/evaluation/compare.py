@@ -53,7 +53,7 @@ COMPOSITES = ("csig", "cbak", "covl")  # evaluation.metrics.COMPOSITES: the meas
 # column suffix -> the MLflow name inside a set's section (evaluation.evaluate.mlflow_metrics)
 SET_METRICS = {"pesq": "pesq", **{f"{m}_matlab": m for m in COMPOSITES},
                **{f"{m}_published": f"{m}_published" for m in COMPOSITES}, "stoi": "stoi", "ssnr": "ssnr",
-               "estoi": "estoi", "si_sdr": "si_sdr"}
+               "estoi": "estoi", "si_sdr": "si_sdr", "si_sir": "si_sir", "si_sar": "si_sar"}
 BENCH_KEYS = {"bench_rtf_onnx": "rtf", "bench_peak_rss_mib": "peak_rss_mib",  # column -> bench row key
               "bench_gmac_per_s": "gmac_per_s_audio"}
 ID_COLUMNS = ["arch", "preset", "corpus"]
@@ -65,7 +65,7 @@ BENCH_THREADS = 1
 BENCH_FILE = "bench.json"  # in the compare run's artifacts, under compare/
 PREVIOUS_COMPARE_RUNS = 20  # earlier compare runs searched for bench results of the same run
 DIGITS = {"pesq": 3, "csig": 3, "cbak": 3, "covl": 3, "stoi": 3, "estoi": 3, "ssnr": 2, "si_sdr": 2,
-          "val_pesq": 3, "rtf": 3, "gmac": 2, "mib": 0}
+          "si_sir": 2, "si_sar": 2, "val_pesq": 3, "rtf": 3, "gmac": 2, "mib": 0}
 
 
 def columns() -> list[str]:
@@ -256,16 +256,17 @@ def metric_label(col: str) -> str:
 
 
 def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: per set, PESQ and the composites (both conventions), STOI and ESTOI, SSNR and SI-SDR
-    per architecture."""
+    """Grouped bars: per set, PESQ and the composites (both conventions), STOI and ESTOI, SSNR, SI-SDR,
+    SI-SIR and SI-SAR per architecture."""
     import numpy as np
 
     plt = figures.pyplot()
     panels = [("PESQ, CSIG, CBAK, COVL (MATLAB convention)", ["pesq", *[f"{m}_matlab" for m in COMPOSITES]]),
               ("CSIG, CBAK, COVL (published convention)", [f"{m}_published" for m in COMPOSITES]),
-              ("STOI, ESTOI", ["stoi", "estoi"]), ("SSNR, SI-SDR (dB)", ["ssnr", "si_sdr"])]
+              ("STOI, ESTOI", ["stoi", "estoi"]),
+              ("SSNR, SI-SDR, SI-SIR, SI-SAR (dB)", ["ssnr", "si_sdr", "si_sir", "si_sar"])]
     fig, axes = plt.subplots(len(SETS), len(panels), figsize=(4.2 * len(panels), 3.4 * len(SETS)),
-                             gridspec_kw={"width_ratios": [4, 3, 2, 2]}, squeeze=False)
+                             gridspec_kw={"width_ratios": [4, 3, 2, 4]}, squeeze=False)
     width = 0.8 / max(len(rows), 1)
     for row_axes, s in zip(axes, SETS):
         for ax, (title, keys) in zip(row_axes, panels):
@@ -415,7 +416,7 @@ def caption(rows: list[dict[str, Any]], experiment: str) -> list[str]:
         "", "Quality: means over each set of the PyTorch model's output, scored by the evaluate stage"
         + (f" ({'; '.join(sorted({r['protocol'] for r in rows if r['protocol']}))})"
            if any(r["protocol"] for r in rows) else "") + ". PESQ is wide-band; STOI and ESTOI in [0, 1]; "
-        "SSNR and SI-SDR in dB. "
+        "SSNR, SI-SDR, SI-SIR and SI-SAR in dB. "
         "CSIG, CBAK, COVL appear in both conventions, named in the columns: `*_matlab` = Loizou's MATLAB "
         "compute_metrics (MLflow `test/csig`, the project's default), `*_published` = the CMGAN/MP-SENet "
         "Python port on float samples (MLflow `test/csig_published`; about 0.08-0.09 higher, the convention "

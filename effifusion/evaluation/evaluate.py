@@ -9,7 +9,8 @@ over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-tim
 report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
 
 The metrics are effifusion.evaluation.metrics.METRICS: wide-band PESQ, CSIG, CBAK, COVL, SSNR, STOI,
-and the ESTOI and SI-SDR (dB) that diffusion-model papers report next to PESQ.
+and the ESTOI and SI-SDR (dB) that diffusion-model papers report next to PESQ, with SI-SDR's split
+into SI-SIR and SI-SAR (dB; the interference is each utterance's noisy input minus its clean one).
 
 Each utterance is enhanced whole, with one RMS normalisation, as MP-SENet's inference script and
 the papers' tables do (PROTOCOL; recorded in the metrics and the summary). Validation during
@@ -53,10 +54,10 @@ ENHANCED_SYSTEMS = ("pytorch", "onnx")
 PUBLISHED = "published"
 PUBLISHED_METRICS = tuple(f"{m}_{PUBLISHED}" for m in COMPOSITES)  # csig_published, ...
 ALL_METRICS = (*METRICS, *PUBLISHED_METRICS)
-METRIC_LABELS = {m: m.upper().replace("_", "-") for m in METRICS}  # PESQ, ..., ESTOI, SI-SDR
-DB_METRICS = ("ssnr", "si_sdr")  # in dB; the others are scores (PESQ/composites on a MOS scale, (E)STOI 0-1)
+METRIC_LABELS = {m: m.upper().replace("_", "-") for m in METRICS}  # PESQ, ..., SI-SDR, SI-SIR, SI-SAR
+DB_METRICS = ("ssnr", "si_sdr", "si_sir", "si_sar")  # in dB; the rest: PESQ/composites MOS-like, (E)STOI 0-1
 THREE_DECIMALS = ("stoi", "estoi")  # in [0, 1]: shown with 3 decimals, the others with 2
-SNR_PLOT_METRICS = ("pesq", "stoi", "estoi", "si_sdr")  # one <set>_<metric>_by_snr.png each
+SNR_PLOT_METRICS = ("pesq", "stoi", "estoi", "si_sdr", "si_sir", "si_sar")  # one <set>_<metric>_by_snr.png
 PUBLISHED_LABELS = {f"{m}_{PUBLISHED}": m.upper() for m in COMPOSITES}
 CONVENTIONS_NOTE = {  # evaluate.json's "conventions": which numbers follow which composite convention
     "csig/cbak/covl": CONVENTION_NOTES["matlab"],
@@ -67,7 +68,8 @@ MATLAB_CAPTION = ("CSIG, CBAK, COVL: MATLAB convention (Loizou's compute_metrics
 PUBLISHED_CAPTION = ("CSIG, CBAK, COVL: published convention (the CMGAN/MP-SENet Python port on float "
                      "samples, as their evaluation scripts call it; compare these with papers' tables).")
 UNITS_NOTE = ("PESQ is wide-band (up to 4.64); CSIG, CBAK, COVL on a 1-5 scale; STOI and ESTOI in [0, 1]; "
-              "SSNR and SI-SDR in dB (SI-SDR scale-invariant, Le Roux et al. 2019).")
+              "SSNR, SI-SDR, SI-SIR and SI-SAR in dB (SI-SDR scale-invariant, Le Roux et al. 2019; "
+              "SI-SIR and SI-SAR its residual split into noise left and artefacts, against noisy − clean).")
 SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
@@ -284,7 +286,7 @@ def score_all(items: list[dict[str, Any]], enhanced_dir: Path, workers: int,
     for it in items:
         for system in SYSTEMS:
             path = it["noisy"] if system == "noisy" else enhanced_path(enhanced_dir, system, it)
-            pairs.append((f"{it['set']}/{system}/{it['utt']}", it["clean"], path))
+            pairs.append((f"{it['set']}/{system}/{it['utt']}", it["clean"], path, it["noisy"]))
             keys.append((it, system, path))
     scores = score_files(pairs, workers=workers, desc="score", extra_conventions=(PUBLISHED,))
     return [{"set": it["set"], "system": system, "utt": it["utt"], "noise": it["noise"],

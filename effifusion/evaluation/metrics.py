@@ -1,4 +1,5 @@
-"""Speech-enhancement metrics: wide-band PESQ, Loizou's CSIG/CBAK/COVL, SSNR, STOI, ESTOI and SI-SDR.
+"""Speech-enhancement metrics: wide-band PESQ, Loizou's CSIG/CBAK/COVL, SSNR, STOI, ESTOI, SI-SDR,
+SI-SIR and SI-SAR.
 
 Every VoiceBank+DEMAND paper reports these through Loizou's `composite.m` (in its common Python
 port, "compute_metrics"), so the composite measures here follow that algorithm detail for detail
@@ -22,6 +23,11 @@ ESTOI (extended STOI, Jensen & Taal 2016) and SI-SDR (scale-invariant SDR, Le Ro
 what diffusion-model papers report next to PESQ; like PESQ, SSNR and STOI they have one convention.
 ESTOI is pystoi's extended mode after the same MATLAB-style resampling to 10 kHz as STOI; SI-SDR is
 the formula of the paper (``si_sdr``), capped at +-SI_SDR_MAX_DB so a perfect match stays finite.
+
+SI-SIR and SI-SAR split the SI-SDR residual into interference and artefacts, the decomposition
+SGMSE+'s evaluation code reports (sp-uhh/sgmse, ``energy_ratios``; here ``si_sir_sar``). They need
+the noisy input as well (the interference is noisy - clean), so they are computed only where it is
+given (NOISY_METRICS); with it, every other metric is unchanged.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from effifusion.core.parallel import single_thread_worker
 from effifusion.evaluation.pesq import PESQ_SAMPLE_RATE, pesq_wb
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError, say
 
-METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr")
+METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr", "si_sir", "si_sar")
+NOISY_METRICS = ("si_sir", "si_sar")  # need the noisy input too (interference = noisy - clean)
 COMPOSITES = ("csig", "cbak", "covl")  # the measures whose value depends on the convention
 CONVENTIONS = ("matlab", "published")
 DEFAULT_CONVENTION = "matlab"
@@ -60,6 +67,7 @@ MAX_TRIM_FRACTION = 0.01       # ... or up to 1 % of the longer signal
 STOI_SAMPLE_RATE = 10_000
 ESTOI_DITHER_SEED = 0          # pystoi's ESTOI dithers with numpy's global generator: seeded, then restored
 SI_SDR_MAX_DB = 100.0          # |SI-SDR| capped here: a perfect match is +100 dB, not inf (see si_sdr)
+SI_ZERO_ENERGY = 1e-20         # SI-SIR/SAR: a part with less of the output's energy counts as absent
 
 # composite.m constants
 FRAME_MS = 30                  # 30 ms frames, hop a quarter frame
@@ -395,6 +403,68 @@ def si_sdr(
     return float(10.0 * np.log10(max(t, floor * n) / max(n, floor * t)))
 
 
+def si_sdr_components(
+    clean: np.ndarray, enhanced: np.ndarray, noisy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s_target, e_noise, e_art) of ``enhanced``: its parts along the clean speech, along the
+    interference ``noisy - clean``, and the rest, all three from zero-mean signals (equal lengths).
+
+    s_target = (<e, c> / |c|^2) c and e_noise = (<e, n> / |n|^2) n are separate projections (c and n
+    need not be orthogonal), e_art = e - s_target - e_noise. Means are removed first, as ``si_sdr``
+    does, so s_target is the one SI-SDR uses and e_noise + e_art is its residual (SGMSE+'s
+    ``si_sdr_components`` skips the mean removal: the same values on zero-mean files). Without
+    interference (noisy equal to clean up to a constant; an interference at most SI_ZERO_ENERGY of the
+    clean energy is rounding noise, no direction to project on) e_noise is zero.
+    """
+    c, e, y = (np.asarray(x, dtype=np.float64) for x in (clean, enhanced, noisy))
+    if not c.shape == e.shape == y.shape or c.ndim != 1:
+        raise AudioError(f"SI-SIR/SI-SAR need three 1-D signals of one length, got clean {c.shape}, "
+                         f"enhanced {e.shape}, noisy {y.shape}")
+    c, e, n = c - np.mean(c), e - np.mean(e), (y - c) - np.mean(y - c)
+    target = np.dot(e, c) / np.dot(c, c) * c
+    nn = float(np.dot(n, n))
+    e_noise = np.dot(e, n) / nn * n if nn > SI_ZERO_ENERGY * np.dot(c, c) else np.zeros_like(e)
+    return target, e_noise, e - target - e_noise
+
+
+def _energy_ratio_db(num: float, den: float, scale: float) -> float:
+    """10 log10(num / den) within +-SI_SDR_MAX_DB; an energy at most SI_ZERO_ENERGY * ``scale`` (the
+    output's energy, so the rule is scale-invariant) is rounding noise, taken as none: no numerator
+    gives the lower cap (also over no denominator), no denominator the upper one."""
+    tiny = SI_ZERO_ENERGY * scale
+    if num <= tiny:
+        return -SI_SDR_MAX_DB
+    if den <= tiny:
+        return SI_SDR_MAX_DB
+    return float(np.clip(10.0 * np.log10(num / den), -SI_SDR_MAX_DB, SI_SDR_MAX_DB))
+
+
+def si_sir_sar(
+    clean: np.ndarray, enhanced: np.ndarray, noisy: np.ndarray,
+    names: tuple[str, str] = ("clean", "enhanced"),
+) -> tuple[float, float]:
+    """(SI-SIR, SI-SAR) in dB of ``enhanced`` against ``clean``, the interference being ``noisy - clean``.
+
+    SI-SIR = 10 log10(|s_target|^2 / |e_noise|^2) (how much of the noise is left), SI-SAR =
+    10 log10(|s_target|^2 / |e_art|^2) (what the processing added), from ``si_sdr_components``.
+    Both are limited to +-SI_SDR_MAX_DB like SI-SDR and are never NaN or inf (see _energy_ratio_db for
+    parts without energy): an output with no noise left gets +100 dB SI-SIR, and the noisy input
+    itself, whose only artefacts come from speech and noise not being exactly orthogonal, a high
+    SI-SAR (+100 dB when they are). A constant clean or enhanced signal raises AudioError naming it
+    by ``names``.
+    """
+    for x, name in zip((clean, enhanced), names):
+        x = np.asarray(x)
+        if x.size and np.ptp(x) == 0:
+            raise AudioError(f"{name}: is constant (nothing left after removing its mean); "
+                             "SI-SIR and SI-SAR are undefined")
+    target, e_noise, e_art = si_sdr_components(clean, enhanced, noisy)
+    output = target + e_noise + e_art  # the zero-mean enhanced signal
+    energy, t = float(np.dot(output, output)), float(np.dot(target, target))
+    return (_energy_ratio_db(t, float(np.dot(e_noise, e_noise)), energy),
+            _energy_ratio_db(t, float(np.dot(e_art, e_art)), energy))
+
+
 # ---------------------------------------------------------------------------------------------
 # one pair
 
@@ -426,16 +496,22 @@ def _as_float_pair(
 
 def score_pair(
     clean: np.ndarray, enhanced: np.ndarray, sr: int = PESQ_SAMPLE_RATE,
-    names: tuple[str, str] = ("clean", "enhanced"),
+    names: tuple[str, ...] = ("clean", "enhanced"),
     convention: str = DEFAULT_CONVENTION,
     extra_conventions: tuple[str, ...] = (),
+    noisy: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """PESQ (wide-band), CSIG, CBAK, COVL, SSNR, STOI, ESTOI and SI-SDR of ``enhanced`` against ``clean``.
+    """PESQ (wide-band), CSIG, CBAK, COVL, SSNR, STOI, ESTOI and SI-SDR of ``enhanced`` against ``clean``,
+    and SI-SIR and SI-SAR when the ``noisy`` input is given.
 
     Both must be finite 1-D signals at 16 kHz. Lengths that differ by at most 1600 samples or 1 %
     (codec and resampler padding) are trimmed to the shorter; larger differences, a silent or constant
     signal or less than 0.25 s raise AudioError, whose message calls the two signals by ``names``.
     SI-SDR is in dB, limited to +-SI_SDR_MAX_DB (a perfect match: +100 dB, see si_sdr).
+
+    ``noisy`` (called ``names[2]``, default "noisy") is checked and trimmed like ``enhanced``, against
+    ``clean``; SI-SIR and SI-SAR (dB, see si_sir_sar) use the three on their common length, the other
+    metrics are what they are without it. Without ``noisy`` the row has no si_sir / si_sar keys.
 
     CSIG, CBAK and COVL are in ``convention`` ("matlab" or "published"); each of
     ``extra_conventions`` adds them as ``csig_<convention>``, ... from the same frames.
@@ -444,14 +520,20 @@ def score_pair(
     if sr != PESQ_SAMPLE_RATE:
         raise AudioError(f"{names[1]}: metrics need {PESQ_SAMPLE_RATE} Hz audio (wide-band PESQ), got {sr} "
                          "Hz: resample first (effifusion.dsp.audio.resample)")
-    c, e = _as_float_pair(clean, enhanced, names)
+    c, e = _as_float_pair(clean, enhanced, names[:2])
+    if noisy is not None:
+        y = _as_float_pair(c, noisy, (names[0], names[2] if len(names) > 2 else "noisy"))[1]
     if len(c) < MIN_DURATION_S * sr:
         raise AudioError(f"{names[0]}: {len(c)} samples ({len(c) / sr:.3f} s) are too short to score; "
                          f"PESQ needs at least {MIN_DURATION_S} s of speech")
     for x, name in ((c, names[0]), (e, names[1])):
         if float(np.max(np.abs(x))) < SILENCE_PEAK:
             raise AudioError(f"{name}: is silent (peak below {SILENCE_PEAK:g}); PESQ is undefined")
-    sdr = si_sdr(c, e, names)  # first: it names a constant (DC-only) signal, which passes the peak check
+    sdr = si_sdr(c, e, names[:2])  # first: it names a constant (DC-only) signal, which passes the peak check
+    ratios = {}
+    if noisy is not None:
+        k = min(len(c), len(y))
+        ratios = dict(zip(NOISY_METRICS, si_sir_sar(c[:k], e[:k], y[:k], names[:2])))
     try:
         pesq = pesq_wb(c, e, sr)
         c10, e10 = _resample_for_stoi(c, e, sr)  # once, for STOI and ESTOI
@@ -460,43 +542,53 @@ def score_pair(
     except AudioError as exc:
         raise AudioError(f"{names[1]} vs {names[0]}: {exc}") from None
     measures = composite_conventions(c, e, pesq, sr, (convention, *extra))
-    scores = {"pesq": pesq, **measures[convention], "stoi": stoi, "estoi": estoi, "si_sdr": sdr}
-    out = {k: scores[k] for k in METRICS}
+    scores = {"pesq": pesq, **measures[convention], "stoi": stoi, "estoi": estoi, "si_sdr": sdr, **ratios}
+    out = {k: scores[k] for k in METRICS if k in scores}
     for other in extra:
         out.update({f"{m}_{other}": measures[other][m] for m in COMPOSITES})
     return out
 
 
-def score_keys(convention: str = DEFAULT_CONVENTION, extra_conventions: tuple[str, ...] = ()) -> list[str]:
-    """The metric keys of a score_pair / score_files row for these arguments, in order."""
+def score_keys(
+    convention: str = DEFAULT_CONVENTION, extra_conventions: tuple[str, ...] = (), noisy: bool = False
+) -> list[str]:
+    """The metric keys of a score_pair / score_files row for these arguments (``noisy``: the noisy
+    input given, so SI-SIR and SI-SAR too), in order."""
     extra = _check_extra(convention, extra_conventions)
-    return [*METRICS, *(f"{m}_{other}" for other in extra for m in COMPOSITES)]
+    return [*(m for m in METRICS if noisy or m not in NOISY_METRICS),
+            *(f"{m}_{other}" for other in extra for m in COMPOSITES)]
 
 
 # ---------------------------------------------------------------------------------------------
 # many files
 
 
-def _score_file(job: tuple[str, str, str, str, tuple[str, ...]]) -> dict:
+def _score_file(job: tuple[str, str, str, str | None, str, tuple[str, ...]]) -> dict:
     """One row for score_files; failures become an ``error`` field instead of an exception."""
-    utt, clean_path, enhanced_path, convention, extra = job
+    utt, clean_path, enhanced_path, noisy_path, convention, extra = job
     try:
         clean, sr = read_wav(clean_path)
-        enhanced, sr_enhanced = read_wav(enhanced_path)
-        if sr_enhanced != sr:
-            raise AudioError(f"{enhanced_path}: sample rate is {sr_enhanced} Hz but its clean reference "
-                             f"{clean_path} is {sr} Hz")
-        return {"utt": utt, **score_pair(clean, enhanced, sr, names=(clean_path, enhanced_path),
-                                         convention=convention, extra_conventions=extra)}
+        signals = {}
+        for path in (enhanced_path, noisy_path):
+            if path is not None and path not in signals:
+                signals[path], sr_other = read_wav(path)
+                if sr_other != sr:
+                    raise AudioError(f"{path}: sample rate is {sr_other} Hz but its clean reference "
+                                     f"{clean_path} is {sr} Hz")
+        noisy = signals[noisy_path] if noisy_path is not None else None
+        return {"utt": utt, **score_pair(clean, signals[enhanced_path], sr,
+                                         names=(clean_path, enhanced_path, noisy_path or "noisy"),
+                                         convention=convention, extra_conventions=extra, noisy=noisy)}
     except EffiFusionError as exc:
         error = str(exc)
     except Exception as exc:  # keep the other files' results; reported with the failures at the end
         error = f"{enhanced_path}: {type(exc).__name__}: {exc}"
-    return {"utt": utt, **{k: float("nan") for k in score_keys(convention, extra)}, "error": error}
+    keys = score_keys(convention, extra, noisy_path is not None)
+    return {"utt": utt, **{k: float("nan") for k in keys}, "error": error}
 
 
 def score_files(
-    pairs: list[tuple[str, Path, Path]],
+    pairs: list[tuple[str, Path, Path]] | list[tuple[str, Path, Path, Path]],
     workers: int | None = None,
     progress: bool = True,
     desc: str = "scoring",
@@ -504,16 +596,22 @@ def score_files(
     convention: str = DEFAULT_CONVENTION,
     extra_conventions: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Score (utt, clean WAV, enhanced WAV) triples in worker processes; rows in input order.
+    """Score (utt, clean WAV, enhanced WAV) triples, or (utt, clean, enhanced, noisy WAV) quadruples
+    for SI-SIR and SI-SAR too, in worker processes; rows in input order.
 
-    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr"}, the composites in
-    ``convention``, plus "csig_<c>", "cbak_<c>", "covl_<c>" for each of ``extra_conventions``
-    (see score_pair); a file that cannot be scored gets NaN metrics and an "error" message. Unless
-    ``allow_errors``, AudioError lists those files after all others are done. Workers are spawned
-    (safe beside torch) with one thread each.
+    Each row is {"utt", "pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr"}, then "si_sir",
+    "si_sar" for quadruples, the composites in ``convention``, plus "csig_<c>", "cbak_<c>", "covl_<c>"
+    for each of ``extra_conventions`` (see score_pair); a file that cannot be scored gets NaN metrics
+    and an "error" message. Unless ``allow_errors``, AudioError lists those files after all others
+    are done. Workers are spawned (safe beside torch) with one thread each.
     """
     extra = _check_extra(convention, extra_conventions)
-    jobs = [(str(utt), str(clean), str(enhanced), convention, extra) for utt, clean, enhanced in pairs]
+    sizes = {len(p) for p in pairs}
+    if not sizes <= {3, 4} or len(sizes) > 1:
+        raise ConfigError(f"score_files: every item must be (utt, clean, enhanced) or (utt, clean, enhanced, "
+                          f"noisy), all of one kind; got items of {sorted(sizes)} fields")
+    jobs = [(str(p[0]), str(p[1]), str(p[2]), str(p[3]) if len(p) == 4 else None, convention, extra)
+            for p in pairs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     bar = dict(total=len(jobs), desc=desc, unit="file", disable=not progress)
     from tqdm import tqdm
@@ -564,13 +662,17 @@ def score_dirs(
     workers: int | None = None,
     convention: str = DEFAULT_CONVENTION,
     allow_missing: bool = False,
+    noisy_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Score every enhanced WAV against the clean WAV of the same file name (``effifusion score``).
+    """Score every enhanced WAV against the clean WAV of the same file name (``effifusion score``);
+    with ``noisy_dir``, the noisy inputs of the same names, SI-SIR and SI-SAR too.
 
     A clean reference without an enhanced file is a DataError naming how many and the first few
     (a mean over a subset would pass for the whole set), unless ``allow_missing``: then a warning
     line and the means over the files present. An enhanced file without a clean reference is left
-    out with a warning line. ``out_csv`` is checked writable before any scoring.
+    out with a warning line. A scored file without a noisy input in ``noisy_dir`` is a DataError
+    (the SI-SIR and SI-SAR means would cover other files than the rest). ``out_csv`` is checked
+    writable before any scoring.
 
     Returns {"n", "convention", "convention_note" (what it means), "means" (per metric),
     "unmatched_enhanced" (names without a clean reference), "missing_enhanced" (count of clean files
@@ -599,9 +701,18 @@ def score_dirs(
         say("score", "warning", f"{len(unmatched)} enhanced file(s) in {enhanced_dir} have no clean reference in "
                                 f"{clean_dir} ({_names(unmatched)}); left out")
     pairs = [(Path(name).stem, clean[name], enhanced[name]) for name in common]
+    if noisy_dir is not None:
+        noisy_dir = Path(noisy_dir)
+        noisy = _wav_names(noisy_dir)
+        lacking = [name for name in common if name not in noisy]
+        if lacking:
+            raise DataError(f"{len(lacking)} of {len(common)} files to score have no noisy input in "
+                            f"{noisy_dir} ({_names(lacking)}); SI-SIR and SI-SAR need one for each "
+                            "(or leave out --noisy)")
+        pairs = [(utt, c, e, noisy[name]) for (utt, c, e), name in zip(pairs, common)]
     rows = score_files(pairs, workers=workers, allow_errors=True, convention=convention)
     rows = [{convention_key(k, convention) if k in METRICS else k: v for k, v in row.items()} for row in rows]
-    keys = [convention_key(m, convention) for m in METRICS]
+    keys = [convention_key(m, convention) for m in score_keys(convention, (), noisy_dir is not None)]
     if out_csv is not None:
         try:
             write_rows_csv(out_csv, rows)

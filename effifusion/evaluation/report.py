@@ -27,8 +27,8 @@ from effifusion.tracking.names import EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_
 from effifusion.core.config import read_params, repo_root
 from effifusion.core.errors import DataError
 
-QUALITY = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr")  # MLflow <set>/<metric> names
-QUALITY_TITLES = {"si_sdr": "SI-SDR (dB)"}  # the others: the name in capitals
+QUALITY = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "si_sir", "si_sar")  # MLflow names
+QUALITY_TITLES = {"si_sdr": "SI-SDR (dB)", "si_sir": "SI-SIR (dB)", "si_sar": "SI-SAR (dB)"}  # others: NAME
 SETS = ("test", "unseen")
 REGISTERED_MODEL = "effifusion-gan"
 SELECT_BY = "val_pesq"  # the row column selection reads: MLflow's val/pesq, never a test metric

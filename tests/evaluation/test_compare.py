@@ -61,7 +61,7 @@ def log_pipeline_run(arch: str, preset: str, val_pesq: float | None, quality: di
 
 def quality(pesq: float) -> dict[str, float]:
     q = {"pesq": pesq, "csig": 3.0, "cbak": 2.5, "covl": 2.7, "ssnr": 8.0, "stoi": 0.90, "estoi": 0.75,
-         "si_sdr": 12.3}
+         "si_sdr": 12.3, "si_sir": 20.5, "si_sar": 14.1}
     q.update({f"{m}_published": q[m] + 0.09 for m in ("csig", "cbak", "covl")})
     return q
 
@@ -93,6 +93,7 @@ def test_compare_table_plots_and_run(store, tmp_path):
     assert g["test_csig_matlab"] == pytest.approx(3.0) and g["test_csig_published"] == pytest.approx(3.09)
     assert g["test_stoi"] == pytest.approx(0.9) and g["test_ssnr"] == pytest.approx(8.0)
     assert g["test_estoi"] == pytest.approx(0.75) and g["unseen_si_sdr"] == pytest.approx(12.1)
+    assert g["test_si_sir"] == pytest.approx(20.5) and g["unseen_si_sar"] == pytest.approx(13.9)
     assert g["val_pesq"] == pytest.approx(2.0) and g["rtf_onnx_eval"] == pytest.approx(0.12)
     assert (g["params_total"], g["params_nonzero"]) == (30000, 21000) and g["preset"] == "demo"
     assert g["corpus"] == "demo"
@@ -106,13 +107,14 @@ def test_compare_table_plots_and_run(store, tmp_path):
     assert float(gan_csv["gmac_per_s"]) > 0  # analytic, from the run's model.* params
     assert gan_csv["test_covl_published"] == "2.79" and gan_csv["bench_rtf_onnx"] == ""
     assert gan_csv["test_estoi"] == "0.75" and gan_csv["test_si_sdr"] == "12.3"
+    assert gan_csv["test_si_sir"] == "20.5" and gan_csv["test_si_sar"] == "14.1"
 
     md = (out / "compare.md").read_text()
     assert "demo corpus" in md and "`*_matlab`" in md and "`*_published`" in md
     assert "No row is selected or ranked by a test metric" in md
-    assert "STOI and ESTOI in [0, 1]; SSNR and SI-SDR in dB" in md
+    assert "STOI and ESTOI in [0, 1]; SSNR, SI-SDR, SI-SIR and SI-SAR in dB" in md
     gan_test = [line for line in md.splitlines() if line.startswith("| effifusion_gan | demo |")][1]
-    assert gan_test.endswith("| 0.900 | 8.00 | 0.750 | 12.30 |")  # ESTOI 3 decimals, SI-SDR dB with 2
+    assert gan_test.endswith("| 0.900 | 8.00 | 0.750 | 12.30 | 20.50 | 14.10 |")  # ESTOI 3 decimals, dB 2
     muse_cost = next(line for line in md.splitlines() if line.startswith("| muse | demo | demo |"))
     assert "| 50,000 | 50,000 | — | 2.400 | 0.310 | — | — | — |" in muse_cost
     for name in ("compare_pareto.png", "compare_quality.png"):
@@ -175,8 +177,10 @@ def test_empty_store_is_one_line_naming_the_experiment(store, tmp_path, capsys):
 
 def test_metric_labels_drop_the_convention_only():
     labels = [compare.metric_label(k) for k in compare.SET_METRICS]
-    assert labels == ["PESQ", *["CSIG", "CBAK", "COVL"] * 2, "STOI", "SSNR", "ESTOI", "SI-SDR"]
+    assert labels == ["PESQ", *["CSIG", "CBAK", "COVL"] * 2, "STOI", "SSNR", "ESTOI", "SI-SDR", "SI-SIR",
+                      "SI-SAR"]
     assert compare.cell(12.3456, "test_si_sdr") == "12.35" and compare.cell(0.75, "unseen_estoi") == "0.750"
+    assert compare.cell(20.456, "test_si_sir") == "20.46" and compare.cell(-3.0, "unseen_si_sar") == "-3.00"
 
 
 def test_nested_model_params_are_unflattened():

@@ -147,7 +147,8 @@ def _read_rows(path: Path) -> list[dict]:
 
 def test_outputs_exist(evaluated) -> None:
     out = evaluated["root"] / "reports" / "evaluate"
-    plots = [f"{s}_{m}_by_snr.png" for s in ("test", "unseen") for m in ("pesq", "stoi", "estoi", "si_sdr")]
+    plots = [f"{s}_{m}_by_snr.png" for s in ("test", "unseen") for m in ev.SNR_PLOT_METRICS]
+    assert {"si_sdr", "si_sir", "si_sar"} <= set(ev.SNR_PLOT_METRICS)
     for name in ("per_utterance.csv", "by_condition.csv", "by_condition.md", "summary.md", *plots):
         assert (out / name).is_file(), name
     spectrograms = sorted(out.glob("spectrogram_*.png"))
@@ -175,6 +176,8 @@ def test_metrics_json_structure(evaluated) -> None:
             assert res["improvement"][m] == pytest.approx(res["pytorch"][m] - res["noisy"][m])
         assert 1.0 <= res["pytorch"]["pesq"] <= 4.65 and 0.0 <= res["pytorch"]["stoi"] <= 1.0
         assert 0.0 <= res["pytorch"]["estoi"] <= 1.0 and abs(res["pytorch"]["si_sdr"]) < 100.0
+        assert all(abs(res[s][m]) <= 100.0 for s in ("noisy", "pytorch") for m in ("si_sir", "si_sar"))
+        assert res["noisy"]["si_sar"] > res["noisy"]["si_sir"]  # the input has noise, hardly any artefacts
         for m in ("csig", "cbak", "covl"):  # the port's 1e-10 floor on float input only ever adds
             assert res["noisy"][f"{m}_published"] >= res["noisy"][m]
     assert metrics["conventions"] == {"csig/cbak/covl": "matlab (Loizou compute_metrics, int16 scale)",
@@ -195,7 +198,7 @@ def test_noisy_metrics_equal_score_pair(evaluated) -> None:
         for row in rows:
             clean, _ = sf.read(str(manifest.parent / row["clean"]), dtype="float32")
             noisy, _ = sf.read(str(manifest.parent / row["noisy"]), dtype="float32")
-            scores.append(score_pair(clean, noisy, extra_conventions=("published",)))
+            scores.append(score_pair(clean, noisy, extra_conventions=("published",), noisy=noisy))
         if utts:
             assert sorted(r["utt"] for r in rows) == utts
         for m in (*METRICS, *ev.PUBLISHED_METRICS):
@@ -237,7 +240,7 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert int(overall["n"]) == 4
     expected = evaluated["metrics"]["test"]["pytorch"]["stoi"]
     assert float(overall["pytorch_stoi"]) == pytest.approx(expected, abs=1e-5)
-    for m in ("estoi", "si_sdr"):
+    for m in ("estoi", "si_sdr", "si_sir", "si_sar"):
         expected = evaluated["metrics"]["test"]["pytorch"][m]
         assert float(overall[f"pytorch_{m}"]) == pytest.approx(expected, abs=1e-5)
         assert m in rows[0]
@@ -254,10 +257,11 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     published = f"{evaluated['metrics']['test']['pytorch']['csig_published']:.2f}"
     assert published in summary.split(ev.PUBLISHED_CAPTION)[1]
     header = next(line for line in summary.splitlines() if line.startswith("| system |"))
-    assert header == "| system | PESQ | CSIG | CBAK | COVL | SSNR | STOI | ESTOI | SI-SDR |"
+    assert header == "| system | PESQ | CSIG | CBAK | COVL | SSNR | STOI | ESTOI | SI-SDR | SI-SIR | SI-SAR |"
     assert f"{evaluated['metrics']['test']['noisy']['si_sdr']:.2f} |" in summary  # dB, 2 decimals
     assert f"| {evaluated['metrics']['test']['noisy']['estoi']:.3f} |" in summary
-    assert ev.UNITS_NOTE in summary and "SI-SDR" in md
+    assert f"{evaluated['metrics']['test']['noisy']['si_sar']:.2f} |" in summary
+    assert ev.UNITS_NOTE in summary and "SI-SDR" in md and "SI-SAR" in md
 
 
 def test_plots_are_pngs(evaluated) -> None:
@@ -283,6 +287,8 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     assert logged["unseen/onnx_stoi"] == pytest.approx(m["unseen"]["onnx"]["stoi"])
     assert logged["test/estoi"] == pytest.approx(m["test"]["pytorch"]["estoi"])
     assert logged["unseen/improvement_si_sdr"] == pytest.approx(m["unseen"]["improvement"]["si_sdr"])
+    assert logged["test/noisy_si_sir"] == pytest.approx(m["test"]["noisy"]["si_sir"])
+    assert logged["unseen/si_sar"] == pytest.approx(m["unseen"]["pytorch"]["si_sar"])
     assert logged["unseen/improvement_pesq"] == pytest.approx(m["unseen"]["improvement"]["pesq"])
     assert logged["test/onnx_minus_torch_pesq"] == pytest.approx(m["test"]["onnx_minus_pytorch"]["pesq"])
     assert logged["rtf/torch"] == pytest.approx(m["rtf"]["pytorch"])

@@ -83,7 +83,8 @@ def test_pesq_sample_is_exact():
 def test_identical_signals_get_top_scores(voicebank):
     clean = _read(voicebank / "clean" / "p232_052.wav")
     scores = metrics.score_pair(clean, clean.copy())
-    assert set(scores) == set(metrics.METRICS)
+    plain = [m for m in metrics.METRICS if m not in metrics.NOISY_METRICS]  # no noisy input given
+    assert list(scores) == metrics.score_keys() == plain
     assert scores["pesq"] == pytest.approx(4.644, abs=0.01)
     assert scores["ssnr"] == 35.0
     assert scores["csig"] == scores["cbak"] == scores["covl"] == 5.0
@@ -237,6 +238,131 @@ def test_score_pair_si_sdr_is_the_formula(speech, voicebank):
     assert metrics.score_pair(speech, noisy)["si_sdr"] == pytest.approx(expected, abs=1e-9)
 
 
+def _orthogonal_parts(size: int, energies_db: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
+    """Zero-mean signals, mutually orthogonal (Gram-Schmidt), with these energies in dB."""
+    rng = np.random.default_rng(seed)
+    parts: list[np.ndarray] = []
+    for db in energies_db:
+        x = rng.standard_normal(size)
+        x -= x.mean()
+        for q in parts:
+            x -= (x @ q) / (q @ q) * q
+        parts.append(x * np.sqrt(10 ** (db / 10) / (x @ x)))
+    return parts
+
+
+def _energy_ratios_reference(s_hat, s, n):
+    """SGMSE+'s energy_ratios written out again (no mean removal): SI-SDR, SI-SIR, SI-SAR in dB."""
+    s_target = (s_hat @ s) / (s @ s) * s
+    e_noise = (s_hat @ n) / (n @ n) * n
+    e_art = s_hat - s_target - e_noise
+    db = lambda err: 10 * np.log10((s_target @ s_target) / (err @ err))  # noqa: E731
+    return db(e_noise + e_art), db(e_noise), db(e_art)
+
+
+@pytest.mark.parametrize("a,b,c", [(1.0, 1.0, 0.1), (0.7, 0.05, 0.02), (-2.0, 0.3, 1.5), (1e-4, 1e-5, 3e-6)])
+def test_si_sir_sar_closed_form(a, b, c):
+    """e = a s + b n + c r with s, n, r orthogonal: s_target = a s, e_noise = b n, e_art = c r exactly."""
+    s, n, r = _orthogonal_parts(16000, (0.0, -3.0, -10.0))
+    noisy, enhanced = s + n, a * s + b * n + c * r
+    sir, sar = metrics.si_sir_sar(s, enhanced, noisy)
+    ts, tn, tr = a * a * (s @ s), b * b * (n @ n), c * c * (r @ r)
+    assert sir == pytest.approx(10 * np.log10(ts / tn), abs=1e-9)  # = 3 dB + 20 log10|a / b|
+    assert sar == pytest.approx(10 * np.log10(ts / tr), abs=1e-9)  # = 10 dB + 20 log10|a / c|
+    assert metrics.si_sdr(s, enhanced) == pytest.approx(10 * np.log10(ts / (tn + tr)), abs=1e-9)
+    # 1 / SDR = 1 / SIR + 1 / SAR (as ratios) when the parts are orthogonal
+    assert 10 ** (-metrics.si_sdr(s, enhanced) / 10) == pytest.approx(10 ** (-sir / 10) + 10 ** (-sar / 10))
+
+
+def test_si_sir_sar_match_the_reference_on_correlated_signals():
+    """Speech and noise not orthogonal (real files never are): the separate projections of SGMSE+'s
+    code, and the SI-SDR of the same decomposition equal to the project's Le Roux SI-SDR."""
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal(8000)
+    n = 0.4 * rng.standard_normal(8000) + 0.2 * s  # correlated with the speech
+    s, n = s - s.mean(), n - n.mean()
+    for enhanced in (s + n, 0.9 * s + 0.1 * n + 0.05 * rng.standard_normal(8000), -3 * s + 0.01 * n):
+        enhanced = enhanced - enhanced.mean()
+        sdr, sir, sar = _energy_ratios_reference(enhanced, s, n)
+        assert metrics.si_sir_sar(s, enhanced, s + n) == pytest.approx((sir, sar), abs=1e-9)
+        assert metrics.si_sdr(s, enhanced) == pytest.approx(sdr, abs=1e-9)
+    target, e_noise, e_art = metrics.si_sdr_components(s, enhanced, s + n)
+    np.testing.assert_allclose(target + e_noise + e_art, enhanced, atol=1e-12)
+
+
+def test_si_sir_sar_are_scale_and_offset_invariant():
+    s, n, r = _orthogonal_parts(8000, (0.0, -6.0, -20.0), seed=4)
+    enhanced = s + 0.2 * n + r
+    reference = metrics.si_sir_sar(s, enhanced, s + n)
+    assert reference == pytest.approx((6.0 + 20 * np.log10(5.0), 20.0), abs=1e-9)
+    for scale in (1e-6, 0.5, -3.0):
+        assert metrics.si_sir_sar(s, scale * enhanced, s + n) == pytest.approx(reference, abs=1e-9)
+        assert metrics.si_sir_sar(abs(scale) * s, enhanced, abs(scale) * (s + n)) == pytest.approx(reference)
+    assert metrics.si_sir_sar(s + 0.3, enhanced - 0.1, s + n + 0.7) == pytest.approx(reference, abs=1e-9)
+
+
+def test_si_sir_sar_degenerate_cases_are_capped_not_nan():
+    cap = metrics.SI_SDR_MAX_DB
+    s, n, r = _orthogonal_parts(8000, (0.0, 0.0, -10.0), seed=5)
+    cases = {
+        "the noisy input, noise orthogonal: no artefacts": ((s, s + n, s + n), (0.0, cap)),
+        "the clean speech itself": ((s, 2 * s, s + n), (cap, cap)),
+        "no interference (noisy = clean + a constant)": ((s, s + r, s + 0.5), (cap, 10.0)),
+        "only the noise: no target, no artefacts": ((s, n, s + n), (-cap, -cap)),
+        "only artefacts": ((s, r, s + n), (-cap, -cap)),
+        "a trace of the target under the noise": ((s, 1e-8 * s + n, s + n), (-cap, cap)),
+    }
+    for name, (args, expected) in cases.items():
+        got = metrics.si_sir_sar(*args)
+        assert all(math.isfinite(v) for v in got), name
+        assert got == pytest.approx(expected, abs=1e-9), name
+    with pytest.raises(AudioError, match="^ref: is constant .*SI-SIR and SI-SAR are undefined$"):
+        metrics.si_sir_sar(np.full(100, 0.2), s[:100], s[:100], names=("ref", "out"))
+    with pytest.raises(AudioError, match="^out: is constant"):
+        metrics.si_sir_sar(s, np.zeros_like(s), s + n, names=("ref", "out"))
+    with pytest.raises(AudioError, match=r"one length, got clean \(8000,\), enhanced \(8000,\), noisy \(10,"):
+        metrics.si_sir_sar(s, s + n, (s + n)[:10])
+
+
+def test_score_pair_with_the_noisy_input_adds_si_sir_and_si_sar(speech, voicebank):
+    noisy = _read(voicebank / "noisy" / "p232_052.wav")
+    enhanced = _read(voicebank / "enhanced_cmgan" / "p232_052.wav")
+    plain = metrics.score_pair(speech, enhanced)
+    full = metrics.score_pair(speech, enhanced, noisy=noisy)
+    assert list(full) == list(metrics.METRICS) == metrics.score_keys(noisy=True)
+    assert {k: full[k] for k in plain} == plain  # the other metrics do not change
+    c, e, y = speech - speech.mean(), enhanced - enhanced.mean(), noisy - noisy.mean()
+    sdr, sir, sar = _energy_ratios_reference(e, c, y - c)
+    assert (full["si_sdr"], full["si_sir"], full["si_sar"]) == pytest.approx((sdr, sir, sar), abs=1e-9)
+    assert full["si_sir"] > full["si_sar"] + 5  # CMGAN leaves little noise; its error is mostly artefacts
+    baseline = metrics.score_pair(speech, noisy, noisy=noisy)  # the noisy row: barely any artefacts
+    assert baseline["si_sar"] > baseline["si_sir"] + 20 and baseline["si_sar"] <= metrics.SI_SDR_MAX_DB
+    padded = metrics.score_pair(speech, enhanced, noisy=np.concatenate([noisy, np.zeros(400)]))
+    assert padded == pytest.approx(full, abs=1e-9)  # a padded noisy file is trimmed like the others
+    with pytest.raises(AudioError, match="^ref.wav has 35184 samples but in.wav has 20000"):
+        metrics.score_pair(speech, enhanced, names=("ref.wav", "out.wav", "in.wav"), noisy=noisy[:20000])
+    with pytest.raises(AudioError, match="^noisy: contains NaN"):
+        metrics.score_pair(speech, enhanced, noisy=np.full_like(noisy, np.nan))
+
+
+def test_score_files_with_noisy_inputs(voicebank):
+    utt = SHORT_UTTS[0]
+    clean, noisy = voicebank / "clean" / f"{utt}.wav", voicebank / "noisy" / f"{utt}.wav"
+    enhanced = voicebank / "enhanced_cmgan" / f"{utt}.wav"
+    rows = metrics.score_files([(utt, clean, enhanced, noisy), ("baseline", clean, noisy, noisy)],
+                               workers=1, progress=False, extra_conventions=("published",))
+    assert list(rows[0]) == ["utt", *metrics.score_keys("matlab", ("published",), noisy=True)]
+    expected = metrics.score_pair(_read(clean), _read(enhanced), noisy=_read(noisy))
+    assert {k: rows[0][k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert rows[1]["si_sir"] < rows[0]["si_sir"]  # the model removed noise
+    failed = metrics.score_files([(utt, clean, enhanced, voicebank / "missing.wav")], workers=1,
+                                 progress=False, allow_errors=True)
+    assert "missing.wav" in failed[0]["error"] and math.isnan(failed[0]["si_sar"])
+    with pytest.raises(ConfigError, match=r"all of one kind; got items of \[3, 4\] fields"):
+        metrics.score_files([(utt, clean, enhanced), (utt, clean, enhanced, noisy)], workers=1,
+                            progress=False)
+
+
 def test_published_convention_is_higher_by_the_documented_offsets(scored):
     """Published minus MATLAB on the 25 noisy files: CSIG +0.0948, CBAK and COVL +0.0755 (fixture TSVs)."""
     rows = [row for (folder, _), row in scored.items() if folder == "noisy"]
@@ -253,7 +379,7 @@ def test_conventions_share_everything_but_the_composites(voicebank):
     matlab = metrics.score_pair(clean, noisy)
     published = metrics.score_pair(clean, noisy, convention="published")
     both = metrics.score_pair(clean, noisy, extra_conventions=("published",))
-    assert list(both) == [*metrics.METRICS, "csig_published", "cbak_published", "covl_published"]
+    assert list(both) == [*metrics.score_keys(), "csig_published", "cbak_published", "covl_published"]
     assert both == {**matlab, **{f"{m}_published": published[m] for m in metrics.COMPOSITES}}
     assert metrics.score_pair(clean, noisy, convention="matlab") == matlab  # the default
     for key in ("pesq", "ssnr", "stoi", "estoi", "si_sdr"):
@@ -349,8 +475,8 @@ def test_score_dirs_scores_the_intersection(voicebank, tmp_path, capsys):
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [row["utt"] for row in rows] == SHORT_UTTS[:2]
-    assert list(rows[0]) == ["utt", *metrics.METRICS]
-    for key in metrics.METRICS:
+    assert list(rows[0]) == ["utt", *metrics.score_keys()]  # no noisy folder: no SI-SIR / SI-SAR
+    for key in metrics.score_keys():
         assert summary["means"][key] == pytest.approx(np.mean([float(row[key]) for row in rows]))
     assert not list(out.parent.glob(".*.tmp"))
 
@@ -381,7 +507,7 @@ def test_cli_score_prints_json(voicebank, tmp_path, capsys):
     argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--out", str(out), "--workers", "1"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n"] == 1 and set(summary["means"]) == set(metrics.METRICS)
+    assert summary["n"] == 1 and list(summary["means"]) == metrics.score_keys()
     assert out.is_file()
     assert summary["convention"] == "matlab" and "matlab" in summary["convention_note"]
     assert main(["score", "--clean", str(tmp_path / "nope"), "--enhanced", str(enh)]) == 2
@@ -412,6 +538,35 @@ def test_cli_score_published_convention(voicebank, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "invalid choice: 'pysepm'" in err and "matlab" in err and "published" in err
     assert list(metrics.CONVENTIONS) == ["matlab", "published"]  # the CLI's choices, kept in step
+
+
+def test_cli_score_with_noisy_folder(voicebank, tmp_path, capsys):
+    clean, enh = _copy(voicebank, tmp_path, SHORT_UTTS[:2], SHORT_UTTS[:2])
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    shutil.copy(voicebank / "noisy" / f"{SHORT_UTTS[0]}.wav", noisy)
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--clean", str(clean), "--enhanced", str(enh), "--noisy", str(noisy), "--workers", "1"]
+    assert main([*argv, "--out", str(out)]) == 2  # one noisy file lacking: refused before scoring
+    assert _reports(capsys.readouterr().err) == [
+        f"effifusion score: error: 1 of 2 files to score have no noisy input in {noisy} "
+        f"({SHORT_UTTS[1]}.wav); SI-SIR and SI-SAR need one for each (or leave out --noisy)"]
+    assert not out.exists()
+    shutil.copy(voicebank / "noisy" / f"{SHORT_UTTS[1]}.wav", noisy)
+    assert main([*argv, "--out", str(out), "--convention", "published"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary["means"]) == ["pesq", "csig_published", "cbak_published", "covl_published", "ssnr",
+                                      "stoi", "estoi", "si_sdr", "si_sir", "si_sar"]
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    for key in ("si_sdr", "si_sir", "si_sar"):
+        assert summary["means"][key] == pytest.approx(np.mean([float(row[key]) for row in rows]))
+    # enhanced = noisy here: the noise is all still there, and the residual is nearly all noise
+    assert summary["means"]["si_sir"] == pytest.approx(summary["means"]["si_sdr"], abs=0.1)
+    assert summary["means"]["si_sar"] > summary["means"]["si_sdr"] + 20
+    argv[argv.index("--noisy") + 1] = str(tmp_path / "no")
+    assert main(argv) == 2
+    assert f"{tmp_path / 'no'}: folder not found" in capsys.readouterr().err
 
 
 def _synthetic_dirs(tmp_path, clean_names, enhanced_names):
