@@ -46,6 +46,7 @@ from effifusion.training.callbacks import Callback
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.pruning import count_nonzero
 from effifusion.training.tasks import task_class
+from effifusion.training.tasks.base import accum_steps
 
 PARAM_SECTIONS = ("seed", "audio", "model", "discriminator", "train")
 MODEL_FILE = "generator.pt"
@@ -282,13 +283,19 @@ class Trainer:
             train_set = DynamicMixDataset(train_set, augment, self.sr)
         self.train_set = train_set
         self.val_items = validation_items(prepared_dir / "val.csv", int(tcfg["val_utterances"]), self.seed)
+        # A step is one optimiser step: the loader yields its batch_size x grad_accum_steps items at once
+        # (the same items and crops as one batch of that size) and the task cuts them into micro-batches.
+        # Epochs, the LR schedule, validation, checkpoints and resume all count these steps.
         batch_size = int(tcfg["batch_size"])
-        steps = len(train_set) // (batch_size * dist.world_size)
+        accum = accum_steps(tcfg)
+        self.step_batch = batch_size * accum
+        steps = len(train_set) // (self.step_batch * dist.world_size)
         if schedule.max_steps_per_epoch > 0:
             steps = min(steps, schedule.max_steps_per_epoch)
         if steps < 1:
-            raise DataError(f"{prepared_dir / 'train.csv'}: {len(train_set)} utterances give no full batch of "
-                            f"{batch_size} x {dist.world_size} process(es); lower train.batch_size")
+            raise DataError(f"{prepared_dir / 'train.csv'}: {len(train_set)} utterances give no full step of "
+                            f"{batch_size} x {accum} micro-batch(es) x {dist.world_size} process(es); "
+                            f"lower train.batch_size or train.grad_accum_steps")
         self.steps_per_epoch = steps
         self.total_steps = schedule.epochs * steps
 
@@ -423,7 +430,7 @@ class Trainer:
         while state.epoch < self.schedule.epochs:
             epoch = state.epoch
             skip = state.step - epoch * self.steps_per_epoch
-            loader = make_loader(self.train_set, int(tcfg["batch_size"]), shuffle=True, seed=self.seed, epoch=epoch,
+            loader = make_loader(self.train_set, self.step_batch, shuffle=True, seed=self.seed, epoch=epoch,
                                  num_workers=int(self.runtime["dataloader_workers"]), drop_last=True, skip_batches=skip,
                                  rank=dist.rank, world_size=dist.world_size)
             for clean, noisy in loader:

@@ -17,8 +17,9 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from effifusion.core.errors import ConfigError
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import EnhancementModel
+from effifusion.models.base import EnhancementModel, is_int
 from effifusion.training.losses import generator_losses
 
 Wrap = Callable[..., nn.Module]  # wrap(module, compile=False) -> DDP- and/or torch.compile-wrapped module
@@ -105,24 +106,82 @@ class Spectra:
 
 def forward_spectra(net: nn.Module, frontend: StftFrontEnd, clean: torch.Tensor, noisy: torch.Tensor,
                     amp: bool) -> Spectra:
-    """The model ``net(mag, pha) -> (mag, pha, complex)`` on a batch, in float32 outside bf16 autocast."""
+    """The model ``net(mag, pha) -> (mag, pha, complex)`` on a batch; the losses in the input's precision
+    (float32; float64 in the exactness tests of gradient accumulation), outside bf16 autocast."""
     clean_mag, clean_pha, clean_com = frontend.analyse(clean)
     noisy_mag, noisy_pha, _ = frontend.analyse(noisy)
     with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=amp):
         est_mag, est_pha, est_com = net(noisy_mag, noisy_pha)
-    est_mag, est_pha, est_com = est_mag.float(), est_pha.float(), est_com.float()
+    est_mag, est_pha, est_com = (t.to(noisy_mag.dtype) for t in (est_mag, est_pha, est_com))
     est_wav = frontend.synthesise(est_mag, est_pha, length=clean.shape[-1])
     _, _, est_com_consistent = frontend.analyse(est_wav)
     return Spectra(clean_mag, clean_pha, clean_com, est_mag, est_pha, est_com, est_wav, est_com_consistent)
 
 
-def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any, grad_clip: float) -> None:
-    """zero_grad, backward, optional gradient-norm clipping, step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def make_optimizer(parameters: Any, tcfg: dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    """``train.optimizer`` (adamw | adam) over ``parameters`` at ``lr`` with ``train.betas``.
+
+    Every network of every task is built here, so a paper's optimiser (MP-SENet: AdamW; SAF, SGMSE+:
+    Adam) is a preset setting rather than code; torch's defaults otherwise (AdamW weight decay 0.01).
+    """
+    name = tcfg.get("optimizer")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"params.yaml train.optimizer: {name!r} is not valid "
+                          f"(one of {', '.join(OPTIMIZERS)})")
+    return OPTIMIZERS[name](parameters, lr=lr, betas=tuple(float(b) for b in tcfg["betas"]))
+
+
+def accum_steps(tcfg: dict[str, Any]) -> int:
+    """``train.grad_accum_steps``: micro-batches of ``train.batch_size`` summed per optimiser step."""
+    k = tcfg.get("grad_accum_steps")
+    if not is_int(k) or k < 1:
+        raise ConfigError(f"params.yaml train.grad_accum_steps: {k!r} is not valid (an integer >= 1)")
+    return k
+
+
+def micro_slices(n: int, k: int) -> list[slice]:
+    """k equal slices of a step's batch of ``n`` items.
+
+    Equal sizes make Σ_i loss_i / k (each loss a mean over its micro-batch) the mean over all n
+    items, so the accumulated gradient is the one-batch gradient.
+    """
+    if k < 1 or n % k:
+        raise ValueError(f"a batch of {n} does not split into train.grad_accum_steps = {k} "
+                         f"equal micro-batches")
+    m = n // k
+    return [slice(i * m, (i + 1) * m) for i in range(k)]
+
+
+def sync_grads(module: nn.Module, sync: bool) -> ContextManager[Any]:
+    """DDP's ``no_sync`` unless ``sync``: gradients are all-reduced once per step, at the last micro-batch.
+
+    DDP decides at forward time, so the micro-batch's forward and backward both run inside. A module
+    that is not DDP-wrapped (one process) has nothing to skip.
+    """
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if sync or no_sync is None else no_sync()
+
+
+def apply_step(optimizer: torch.optim.Optimizer, params: Any, grad_clip: float) -> None:
+    """Optional clipping of the (accumulated) gradient's norm, then the optimiser step."""
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+
+
+def mean_losses(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each loss averaged over the micro-batches: the value one batch of all their items gives."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any, grad_clip: float) -> None:
+    """zero_grad, backward, optional gradient-norm clipping, step (one batch, no accumulation)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    apply_step(optimizer, params, grad_clip)
 
 
 def check_finite(losses: dict[str, float]) -> dict[str, float]:

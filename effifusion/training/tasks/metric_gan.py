@@ -7,6 +7,14 @@ model work instead of stalling every step (a one-step lag of the discriminator's
 A batch with a failed PESQ skips its fake term, and failures are counted. The pending batch is
 part of the task's state, so a resumed run continues exactly.
 
+Gradient accumulation (``train.grad_accum_steps`` = k): the step's batch is cut into k equal
+micro-batches. The generator forward of the first runs before the discriminator step as above; the
+discriminator step sums k micro-batch gradients (real pairs of this step, fake pairs of the same
+micro-batch of the previous step), then the generator step sums k, each loss scaled 1/k, with one
+micro-batch's graph alive at a time. Spectral norm's power iteration runs on the first micro-batch
+of each step only, as it runs once on one batch, so without BatchNorm the step equals one batch of
+k × batch_size (tested) — except that a failed PESQ skips the fake term of its micro-batch only.
+
 Works for any model of the magnitude-phase family: ``model(mag, pha) -> (mag, pha, complex)`` on
 its own front end's features (EffiFusion-GAN, MUSE-style models).
 """
@@ -14,9 +22,10 @@ its own front end's features (EffiFusion-GAN, MUSE-style models).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +37,9 @@ from effifusion.models.base import EnhancementModel
 from effifusion.models.discriminator import build_discriminator
 from effifusion.training.losses import discriminator_loss, pesq_to_target
 from effifusion.training.pesq_pool import PesqPool
-from effifusion.training.tasks.base import Task, Wrap, check_finite, forward_spectra, optimise, snapshot_weights
+from effifusion.training.tasks.base import (Spectra, Task, Wrap, accum_steps, apply_step, check_finite,
+                                             forward_spectra, make_optimizer, mean_losses, micro_slices,
+                                             snapshot_weights, sync_grads)
 
 DISCRIMINATOR_FILE = "discriminator.pt"
 
@@ -52,9 +63,31 @@ class _Scored:
         return self.scores.copy()
 
 
+@contextmanager
+def power_iteration(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Spectral norm's power iteration on, or off (σ estimate reused) for the forwards in the block.
+
+    Each training-mode forward of a spectral-normed layer refines its u, v in place. Off for every
+    micro-batch but the first, a step refines them once, as one forward of the whole batch does.
+    """
+    norms = [m for m in module.modules() if hasattr(m, "n_power_iterations") and m.training]
+    frozen = [] if enabled else norms
+    for m in frozen:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in frozen:
+            m.train(True)
+
+
 @dataclass
 class GanStep:
-    """Runs one generator-forward / D-step / G-step and records where the time goes."""
+    """Runs one generator-forward / D-step / G-step and records where the time goes.
+
+    ``accum_steps`` equal micro-batches per call (see the module docstring); ``pending`` holds one
+    entry per micro-batch.
+    """
 
     generator: nn.Module            # possibly DDP- or compile-wrapped
     discriminator: nn.Module        # possibly DDP-wrapped
@@ -65,7 +98,8 @@ class GanStep:
     pesq: PesqPool
     amp: bool = False
     grad_clip: float = 0.0
-    pending: _Pending | None = None
+    pending: list[_Pending] | None = None
+    accum_steps: int = 1
     timings: dict[str, float] = field(default_factory=lambda: {"g_s": 0.0, "d_s": 0.0, "pesq_wait_s": 0.0})
     pesq_skipped_batches: int = 0
 
@@ -73,61 +107,85 @@ class GanStep:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def _forward(self, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[Spectra, Any]:
+        """Generator forward on a micro-batch, its PESQ submitted to the pool."""
+        s = forward_spectra(self.generator, self.frontend, clean, noisy, self.amp)
+        scores = self.pesq.submit(clean.detach().cpu().numpy(), s.est_wav.detach().float().cpu().numpy())
+        return s, scores
+
     def __call__(self, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
         device = clean.device
+        k = self.accum_steps
+        parts = micro_slices(clean.shape[0], k)
+        if self.pending is not None and len(self.pending) != k:
+            raise RuntimeError(f"GanStep: {len(self.pending)} pending micro-batches for accum_steps = {k}")
+        gen, disc = self.generator, self.discriminator
         t0 = time.perf_counter()
-        s = forward_spectra(self.generator, self.frontend, clean, noisy, self.amp)
-        clean_mag, est_mag = s.clean_mag, s.est_mag
-        scores = self.pesq.submit(clean.detach().cpu().numpy(), s.est_wav.detach().float().cpu().numpy())
+        with sync_grads(gen, k == 1):
+            first = self._forward(clean[parts[0]], noisy[parts[0]])
         self._sync(device)
         t1 = time.perf_counter()
 
-        # Discriminator: real pair of this batch, fake pair of the previous batch with its PESQ.
-        disc = self.discriminator
-        target = None
+        # Discriminator: real pairs of this step, fake pairs of the previous step with their PESQ.
+        targets: list[torch.Tensor | None] = [None] * k
         if self.pending is not None:
             w0 = time.perf_counter()
-            prev_scores = self.pending.scores.result()
+            targets = [pesq_to_target(p.scores.result()) for p in self.pending]
             self.timings["pesq_wait_s"] += time.perf_counter() - w0
-            target = pesq_to_target(prev_scores)
-            if target is None:
-                self.pesq_skipped_batches += 1
+            self.pesq_skipped_batches += sum(target is None for target in targets)
         self.opt_d.zero_grad(set_to_none=True)
-        if target is not None:
-            # one forward over real and fake together: DDP allows one forward per backward
-            b = clean_mag.shape[0]
-            x = torch.cat([clean_mag, self.pending.clean_mag])
-            y = torch.cat([clean_mag, self.pending.est_mag])
-            out = disc(x, y)
-            loss_d = discriminator_loss(out[:b], out[b:], target.to(device))
-        else:
-            loss_d = discriminator_loss(disc(clean_mag, clean_mag), None, None)
-        loss_d.backward()
+        d_losses = []
+        for i, part in enumerate(parts):
+            clean_mag = first[0].clean_mag if i == 0 else self.frontend.analyse(clean[part])[0]
+            target = targets[i]
+            with sync_grads(disc, i == k - 1), power_iteration(disc, i == 0):
+                if target is not None:
+                    # one forward over real and fake together: DDP allows one forward per backward
+                    prev = self.pending[i]
+                    b = clean_mag.shape[0]
+                    out = disc(torch.cat([clean_mag, prev.clean_mag]), torch.cat([clean_mag, prev.est_mag]))
+                    loss_d = discriminator_loss(out[:b], out[b:], target.to(device))
+                else:
+                    loss_d = discriminator_loss(disc(clean_mag, clean_mag), None, None)
+                (loss_d / k).backward()
+            d_losses.append(float(loss_d.detach()))
         self.opt_d.step()
-        self.pending = _Pending(clean_mag.detach(), est_mag.detach(), scores)
         self._sync(device)
         t2 = time.perf_counter()
 
         # Generator: metric loss through the (frozen, unsynchronised) discriminator.
-        metric = None
-        if self.loss_weights["metric"] != 0:
-            d_core = getattr(disc, "module", disc)
-            d_core.requires_grad_(False)
-            metric = d_core(clean_mag, est_mag)
+        d_core = getattr(disc, "module", disc)
+        self.opt_g.zero_grad(set_to_none=True)
+        rows, pending = [], []
+        d_core.requires_grad_(False)
+        try:
+            for i, part in enumerate(parts):
+                with sync_grads(gen, i == k - 1):
+                    s, scores = first if i == 0 else self._forward(clean[part], noisy[part])
+                    metric = None
+                    if self.loss_weights["metric"] != 0:
+                        with power_iteration(d_core, i == 0):
+                            metric = d_core(s.clean_mag, s.est_mag)
+                    losses = s.losses(clean[part], metric, self.loss_weights)
+                    (losses["total"] / k).backward()
+                pending.append(_Pending(s.clean_mag.detach(), s.est_mag.detach(), scores))
+                rows.append({f"g_{name}": float(v.detach()) for name, v in losses.items()})
+                first = None  # its graph is freed: one micro-batch's graph alive at a time
+        finally:
             d_core.requires_grad_(True)
-        losses = s.losses(clean, metric, self.loss_weights)
-        optimise(self.opt_g, losses["total"], self.generator.parameters(), self.grad_clip)
+        apply_step(self.opt_g, gen.parameters(), self.grad_clip)
+        self.pending = pending
         self._sync(device)
         t3 = time.perf_counter()
         self.timings["g_s"] += (t1 - t0) + (t3 - t2)
         self.timings["d_s"] += t2 - t1
-        out = {f"g_{k}": float(v.detach()) for k, v in losses.items()}
-        out["d_loss"] = float(loss_d.detach())
+        out = mean_losses(rows)
+        out["d_loss"] = sum(d_losses) / k
         return check_finite(out)
 
 
 class MetricGanTask(Task):
-    """Generator (the model) + metric discriminator, AdamW each, ExponentialLR per epoch."""
+    """Generator (the model) + metric discriminator, train.optimizer each, ExponentialLR per epoch."""
 
     name = "metric_gan"
 
@@ -136,13 +194,13 @@ class MetricGanTask(Task):
         super().__init__(model, params, lr, device)
         tcfg = params["train"]
         self.discriminator = build_discriminator(params["discriminator"]).to(device)
-        betas = tuple(float(b) for b in tcfg["betas"])
-        self.opt_g = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas)
-        self.opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=lr, betas=betas)
+        self.opt_g = make_optimizer(model.parameters(), tcfg, lr)
+        self.opt_d = make_optimizer(self.discriminator.parameters(), tcfg, lr)
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=float(tcfg["lr_decay"]))
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=float(tcfg["lr_decay"]))
         self.gan = GanStep(model, self.discriminator, self.opt_g, self.opt_d, model.frontend,
-                           dict(tcfg["loss_weights"]), pesq, amp=amp, grad_clip=float(tcfg["grad_clip"]))
+                           dict(tcfg["loss_weights"]), pesq, amp=amp, grad_clip=float(tcfg["grad_clip"]),
+                           accum_steps=accum_steps(tcfg))
 
     def wrap(self, wrap: Wrap) -> None:
         self.gan.discriminator = wrap(self.discriminator)
@@ -164,12 +222,13 @@ class MetricGanTask(Task):
         return self.opt_g.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        p = self.gan.pending  # the discriminator's next fake batch: part of an exact resume
+        pending = self.gan.pending  # the discriminator's next fake micro-batches: part of an exact resume
         return {
             "discriminator": self.discriminator.state_dict(), "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-            "pending": None if p is None else {"clean_mag": p.clean_mag.cpu(), "est_mag": p.est_mag.cpu(),
-                                               "scores": p.scores.result()},
+            "pending": None if pending is None else [
+                {"clean_mag": p.clean_mag.cpu(), "est_mag": p.est_mag.cpu(), "scores": p.scores.result()}
+                for p in pending],
             "pesq_skipped": self.gan.pesq_skipped_batches,
         }
 
@@ -179,10 +238,12 @@ class MetricGanTask(Task):
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
-        p = state["pending"]
-        if p is not None:
-            self.gan.pending = _Pending(p["clean_mag"].to(self.device), p["est_mag"].to(self.device),
-                                        _Scored(p["scores"]))
+        pending = state["pending"]
+        if isinstance(pending, dict):  # saved before gradient accumulation: one batch
+            pending = [pending]
+        if pending is not None:
+            self.gan.pending = [_Pending(p["clean_mag"].to(self.device), p["est_mag"].to(self.device),
+                                         _Scored(p["scores"])) for p in pending]
         self.gan.pesq_skipped_batches = state["pesq_skipped"]
 
     def snapshot(self) -> dict[str, Any]:

@@ -13,11 +13,17 @@ from typing import Any
 import torch
 
 from effifusion.models.base import EnhancementModel
-from effifusion.training.tasks.base import Task, Wrap, check_finite, forward_spectra, optimise
+from effifusion.training.tasks.base import (Task, Wrap, accum_steps, apply_step, check_finite,
+                                             forward_spectra, make_optimizer, mean_losses, micro_slices,
+                                             sync_grads)
 
 
 class PredictiveTask(Task):
-    """The model, AdamW, ExponentialLR per epoch; loss = Σ weights · reconstruction terms (metric ignored)."""
+    """The model, train.optimizer, ExponentialLR per epoch; loss = Σ weights · reconstruction terms.
+
+    A step sums the gradients of ``train.grad_accum_steps`` equal micro-batches of its batch, each loss
+    scaled 1/k: the one-batch gradient (exactly, for models without BatchNorm).
+    """
 
     name = "predictive"
 
@@ -26,7 +32,8 @@ class PredictiveTask(Task):
         super().__init__(model, params, lr, device)
         tcfg = params["train"]
         self.weights = {**tcfg["loss_weights"], "metric": 0.0}
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(float(b) for b in tcfg["betas"]))
+        self.opt = make_optimizer(model.parameters(), tcfg, lr)
+        self.accum = accum_steps(tcfg)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=float(tcfg["lr_decay"]))
         self.grad_clip = float(tcfg["grad_clip"])
         self.amp = amp
@@ -36,10 +43,17 @@ class PredictiveTask(Task):
         self.net = wrap(self.model, compile=True)
 
     def step(self, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
-        s = forward_spectra(self.net, self.model.frontend, clean, noisy, self.amp)
-        losses = s.losses(clean, None, self.weights)
-        optimise(self.opt, losses["total"], self.net.parameters(), self.grad_clip)
-        return check_finite({f"g_{k}": float(v.detach()) for k, v in losses.items()})
+        k = self.accum
+        self.opt.zero_grad(set_to_none=True)
+        rows = []
+        for i, part in enumerate(micro_slices(clean.shape[0], k)):
+            with sync_grads(self.net, i == k - 1):
+                s = forward_spectra(self.net, self.model.frontend, clean[part], noisy[part], self.amp)
+                losses = s.losses(clean[part], None, self.weights)
+                (losses["total"] / k).backward()
+            rows.append({f"g_{name}": float(v.detach()) for name, v in losses.items()})
+        apply_step(self.opt, self.net.parameters(), self.grad_clip)
+        return check_finite(mean_losses(rows))
 
     def end_epoch(self) -> None:
         self.sched.step()

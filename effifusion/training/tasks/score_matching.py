@@ -8,8 +8,13 @@ z (variance 1/2 per part), and
     predictive loss = ½ Σ_bins |x̂(y) − x₀|²                (gp_sgmse; same reduction)
 
 total = ``train.score_matching.score`` · score + ``.predictive`` · predictive [INF: the paper's weights are
-not public; StoRM weighs its two terms 0.5 / 0.5]. Adam (train.lr, train.betas), ExponentialLR per epoch,
-and an EMA of the weights (``ema_decay``; SGMSE+: 0.999) that validation, selection and export use.
+not public; StoRM weighs its two terms 0.5 / 0.5]. ``train.optimizer`` (SGMSE+: Adam) at train.lr with
+train.betas, ExponentialLR per epoch, and an EMA of the weights (``ema_decay``; SGMSE+: 0.999) that
+validation, selection and export use.
+
+Gradient accumulation (``train.grad_accum_steps`` = k): t, z and x_t are drawn for the step's whole batch
+first, then the network runs on k equal slices with each loss scaled 1/k, so the summed gradient is the
+one-batch gradient (NCSN++ normalises with GroupNorm, per item: exact). The EMA updates once per step.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch
 from effifusion.core.errors import ConfigError
 from effifusion.models.base import EnhancementModel
 from effifusion.training.ema import Ema
-from effifusion.training.tasks.base import Task, Wrap, check_finite, optimise
+from effifusion.training.tasks.base import (Task, Wrap, accum_steps, apply_step, check_finite, make_optimizer,
+                                             mean_losses, micro_slices, sync_grads)
 
 
 def half_squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,7 +57,8 @@ class ScoreMatchingTask(Task):
         if self.w_pred > 0 and not model.has_predictive:
             raise ConfigError(f"train.score_matching.predictive: {self.w_pred!r} needs a predictive decoder "
                               f"(model.arch gp_sgmse); {model.arch} has none: set it to 0")
-        self.opt = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(float(b) for b in tcfg["betas"]))
+        self.opt = make_optimizer(model.parameters(), tcfg, lr)
+        self.accum = accum_steps(tcfg)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=float(tcfg["lr_decay"]))
         self.grad_clip = float(tcfg["grad_clip"])
         self.ema = Ema(model, float(cfg["ema_decay"]))
@@ -73,15 +80,23 @@ class ScoreMatchingTask(Task):
             std = sde.std(tb)
             z = torch.randn_like(x0) * math.sqrt(0.5)
             x_t = sde.mean(x0, y, tb) + std * z
-        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            score, x_pred = self.net(x_t, y, t, predictive=self.w_pred > 0)
-        losses = {"score": score_loss(score.float(), z, std)}
-        if x_pred is not None:
-            losses["predictive"] = half_squared_error(x_pred.float(), x0)
-        total = self.w_score * losses["score"] + self.w_pred * losses.get("predictive", 0.0)
-        optimise(self.opt, total, self.net.parameters(), self.grad_clip)
+        k = self.accum
+        self.opt.zero_grad(set_to_none=True)
+        rows = []
+        for i, part in enumerate(micro_slices(b, k)):
+            with sync_grads(self.net, i == k - 1):
+                with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    score, x_pred = self.net(x_t[part], y[part], t[part], predictive=self.w_pred > 0)
+                losses = {"score": score_loss(score.to(x0.dtype), z[part], std[part])}
+                if x_pred is not None:
+                    losses["predictive"] = half_squared_error(x_pred.to(x0.dtype), x0[part])
+                total = self.w_score * losses["score"] + self.w_pred * losses.get("predictive", 0.0)
+                (total / k).backward()
+            rows.append({"g_total": float(total.detach()),
+                         **{f"g_{n}": float(v.detach()) for n, v in losses.items()}})
+        apply_step(self.opt, self.net.parameters(), self.grad_clip)
         self.ema.update(self.model)
-        return check_finite({"g_total": float(total.detach()), **{f"g_{k}": float(v.detach()) for k, v in losses.items()}})
+        return check_finite(mean_losses(rows))
 
     @contextmanager
     def averaged(self) -> Iterator[None]:
