@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import make_prepared, synthetic_speech, tiny_params
+from helpers import ROOT, make_prepared, synthetic_speech, tiny_params
 from effifusion.core.errors import ConfigError
 from effifusion.models.registry import build_model, load_checkpoint
 from effifusion.models.sgmse.model import sgmse_config
@@ -216,3 +221,27 @@ def test_interrupted_accumulating_gan_run_resumes_exactly(prepared, tmp_path):
     g2, _ = load_checkpoint(tmp_path / "resumed" / "m" / "generator.pt")
     for (name, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_torchrun_with_accumulation_keeps_replicas_identical(prepared, tmp_path):
+    """DDP skips the all-reduce of all but the last micro-batch (no_sync) and still syncs once per step."""
+    script = tmp_path / "ddp_accum.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from helpers import tiny_params
+        from effifusion.training.stages import train_dense
+        p = tiny_params(train__batch_size=1, train__grad_accum_steps=2, train__epochs=1)
+        train_dense(p, prepared_dir=Path({str(prepared)!r}), out_dir=Path({str(tmp_path / 'm')!r}),
+                    metrics_path=Path({str(tmp_path / 'train.json')!r}), plots_dir=Path({str(tmp_path / 'p')!r}),
+                    resume_dir=Path({str(tmp_path / 'ck')!r}), track=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29563", str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["ddp_world_size"] == 2 and metrics["ddp_max_param_diff"] == 0.0
+    assert metrics["steps"] == 8 // (1 * 2 * 2)  # 8 utterances, 1 x 2 micro-batches x 2 processes per step
