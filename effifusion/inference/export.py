@@ -193,6 +193,24 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
     return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))
 
 
+def _cost_card(model: EnhancementModel) -> dict[str, str]:
+    """Card entries of the network actually exported: ``gmac_per_second``, the analytic MACs of 1 s of
+    audio (models/cost.py reads each layer's widths from the module, so a channel-pruned model counts
+    its smaller layers), and ``pruned_widths`` (JSON) when the config alone describes a larger network."""
+    from effifusion.models.cost import frames_for
+    from effifusion.models.widths import WIDTHS_KEY
+
+    card = {}
+    try:
+        macs = model.macs(frames_for(1.0, model.sample_rate, model.frontend.hop_length))["total"]
+        card["gmac_per_second"] = f"{macs / 1e9:.6f}"
+    except NotImplementedError:  # an architecture without a MAC count: the card says nothing
+        pass
+    if getattr(model, WIDTHS_KEY, None):
+        card[WIDTHS_KEY] = json.dumps(getattr(model, WIDTHS_KEY), sort_keys=True)
+    return card
+
+
 def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
     """The exported graph with its model card in ``metadata_props`` (onnx_model.CARD_KEYS: tensor names
     and shapes, sample rate, normalisation, memory per second, architecture, its config and parameter
@@ -211,6 +229,7 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
              "memory_mb_per_s": "unmeasured" if MEMORY_MB_PER_S is None else f"{MEMORY_MB_PER_S:g}",
              "params_total": str(params_total), "params_nonzero": str(params_nonzero),
              "sparsity": f"{1.0 - params_nonzero / params_total:.6f}" if params_total else "0",
+             **_cost_card(model),
              "config": json.dumps(model.config()),
              **{k: str(v) for k, v in model.frontend.config().items()},
              "effifusion_version": __version__, "exporter": EXPORTER, "source": source}

@@ -15,6 +15,8 @@ segment_samples      0, or the segment length the runtime cuts utterances into (
 memory_mb_per_s      peak ONNX Runtime memory per second of input (``unmeasured`` until measured)
 arch, config         the architecture and its settings (JSON: the params.yaml ``model`` section)
 params_total, ...    parameter count, non-zero parameters, sparsity
+gmac_per_second      analytic GMACs of 1 s of audio at the exported layer widths
+pruned_widths        channel-pruned exports: the shrunk layers' widths (JSON; config is the dense model)
 n_fft, hop_length... the STFT front end
 exporter, source     how and from which checkpoint the file was made
 ==================== ========================================================================
@@ -42,7 +44,8 @@ NORMALISATION_TEXT = {
                 "from the end, a shorter utterance zero-padded), joins them and divides by g; the graph itself "
                 "does not normalise",
 }
-# What each card key means, in the order `effifusion enhance --info` prints them.
+# What each card key means, in the order `effifusion enhance --info` prints them (``pruned_widths``,
+# which only a channel-pruned export has, comes after them).
 CARD_KEYS = {
     "arch": "architecture (effifusion/models/<arch>)",
     "input_name": "input tensor",
@@ -57,6 +60,7 @@ CARD_KEYS = {
     "params_total": "parameters",
     "params_nonzero": "non-zero parameters (after pruning)",
     "sparsity": "fraction of parameters that are zero",
+    "gmac_per_second": "analytic GMACs per second of audio (the exported, possibly channel-pruned, widths)",
     "config": "architecture settings (the params.yaml model section, JSON)",
     "n_fft": "STFT size", "hop_length": "STFT hop", "win_length": "STFT window",
     "compress_factor": "magnitude compression exponent",
@@ -103,7 +107,7 @@ def model_card(metadata: dict[str, str]) -> dict[str, Any]:
         if key not in metadata:
             continue
         value: Any = metadata[key]
-        if key == "config":
+        if key in ("config", "pruned_widths"):
             try:
                 value = json.loads(value)
             except ValueError:
@@ -113,7 +117,8 @@ def model_card(metadata: dict[str, str]) -> dict[str, Any]:
             value = int(value)
         else:
             try:
-                value = float(value) if key in ("sparsity", "compress_factor", "memory_mb_per_s") else value
+                floats = ("sparsity", "compress_factor", "memory_mb_per_s", "gmac_per_second")
+                value = float(value) if key in floats else value
             except ValueError:
                 pass
         card[key] = value

@@ -3,7 +3,8 @@
 ``model.arch`` in params.yaml picks an entry of ARCHITECTURES; a new architecture is a folder
 under models/ whose package exposes ``MODEL`` (an EnhancementModel subclass), one line here and a
 preset. A checkpoint stores {arch, config, sample_rate, weights, extra}; pruning
-reparametrisations (weight_orig / weight_mask) are folded into plain weights when loading.
+reparametrisations (weight_orig / weight_mask) are folded into plain weights when loading, and a
+channel-pruned model is rebuilt at the layer widths its ``extra`` records (models/widths.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path
 from effifusion.models.base import EnhancementModel
+from effifusion.models.widths import WIDTHS_KEY, resize
 
 ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package exposing MODEL (or the class)
     "effifusion_gan": "effifusion.models.effifusion_gan",
@@ -59,10 +61,14 @@ def save_checkpoint(path: str | os.PathLike, model: EnhancementModel, extra: dic
     """Write {arch, config, sample_rate, weights, extra} atomically.
 
     ``extra`` must hold tensors and plain Python values (the loader uses weights_only=True). A pruned
-    model's weight_orig / weight_mask pairs are saved as they are; ``load_checkpoint`` folds them.
+    model's weight_orig / weight_mask pairs are saved as they are; ``load_checkpoint`` folds them. A
+    channel-pruned model's layer widths go into ``extra["pruned_widths"]`` (models/widths.py).
     """
+    extra = dict(extra or {})
+    if getattr(model, WIDTHS_KEY, None):
+        extra[WIDTHS_KEY] = getattr(model, WIDTHS_KEY)
     blob = {"arch": model.arch, "config": model.config(), "sample_rate": int(model.sample_rate),
-            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": dict(extra or {})}
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a path would name the archive after the random temporary file
             torch.save(blob, f)
@@ -139,12 +145,17 @@ def fold_pruning(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> tuple[EnhancementModel, dict[str, Any]]:
-    """(model in eval mode, the checkpoint's ``extra``); ConfigError naming the file when unusable."""
+    """(model in eval mode, the checkpoint's ``extra``); ConfigError naming the file when unusable.
+
+    A channel-pruned checkpoint is rebuilt at its recorded layer widths before its weights load.
+    """
     blob = read_checkpoint(path, map_location)
     try:
         model = build_model(blob["config"], blob["sample_rate"])
     except ConfigError as exc:
         raise ConfigError(f"{path}: checkpoint config: {exc}") from None
+    if WIDTHS_KEY in blob.get("extra", {}):
+        resize(model, blob["extra"][WIDTHS_KEY], str(path))
     try:
         result = model.load_state_dict(fold_pruning(blob["weights"]), strict=False)
     except RuntimeError as exc:  # shape mismatch

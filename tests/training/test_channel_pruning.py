@@ -1,0 +1,322 @@
+"""Channel pruning (prune.method channel): whole channels go, the network that is left is the dense one
+without them, reloads from its checkpoint, exports with fewer MACs and resumes (tiny configs, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import make_prepared, tiny_params
+from effifusion.core.errors import ConfigError
+from effifusion.inference.export import export_onnx, onnx_session, parity_signal
+from effifusion.models.cost import frames_for
+from effifusion.models.effifusion_gan.generator import DenseBlock
+from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
+from effifusion.training.channel_pruning import ChannelPruningCallback, prune_channels
+from effifusion.training.pruning import select_prunable
+from effifusion.training.stages import prune_finetune, train_dense
+
+AMOUNT = 0.5
+EXPORT_CFG = {"opset": 18, "parity_lengths_s": [0.25, 1.0000625], "parity_tolerance": 1e-4}
+
+
+def tiny_model(seed: int = 0):
+    """C = 8, one TS-Conformer block, four dense layers per block; eval mode."""
+    torch.manual_seed(seed)
+    return build_model(tiny_params()["model"], 16000).eval()
+
+
+def selected_weights(model) -> int:
+    return sum(getattr(m, p).numel() for m, p in select_prunable(model, ["all-conv"]))
+
+
+def inputs(model, frames: int = 37, seed: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    mag = torch.rand(1, model.n_bins, frames, generator=gen)
+    return mag, (torch.rand(1, model.n_bins, frames, generator=gen) - 0.5) * 6
+
+
+def concatenating(model, *x):
+    """Forward with the dense blocks in their training (concatenating) form, everything else in eval."""
+    model.eval()
+    for b in model.modules():
+        if isinstance(b, DenseBlock):
+            b.train()
+    try:
+        with torch.no_grad():
+            return model(*x)
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("amount", [0.3, 0.5])
+def test_removes_the_amount_of_prunable_weights(amount: float, scope: str) -> None:
+    model = tiny_model()
+    selected, params = selected_weights(model), sum(p.numel() for p in model.parameters())
+    frames = frames_for(1.0, 16000, 100)  # the report counts 1 s of audio
+    macs = model.macs(frames)["total"]
+    report = prune_channels(model, ["all-conv"], amount, scope)
+    removed = 1 - selected_weights(model) / selected
+    assert removed == pytest.approx(amount, abs=0.02)  # one channel of the tiny model is ~1 % of them
+    assert report["prunable_removed_fraction"] == pytest.approx(removed)
+    left = sum(p.numel() for p in model.parameters())
+    assert report["params_removed_fraction"] == pytest.approx(1 - left / params)
+    assert 0.1 < report["macs_removed_fraction"] == pytest.approx(1 - model.macs(frames)["total"] / macs)
+    assert all(0 < g["removed"] < g["channels"] for g in report["groups"].values())
+    assert "encoder.downsample_conv" in report["kept"] and "phase_decoder.real_conv" in report["kept"]
+
+
+def _cut_dense(dense, plan: dict[str, list[int]]) -> list:
+    """Pre-hooks on the dense model zeroing, at every layer that reads them, the channels the plan removed
+    (the consumers and offsets written out from the architecture, independently of torch-pruning)."""
+    c, depth = dense.encoder.input_conv.out_channels, len(dense.encoder.dense_block.layers)
+    last = {"encoder": ["encoder.downsample_conv"], "mag_decoder": ["mag_decoder.upsample_conv"],
+            "phase_decoder": ["phase_decoder.upsample_conv"]}
+    zero: dict[str, list[int]] = defaultdict(list)
+    for root, idxs in plan.items():
+        if ".dense_block.layers." in root:  # layer i's output: in layer j's input after layers j-1 .. i+1
+            block, rest = root.split(".dense_block.layers.")
+            i = int(rest.split(".")[0])
+            for j in range(i + 1, depth):
+                zero[f"{block}.dense_block.layers.{j}.pointwise_conv"] += [(j - 1 - i) * c + k for k in idxs]
+            if i == depth - 1:
+                for name in last[block]:
+                    zero[name] += idxs
+        elif root == "encoder.input_conv":  # the block input: last in every layer's input
+            for j in range(depth):
+                zero[f"encoder.dense_block.layers.{j}.pointwise_conv"] += [j * c + k for k in idxs]
+        elif root == "mag_decoder.upsample_conv":
+            zero["mag_decoder.mask_conv"] += idxs
+        elif root == "phase_decoder.upsample_conv":
+            zero["phase_decoder.real_conv"] += idxs
+            zero["phase_decoder.imag_conv"] += idxs
+        elif root.endswith("conv_module.pointwise_conv1"):  # GLU channel k: pw2's input column k
+            zero[root.replace("pointwise_conv1", "pointwise_conv2")] += idxs
+        elif root.endswith("net.1"):  # feed-forward hidden unit k: the second linear's input k
+            zero[root.replace("net.1", "net.4")] += idxs
+        else:
+            raise AssertionError(f"unexpected group root {root}")
+    modules = dict(dense.named_modules())
+
+    def hook(idxs):
+        def pre(module, args):
+            x = args[0].clone()
+            if isinstance(module, torch.nn.Linear):  # [N, L, features]
+                x[..., idxs] = 0
+            else:
+                x[:, idxs] = 0
+            return (x,)
+        return pre
+
+    return [modules[name].register_forward_pre_hook(hook(sorted(set(idxs)))) for name, idxs in zero.items()]
+
+
+@pytest.mark.parametrize("scope,layers", [("global", ["all-conv"]), ("layer", ["all-conv"]),
+                                          ("global", ["all-conv", "all-linear"])])
+def test_pruned_network_is_the_dense_one_without_those_channels(scope: str, layers: list[str]) -> None:
+    """Every coupling is right: the smaller network computes what the dense one computes when nothing
+    reads the removed channels (and the eval form, summing slices, agrees with the concatenating one)."""
+    dense = tiny_model()
+    pruned = tiny_model()
+    report = prune_channels(pruned, layers, AMOUNT, scope)
+    plan = report["plan"]
+    assert any(root.endswith("ffn1.net.1") for root in plan) == ("all-linear" in layers)
+    x = inputs(dense)
+    handles = _cut_dense(dense, plan)
+    try:
+        want = concatenating(dense, *x)
+    finally:
+        for h in handles:
+            h.remove()
+    got = concatenating(pruned, *x)
+    for a, b in ((got[0], want[0]), (got[2], want[2])):  # magnitude and complex (phase wraps at ±π)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        by_parts = pruned(*x)
+    torch.testing.assert_close(by_parts[2], got[2], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(concatenating(dense, *x)[2], want[2], atol=1e-3)  # the cut mattered
+
+
+def test_checkpoint_rebuilds_the_pruned_widths(tmp_path: Path) -> None:
+    model = tiny_model()
+    prune_channels(model, ["all-conv"], AMOUNT, "global")
+    save_checkpoint(tmp_path / "g.pt", model, extra={"stage": "prune"})
+    loaded, extra = load_checkpoint(tmp_path / "g.pt")
+    assert extra["stage"] == "prune" and extra["pruned_widths"] == model.pruned_widths
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    layer = loaded.mag_decoder.dense_block.layers[3].depthwise_conv
+    assert layer.groups == layer.in_channels == layer.out_channels < 4 * 8  # the attributes forward reads
+    x = torch.from_numpy(parity_signal(5000, 16000, seed=1))[None]
+    with torch.no_grad():
+        assert torch.equal(loaded.enhance(x), model.enhance(x))
+    save_checkpoint(tmp_path / "again.pt", loaded)  # a reloaded model saves its widths again
+    again, _ = load_checkpoint(tmp_path / "again.pt")
+    with torch.no_grad():
+        assert torch.equal(again.enhance(x), model.enhance(x))
+    blob = torch.load(tmp_path / "g.pt", weights_only=True)
+    blob["extra"]["pruned_widths"]["encoder.bogus"] = {"in_channels": 3}
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "bad.pt" in str(err.value) and "encoder.bogus" in str(err.value) and "\n" not in str(err.value)
+
+
+def graph_macs(path: Path, samples: int = 16000) -> int:
+    """MACs of the graph's top-level Conv / ConvTranspose / MatMul / Gemm nodes, from the shapes ONNX
+    Runtime produces on ``samples`` of input (the front end's DFT convs included; the attention inside
+    its Scan bodies not)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
+    wanted = {name for n in nodes for name in (n.input[0], n.input[1], n.output[0]) if name not in inits}
+    outputs = {o.name for o in model.graph.output}
+    for name in sorted(wanted - outputs):
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = parity_signal(samples, 16000, seed=3)[None]
+    results = session.run(None, {session.get_inputs()[0].name: x})
+    values = dict(zip([o.name for o in session.get_outputs()], results))
+
+    def shape(name: str) -> tuple[int, ...]:
+        return tuple(inits[name]) if name in inits else values[name].shape
+
+    total = 0
+    for n in nodes:
+        x_shape, w_shape, y_shape = shape(n.input[0]), shape(n.input[1]), shape(n.output[0])
+        if n.op_type == "Conv":  # each output value: in/groups x kernel products
+            total += math.prod(y_shape) * math.prod(w_shape[1:])
+        elif n.op_type == "ConvTranspose":  # each input value scatters out/groups x kernel
+            total += math.prod(x_shape) * math.prod(w_shape[1:])
+        else:
+            total += math.prod(y_shape) * x_shape[-1]
+    return total
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny model exported dense and channel-pruned (50 %): {"dense"|"pruned": (report, card, model)}."""
+    tmp = tmp_path_factory.mktemp("channel_export")
+    model = tiny_model()
+    save_checkpoint(tmp / "dense.pt", model)
+    prune_channels(model, ["all-conv"], AMOUNT, "global")
+    save_checkpoint(tmp / "pruned.pt", model)
+    out = {}
+    for name in ("dense", "pruned"):
+        report = export_onnx(tmp / f"{name}.pt", tmp / "onnx", EXPORT_CFG, {"sample_rate": 16000},
+                             name=f"{name}.onnx")
+        path = Path(report["onnx_file"])
+        card = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        out[name] = (report, card, load_checkpoint(tmp / f"{name}.pt")[0], path)
+    return out
+
+
+def test_pruned_export_is_smaller_and_counts_fewer_macs(exports: dict) -> None:
+    d_report, d_card, d_model, d_path = exports["dense"]
+    p_report, p_card, p_model, p_path = exports["pruned"]
+    assert p_report["onnx_parity_max_abs"] <= 1e-4 and d_report["onnx_parity_max_abs"] <= 1e-4
+    assert p_report["onnx_initializer_values"] < 0.8 * d_report["onnx_initializer_values"]
+    frames = frames_for(1.0, 16000, 100)
+    analytic = {k: m.macs(frames) for k, m in (("dense", d_model), ("pruned", p_model))}
+    for card, k in ((d_card, "dense"), (p_card, "pruned")):  # the card: the count of the exported widths
+        assert float(card["gmac_per_second"]) == pytest.approx(analytic[k]["total"] / 1e9, abs=1e-6)
+    assert float(p_card["gmac_per_second"]) < 0.85 * float(d_card["gmac_per_second"])
+    assert json.loads(p_card["pruned_widths"]) == p_model.pruned_widths and "pruned_widths" not in d_card
+    # the graph itself: what the network's convs and matmuls do at 1 s, from ONNX Runtime's shapes. The
+    # front end and the attention are the same in both, so the graph saves exactly what the count says.
+    g_dense, g_pruned = graph_macs(d_path), graph_macs(p_path)
+    assert g_pruned < 0.8 * g_dense
+    assert g_dense - g_pruned == analytic["dense"]["total"] - analytic["pruned"]["total"]
+
+
+def test_pruned_export_matches_the_pruned_model(exports: dict) -> None:
+    _, _, model, path = exports["pruned"]
+    x = parity_signal(7777, 16000, seed=11)[None]
+    got = onnx_session(path).run(None, {"wav": x})[0]
+    with torch.inference_mode():
+        want = model.enhance(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+
+
+class _Named(torch.nn.Module):
+    def __init__(self, arch: str):
+        super().__init__()
+        self.arch = arch
+        self.conv = torch.nn.Conv1d(2, 4, 1)
+
+
+@pytest.mark.parametrize("arch", ["muse", "imse", "saf", "sgmse", "gp_sgmse"])
+def test_other_architectures_are_refused_in_one_line(arch: str) -> None:
+    cb = ChannelPruningCallback({"amount": 0.3, "layers": ["all-conv"], "scope": "global"})
+    with pytest.raises(ConfigError) as err:
+        cb.on_model(_Named(arch), total_steps=4)
+    text = str(err.value)
+    assert "prune.method" in text and repr(arch) in text and "\n" not in text
+
+
+@pytest.mark.parametrize("layers,amount,scope,setting", [
+    (["all-conv"], 0.95, "global", "prune.amount"),    # more than the prunable channels hold
+    (["mask_conv", "real_conv"], 0.3, "global", "prune.layers"),  # only fixed widths selected
+    (["all-conv"], 0.3, "each", "prune.scope"),
+    (["no_such_layer"], 0.3, "global", "prune.layers"),
+])
+def test_bad_settings_are_one_line_config_errors(layers, amount, scope, setting) -> None:
+    with pytest.raises(ConfigError) as err:
+        prune_channels(tiny_model(), layers, amount, scope)
+    assert setting in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_refuses_other_widths() -> None:
+    cfg = {"amount": 0.3, "layers": ["all-conv"], "scope": "global"}
+    a, b = ChannelPruningCallback(cfg), ChannelPruningCallback(cfg)
+    a.on_model(tiny_model(), 4)
+    b.on_model(tiny_model(), 4)
+    b.load_state_dict(a.state_dict())  # the same dense weights prune the same way
+    other = ChannelPruningCallback({**cfg, "amount": 0.5})
+    other.on_model(tiny_model(), 4)
+    with pytest.raises(ConfigError, match="other layer widths"):
+        other.load_state_dict(a.state_dict())
+
+
+def test_interrupted_channel_prune_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    prepared = make_prepared(tmp_path / "prepared")
+    params = tiny_params(prune__method="channel", prune__amount=0.3)
+
+    def run(out: Path, **kw):
+        paths = dict(prepared_dir=prepared, out_dir=out / "models_prune", metrics_path=out / "prune.json",
+                     plots_dir=out / "plots_prune", resume_dir=out / "ckpt", track=False, **kw)
+        return prune_finetune(params, init_dir=tmp_path / "dense" / "models_train", **paths)
+
+    dense = tmp_path / "dense"
+    train_dense(tiny_params(train__epochs=1), prepared_dir=prepared, out_dir=dense / "models_train",
+                metrics_path=dense / "train.json", plots_dir=dense / "plots_train", resume_dir=dense / "ckpt",
+                track=False)
+    straight = run(tmp_path / "straight")
+    assert run(tmp_path / "resumed", stop_after_steps=2)["interrupted"]
+    resumed = run(tmp_path / "resumed")
+    assert resumed["steps"] == straight["steps"]
+    assert straight["prunable_removed_fraction"] == pytest.approx(0.3, abs=0.02)
+    assert 0 < straight["macs_removed_fraction"] < straight["params_removed_fraction"] + 0.2
+    g1, _ = load_checkpoint(tmp_path / "straight" / "models_prune" / "generator.pt")
+    g2, _ = load_checkpoint(tmp_path / "resumed" / "models_prune" / "generator.pt")
+    dense_g, _ = load_checkpoint(dense / "models_train" / "generator.pt")
+    assert sum(p.numel() for p in g1.parameters()) < sum(p.numel() for p in dense_g.parameters())
+    for (k, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
+        assert torch.equal(a, b), k
+    plan = json.loads((tmp_path / "straight" / "models_prune" / "channel_pruning.json").read_text())
+    assert plan["prunable_removed_fraction"] == straight["prunable_removed_fraction"]
+    rows = (tmp_path / "straight" / "plots_prune" / "sparsity.csv").read_text().splitlines()
+    assert rows[0] == "step,sparsity,target" and len(rows) == 2
