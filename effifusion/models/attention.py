@@ -45,11 +45,21 @@ def scan_attention() -> Iterator[None]:
         _SCAN = previous
 
 
+def in_proj_weight(mha: nn.MultiheadAttention) -> torch.Tensor:
+    """The q/k/v projection as pruning makes it (weight_orig * weight_mask) when it is pruned.
+
+    torch's pruning recomputes ``in_proj_weight`` in a pre-hook of ``mha``'s own call, which
+    ``self_attention`` never makes: the attribute would be the value of the last pruning step.
+    """
+    orig = getattr(mha, "in_proj_weight_orig", None)
+    return mha.in_proj_weight if orig is None else orig * mha.in_proj_weight_mask
+
+
 def self_attention(x: torch.Tensor, mha: nn.MultiheadAttention) -> torch.Tensor:
     """``mha(x, x, x)`` for batch-first x [N, L, C], without the [N, heads, L, L] score tensor."""
     n, length, channels = x.shape
     heads = mha.num_heads
-    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = F.linear(x, in_proj_weight(mha), mha.in_proj_bias).chunk(3, dim=-1)
     q, k, v = (t.reshape(n, length, heads, channels // heads).transpose(1, 2) for t in (q, k, v))
     if _SCAN:
         out = blocked_attention(q, k, v)

@@ -279,3 +279,37 @@ def test_pruner_on_cuda_matches_cpu(scope):
     assert all(torch.equal(a, b) for a, b in zip(*masks))
     x = torch.ones(1, 2, 6, 9)
     assert torch.allclose(gpu(x.cuda()).cpu(), cpu(x), atol=1e-5)
+
+
+def test_all_linear_selects_linear_maps_and_the_pruned_in_projection_is_used():
+    """"all-linear" adds every nn.Linear weight and each attention's packed q/k/v in-projection (regexes
+    still see convs only). self_attention never calls the attention module, whose pruning pre-hook would
+    refresh ``in_proj_weight``: it must compute with weight_orig * mask itself, also after optimiser steps."""
+    from effifusion.models.attention import self_attention
+
+    model = _model()
+    names = lambda m, ps: qualified_names(m, ps)  # noqa: E731
+    assert names(model, select_prunable(model, ["all-linear"])) == ["head.weight"]
+    assert names(model, select_prunable(model, ["conv", "all-linear"])) == [
+        "pw_conv.weight", "seq_conv.weight", "head.weight"]
+    torch.manual_seed(0)
+    block = nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2, batch_first=True), "ffn": nn.Linear(8, 8)})
+    params = select_prunable(block, ["all-linear"])
+    assert names(block, params) == ["attn.in_proj_weight", "attn.out_proj.weight", "ffn.weight"]
+    mha = block["attn"]
+    pruner = DynamicPruner(params, 0.5, 1, 0.0, 1)
+    pruner.prune_to(0.5)
+    with torch.no_grad():
+        mha.in_proj_weight_orig.mul_(1.5)  # as an optimiser step: the attribute the pre-hook set is stale now
+    ref = nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mha.in_proj_weight_orig * mha.in_proj_weight_mask)
+        ref.in_proj_bias.copy_(mha.in_proj_bias)
+        ref.out_proj.weight.copy_(mha.out_proj.weight_orig * mha.out_proj.weight_mask)
+        ref.out_proj.bias.copy_(mha.out_proj.bias)
+    x = torch.randn(3, 5, 8)
+    expected = ref(x, x, x, need_weights=False)[0]
+    assert torch.allclose(self_attention(x, mha), expected, atol=1e-6)
+    pruner.make_permanent()
+    assert torch.allclose(self_attention(x, mha), expected, atol=1e-6)
+    assert count_nonzero(mha)[0] == count_nonzero(ref)[0]

@@ -26,6 +26,7 @@ ARCH_KEYS = (
     "attn_dropout", "ffn_dropout", "depthwise_separable", "residual_dual_norm", "beta",
 )
 CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
+ENCODER_ONLY = "encoder"  # model.depthwise_separable: depthwise-separable dense block in the encoder only
 
 
 def paper_config() -> dict[str, Any]:
@@ -328,7 +329,7 @@ class Generator(MagnitudePhaseModel):
     def __init__(
         self, channels: int = 64, dense_depth: int = 4, num_tsblocks: int = 4, num_heads: int = 4,
         ffn_mult: int = 4, conv_kernel: int = 31, attn_dropout: float = 0.2, ffn_dropout: float = 0.0,
-        depthwise_separable: bool = True, residual_dual_norm: bool = True, beta: float = 2.0,
+        depthwise_separable: bool | str = True, residual_dual_norm: bool = True, beta: float = 2.0,
         frontend: StftFrontEnd = StftFrontEnd(), sample_rate: int = 16000,
     ):
         super().__init__()
@@ -341,14 +342,18 @@ class Generator(MagnitudePhaseModel):
             "ffn_dropout": ffn_dropout, "depthwise_separable": depthwise_separable,
             "residual_dual_norm": residual_dual_norm, "beta": beta,
         }
-        self.encoder = DenseEncoder(channels, dense_depth, depthwise_separable)
+        # "encoder": depthwise-separable convolutions in the encoder's dense block only, the decoders keep
+        # MP-SENet's standard ones (the reading of the paper with 1.75 M parameters before pruning,
+        # docs/presets.md)
+        decoder_dws = depthwise_separable is True
+        self.encoder = DenseEncoder(channels, dense_depth, depthwise_separable in (True, ENCODER_ONLY))
         self.tsblocks = nn.ModuleList(
             TSConformerBlock(channels, num_heads=num_heads, ffn_mult=ffn_mult, conv_kernel=conv_kernel,
                              attn_dropout=attn_dropout, ffn_dropout=ffn_dropout, dual_norm=residual_dual_norm)
             for _ in range(num_tsblocks)
         )
-        self.mag_decoder = MaskDecoder(channels, dense_depth, depthwise_separable, self.n_bins, beta)
-        self.phase_decoder = PhaseDecoder(channels, dense_depth, depthwise_separable)
+        self.mag_decoder = MaskDecoder(channels, dense_depth, decoder_dws, self.n_bins, beta)
+        self.phase_decoder = PhaseDecoder(channels, dense_depth, decoder_dws)
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -422,8 +427,11 @@ def check_config(cfg: Any) -> dict[str, Any]:
     for key in ("attn_dropout", "ffn_dropout"):
         require("model", key, m[key], is_number(m[key]) and 0.0 <= m[key] < 1.0, "a probability in [0, 1)")
     require("model", "beta", m["beta"], is_number(m["beta"]) and m["beta"] > 0, "a positive number")
-    for key in ("depthwise_separable", "residual_dual_norm"):
-        require("model", key, m[key], isinstance(m[key], bool), "true or false")
+    dws = m["depthwise_separable"]
+    require("model", "depthwise_separable", dws, isinstance(dws, bool) or dws == ENCODER_ONLY,
+            f"true (every dense block), false (none) or {ENCODER_ONLY} (the encoder's only)")
+    require("model", "residual_dual_norm", m["residual_dual_norm"], isinstance(m["residual_dual_norm"], bool),
+            "true or false")
     StftFrontEnd.from_config(m)
     n_fft = m["n_fft"]
     require("model", "n_fft", n_fft, n_fft >= 8 and (n_fft // 2 + 1) % 2 == 1,
