@@ -36,7 +36,23 @@ def _score(args: argparse.Namespace) -> None:
     print(json.dumps(means, indent=2))
 
 
+DEFAULT_MODEL = "models/onnx/pruned.onnx"
+LEGACY_MODEL = "models/onnx/effifusion.onnx"  # the export's name before dense.onnx / pruned.onnx
+
+
+def _default_model(model: str) -> str:
+    """The default --model, or an older checkout's single export when only that exists (one notice line)."""
+    from pathlib import Path
+
+    if model == DEFAULT_MODEL and not Path(model).exists() and Path(LEGACY_MODEL).is_file():
+        print(f"effifusion: {DEFAULT_MODEL} not found; using {LEGACY_MODEL} (the old export name, deprecated: "
+              "rerun `dvc repro export`)", file=sys.stderr)
+        return LEGACY_MODEL
+    return model
+
+
 def _enhance(args: argparse.Namespace) -> None:
+    args.model = _default_model(args.model)
     if args.info:
         from effifusion.inference.backends import load_enhancer
 
@@ -188,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                "mix*(1 - 10^(-DB/20))*(enhanced - input); DB 0 or mix 0 gives the input back unchanged.")
     s.add_argument("inputs", nargs="*", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     s.add_argument("-o", "--output", help="output folder (created; checked writable before any work)")
-    s.add_argument("--model", default="models/onnx/effifusion.onnx",
-                   help=".onnx export (plain install) or model checkpoint .pt (needs effifusion[pipeline])")
+    s.add_argument("--model", default=DEFAULT_MODEL,
+                   help=".onnx export (plain install) or model checkpoint .pt (needs effifusion[pipeline]); "
+                        "default: the pipeline's pruned export (models/onnx/dense.onnx is the dense one)")
     s.add_argument("--atten-lim-db", type=float, default=None, metavar="DB",
                    help="remove at most DB dB of noise: out = enhanced + 10^(-DB/20)*(input - enhanced); "
                         "0 gives the input back (default: no limit)")

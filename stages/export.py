@@ -1,23 +1,41 @@
-"""Stage `export`: models/pruned/generator.pt -> models/onnx/effifusion.onnx (parity-checked), to MLflow."""
+"""Stage `export`: models/{dense,pruned}/generator.pt -> models/onnx/{dense,pruned}.onnx (parity-checked).
+
+The dense export is redone only when its weights, the export settings or the code change (its report
+records them), so a pruning sweep point exports only the pruned model. Each fresh export is logged to
+the MLflow run that trained its weights: dense to the train run, pruned to the prune run.
+"""
 
 from pathlib import Path
 
-from effifusion.tracking import runs as tracking
 from effifusion.core.config import load_params, run_stage
-from effifusion.inference.export import ONNX_FILE, export_onnx, log_to_mlflow
 from effifusion.core.files import write_json
+from effifusion.diffusion.fusion_fit import ValidationLoader
+from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
+from effifusion.tracking import runs as tracking
 
 
 def main() -> None:
     params = load_params()
     out_dir = Path("models/onnx")
-    report = export_onnx(Path("models/pruned/generator.pt"), out_dir, params["export"], params["audio"])
-    write_json(Path("metrics/export.json"), report)
-    with tracking.resume_run(Path("models/pruned/generator.pt"), params, "export"):
-        log_to_mlflow(out_dir / ONNX_FILE, report)
-    print(f"export: {report['onnx_bytes']:,} bytes ({report['onnx_zip_bytes']:,} zipped), "
-          f"{report['params_nonzero']:,}/{report['params_total']:,} non-zero params, "
-          f"parity max |diff| {report['onnx_parity_max_abs']:.2g} ({report['export_seconds']:.0f} s)")
+    reports = {}
+    # gp_sgmse: the final fusion is fitted on the utterances training validates on (never the test set)
+    val_items = ValidationLoader(Path("data/prepared"), params["train"]["val_utterances"], params["seed"])
+    for variant in VARIANTS:
+        checkpoint = Path(f"models/{variant}/generator.pt")
+        report, how = export_variant(variant, checkpoint, out_dir, params["export"], params["audio"],
+                                     val_items)
+        reports[variant] = {**report, "how": how}
+        if how == "exported":
+            with tracking.resume_run(checkpoint, params, "export"):
+                log_to_mlflow(Path(report["onnx_file"]), report)
+        seconds = f", {report['export_seconds']:.0f} s" if "export_seconds" in report else ""
+        print(f"export {variant} ({how}): {report['onnx_file']} {report['onnx_bytes']:,} bytes, "
+              f"{report['params_nonzero']:,}/{report['params_total']:,} non-zero params, parity max |diff| "
+              f"{report['onnx_parity_max_abs']:.2g}{seconds}")
+    stale = remove_stale(out_dir, list(reports.values()))
+    if stale:
+        print(f"export: removed stale files from {out_dir}: {', '.join(stale)}")
+    write_json(Path("metrics/export.json"), reports)
 
 
 if __name__ == "__main__":

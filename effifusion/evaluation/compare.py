@@ -2,9 +2,11 @@
 
     effifusion compare [--out reports/compare] [--experiment NAME] [--bench [--seconds 2]]
 
-One row per architecture and preset: the newest evaluated run of each (a run holding the evaluate
-stage's ``test/pesq``; the evaluate stage logs into the run that made the model, usually the prune
-run). The architecture is the run's ``model.arch`` param (params are logged flattened), the preset
+One row per architecture, preset and variant: the newest evaluated run of each (a run holding
+``test/pesq``). Each evaluate stage logs into the run that made its model: evaluate_dense into the
+train run (variant ``dense``), evaluate into the prune run (variant ``pruned``, with its
+``prune.method`` and ``prune.amount``; ``prune.method: none`` makes no prune run, so a peer shows its
+dense row only). The architecture is the run's ``model.arch`` param (params are logged flattened), the preset
 its ``preset`` tag. Every value comes from the run or from a measurement made here; one that is
 neither shows as "—" (empty in the CSV), never a guess:
 
@@ -56,7 +58,7 @@ SET_METRICS = {"pesq": "pesq", **{f"{m}_matlab": m for m in COMPOSITES},
                "estoi": "estoi", "si_sdr": "si_sdr", "si_sir": "si_sir", "si_sar": "si_sar"}
 BENCH_KEYS = {"bench_rtf_onnx": "rtf", "bench_peak_rss_mib": "peak_rss_mib",  # column -> bench row key
               "bench_gmac_per_s": "gmac_per_s_audio"}
-ID_COLUMNS = ["arch", "preset", "corpus"]
+ID_COLUMNS = ["arch", "preset", "variant", "prune_method", "prune_amount", "corpus"]
 COST_COLUMNS = ["params_total", "params_nonzero", "gmac_per_s", "val_pesq", "rtf_onnx_eval",
                 *BENCH_KEYS]
 SORTED_BY = "val_pesq"  # never a test metric
@@ -81,6 +83,11 @@ def _arch(run: Any) -> str | None:
     return run.data.params.get("model.arch") or run.data.tags.get("arch") or None
 
 
+def _variant(run: Any) -> str:
+    """dense (the train run, scored by evaluate_dense) or pruned (the prune run, scored by evaluate)."""
+    return "dense" if run.data.tags.get("stage") == "train" else "pruned"
+
+
 def _preset(run: Any) -> str | None:
     return run.data.tags.get("preset") or run.data.params.get("preset") or None
 
@@ -98,7 +105,7 @@ def evaluated_runs(experiment: str) -> list[Any]:
                         f"(none has {TEST_PESQ!r}): run the pipeline (dvc repro) for each architecture first")
     latest: dict[tuple[str, str], Any] = {}
     for r in runs:  # newest first: the first run seen of each (arch, preset) wins
-        latest.setdefault((_arch(r) or "", _preset(r) or ""), r)
+        latest.setdefault((_arch(r) or "", _preset(r) or "", _variant(r)), r)
     return list(latest.values())
 
 
@@ -169,7 +176,10 @@ def compare_rows(runs: Sequence[Any], models: dict[str, Any] | None = None) -> l
         m, params, tags = r.data.metrics, r.data.params, r.data.tags
         model = (models or {}).get(r.info.run_id)
         row: dict[str, Any] = {
-            "arch": _arch(r), "preset": _preset(r), "corpus": params.get("corpus.name"),
+            "arch": _arch(r), "preset": _preset(r), "variant": _variant(r),
+            "prune_method": None if _variant(r) == "dense" else params.get("prune.method", "l1_unstructured"),
+            "prune_amount": None if _variant(r) == "dense" else _finite(_param_value(params.get("prune.amount", ""))),
+            "corpus": params.get("corpus.name"),
             "params_total": _count(m, f"{TRAIN}/params_total"),
             "params_nonzero": _count(m, f"{TRAIN}/params_nonzero"),
             "gmac_per_s": analytic_gmac_per_s(model) if model is not None else None,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from effifusion.core import files
 from effifusion.tracking import figures
-from effifusion.tracking.names import RTF, in_section
+from effifusion.tracking.names import BENCH, RTF, in_section
 from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from effifusion.data.datasets import read_manifest
 from effifusion.core.errors import AudioError, ConfigError, DataError
@@ -74,8 +74,11 @@ SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
 CFG_KEYS = ("num_spectrograms", "rtf_seconds")
-TIMING_KEYS = ("rtf", "seconds")  # measured speed: in metrics/evaluate.json and MLflow, not in reports/
+TIMING_KEYS = ("rtf", "seconds", "bench")  # measured speed: in metrics/evaluate.json and MLflow, not in reports/
 PROTOCOL = "whole utterance, one RMS normalisation per utterance (as MP-SENet's inference)"
+VARIANTS = ("dense", "pruned")
+BENCH_SECONDS, BENCH_THREADS = 2.0, 1  # the cost measurement of each export (effifusion bench --model)
+BENCH_LOGGED = ("rtf", "peak_rss_mib", "gmac_per_s_audio", "params_nonzero")  # bench/<key> in MLflow
 
 
 def evaluate(
@@ -83,18 +86,23 @@ def evaluate(
     *,
     prepared_dir: Path = Path("data/prepared"),
     unseen_dir: Path = Path("data/unseen"),
+    variant: str = "pruned",
     torch_model: Path = Path("models/pruned/generator.pt"),
-    onnx_model: Path = Path("models/onnx/effifusion.onnx"),
+    onnx_model: Path = Path("models/onnx/pruned.onnx"),
     out_dir: Path = Path("reports/evaluate"),
     metrics_path: Path = Path("metrics/evaluate.json"),
-    enhanced_dir: Path = Path("data/enhanced"),
+    enhanced_dir: Path = Path("data/enhanced/pruned"),
     track: bool = True,
+    bench: bool = True,
 ) -> dict[str, Any]:
-    """Enhance, score and report both sets with both models; return the metrics written to ``metrics_path``.
+    """Enhance, score and report both sets with one variant's two models (its checkpoint and its ONNX
+    export); return the metrics written to ``metrics_path``.
 
-    ``track`` logs the metrics and the report files (under ``evaluation/``) into the MLflow run that
-    wrote ``torch_model`` (the prune stage's run, found by the checkpoint's md5). DataError names a missing manifest or model
-    and the stage that produces it; ConfigError a bad ``evaluate`` setting.
+    ``variant`` (dense | pruned) labels the result. ``bench`` measures the export's cost in a fresh process
+    (effifusion bench --model: RTF, peak memory, MACs, non-zero parameters). ``track`` logs the metrics and
+    the report files (under ``evaluation/``) into the MLflow run that wrote ``torch_model`` (found by the
+    checkpoint's md5: the train run for dense, the prune run for pruned). DataError names a missing
+    manifest or model and the stage that produces it; ConfigError a bad ``evaluate`` setting.
     """
     start = time.perf_counter()
     cfg = _check_cfg(params.get("evaluate"), params.get("runtime"))
@@ -102,7 +110,7 @@ def evaluate(
     if sr != SAMPLE_RATE:
         raise ConfigError(f"audio.sample_rate: {sr} Hz, but wide-band PESQ scores {SAMPLE_RATE} Hz audio")
     torch_model, onnx_model = Path(torch_model), Path(onnx_model)
-    _require_file(torch_model, "pruned generator checkpoint", "prune")
+    _require_file(torch_model, f"{variant} model checkpoint", "train" if variant == "dense" else "prune")
     _require_file(onnx_model, "ONNX model", "export")
     if track:  # fail now, not after the work, if the tracking store cannot be reached
         from effifusion.tracking.runs import setup
@@ -127,6 +135,9 @@ def evaluate(
     device = cfg["device"] if cfg["device"] == "cpu" else f"{cfg['device']} (ONNX: cpu)"
     metrics["rtf"] = {**rtf, "input_seconds": float(cfg["rtf_seconds"]), "threads": 1, "device": device}
     metrics["model"] = _model_summary(torch_model, onnx_model)
+    metrics["variant"] = variant
+    if bench:
+        metrics["bench"] = bench_export(onnx_model)
     metrics["seconds"] = {"enhance": round(enhance_s, 2), "score": round(score_s, 2),
                           "total": round(time.perf_counter() - start, 2)}
 
@@ -384,8 +395,8 @@ def write_reports(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     files.write_csv(out_dir / "by_condition.csv", table)
     files.write_text(out_dir / "by_condition.md", condition_markdown(table))
     # no timings in the stage's output (a rerun writes the same bytes): RTF is in metrics/ and MLflow
-    files.write_text(out_dir / "summary.md", summary_markdown({k: v for k, v in metrics.items()
-                                                              if k not in TIMING_KEYS}))
+    files.write_text(out_dir / f"summary_{metrics.get('variant', 'model')}.md",
+                     summary_markdown({k: v for k, v in metrics.items() if k not in TIMING_KEYS}))
     for set_name in SETS:
         for metric in SNR_PLOT_METRICS:
             if any(r["set"] == set_name and r["noise"] != "all" for r in table):
@@ -557,6 +568,9 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         flat.update(in_section(set_name, row))
     if "rtf" in metrics:
         flat.update(in_section(RTF, {"torch": metrics["rtf"]["pytorch"], "onnx": metrics["rtf"]["onnx"]}))
+    bench = metrics.get("bench") or {}
+    flat.update(in_section(BENCH, {k: bench[k] for k in BENCH_LOGGED
+                                   if isinstance(bench.get(k), (int, float)) and not isinstance(bench[k], bool)}))
     return flat
 
 
@@ -569,3 +583,71 @@ def _log_to_mlflow(params: dict[str, Any], model: Path, metrics: dict[str, Any],
         mlflow.log_metrics(mlflow_metrics(metrics))
         mlflow.set_tag("evaluation_protocol", PROTOCOL)
         mlflow.log_artifacts(str(out_dir), "evaluation")
+
+
+# ---------------------------------------------------------------------------------------------
+# dense and pruned side by side
+
+
+def bench_export(onnx_model: Path) -> dict[str, Any]:
+    """The export's measured cost: `effifusion bench --model` in a fresh process (its own peak memory),
+    BENCH_SECONDS of input, BENCH_THREADS thread; MACs and non-zero parameters from its model card."""
+    from effifusion.inference.bench import bench_exported
+
+    return bench_exported(Path(onnx_model), seconds=BENCH_SECONDS, threads=BENCH_THREADS)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints are the same bytes (``prune.method: none`` copies the dense model)."""
+    from effifusion.tracking.runs import model_md5
+
+    return Path(a).is_file() and Path(b).is_file() and model_md5(a) == model_md5(b)
+
+
+def combine_variants(dense: dict[str, Any], pruned: dict[str, Any], prune_cfg: dict[str, Any]) -> dict[str, Any]:
+    """metrics/evaluate.json: one entry per variant (each the evaluate() result of its models), the pruning
+    that made the pruned one, and the pruned-minus-dense differences of the PyTorch means."""
+    out: dict[str, Any] = {"protocol": PROTOCOL, "conventions": dict(CONVENTIONS_NOTE),
+                           "prune": {"method": prune_cfg["method"], "amount": prune_cfg["amount"]}}
+    for name, m in (("dense", dense), ("pruned", pruned)):
+        out[name] = {k: v for k, v in m.items() if k not in ("protocol", "conventions")}
+    for set_name in SETS:
+        if set_name in dense and set_name in pruned:
+            d, p = dense[set_name]["pytorch"], pruned[set_name]["pytorch"]
+            out.setdefault("pruned_minus_dense", {})[set_name] = {m: p[m] - d[m] for m in d if m in p}
+    return out
+
+
+def variants_markdown(metrics: dict[str, Any]) -> str:
+    """reports/evaluate/summary.md: per set one table, rows noisy, dense and pruned (PyTorch and ONNX), then
+    each variant's size and measured cost. The per-variant details are in reports/evaluate_dense/ (dense)
+    and in this folder's other files (pruned)."""
+    prune = metrics["prune"]
+    lines = ["# Evaluation: dense and pruned", "", f"Inference protocol: {metrics['protocol']}.", "",
+             f"Pruned = the dense model after prune.method `{prune['method']}`"
+             + ("" if prune["method"] == "none" else f", prune.amount {prune['amount']}")
+             + ("" if prune["method"] != "none" else " (a copy: the same weights, scored once)") + ".", "",
+             UNITS_NOTE, ""]
+    columns = ["system", *(METRIC_LABELS[m] for m in METRICS)]
+    for set_name in SETS:
+        if set_name not in metrics["dense"]:
+            continue
+        dense, pruned = metrics["dense"][set_name], metrics["pruned"][set_name]
+        lines += [f"## {SET_TITLES[set_name]}: {dense['n']} files", "", MATLAB_CAPTION, ""]
+        rows = [("noisy", dense["noisy"])]
+        rows += [(f"{v} ({SYSTEM_LABELS[s]})", metrics[v][set_name][s]) for v in VARIANTS for s in ENHANCED_SYSTEMS]
+        table = [{"system": label, **{METRIC_LABELS[m]: _fmt(res[m], m) for m in METRICS}} for label, res in rows]
+        table.append({"system": "pruned − dense (PyTorch)",
+                      **{METRIC_LABELS[m]: _fmt_gain(pruned["pytorch"][m] - dense["pytorch"][m], m)
+                         for m in METRICS}})
+        lines += [files.markdown_table(table, columns).rstrip(), ""]
+    cost = []
+    for v in VARIANTS:
+        model = metrics[v].get("model", {})
+        cost.append({"variant": v, "parameters": model.get("params_total"),
+                     "non-zero": model.get("params_nonzero"), "GMAC/s (analytic)": model.get("gmac_per_second"),
+                     "ONNX MB": model.get("onnx_mb")})
+    lines += ["## Size", "", files.markdown_table(cost).rstrip(), "",
+              "Speed (real-time factor, peak memory) is in metrics/evaluate.json and the MLflow runs (rtf/, "
+              "bench/): a measurement, kept out of this report so that it depends on its inputs only.", ""]
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Pruning-sweep report: quality against sparsity next to size and latency, from the MLflow store.
 
-A sweep is the set of `prune` runs that fine-tuned the same dense model (tag ``dense_run_id``),
-one per ``prune.amount`` (the latest run wins when a ratio was run twice). The report is written
+A sweep is the dense model's train run (the 0 % point, scored once by the evaluate_dense stage) and
+the `prune` runs that fine-tuned it (tag ``dense_run_id``), one per ``prune.method`` and
+``prune.amount`` (the latest run wins when a point was run twice). The report is written
 as Markdown + CSV + PNG and logged to MLflow as a run of its own (stage ``report``); with
 ``register`` the selected run's ONNX model goes to the model registry.
 
@@ -23,7 +24,7 @@ from typing import Any
 from effifusion.core import files
 from effifusion.tracking import figures
 from effifusion.tracking import runs as tracking
-from effifusion.tracking.names import EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_PESQ, in_section
+from effifusion.tracking.names import BENCH, EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_PESQ, in_section
 from effifusion.core.config import read_params, repo_root
 from effifusion.core.errors import DataError
 
@@ -35,7 +36,10 @@ SELECT_BY = "val_pesq"  # the row column selection reads: MLflow's val/pesq, nev
 
 
 def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, list[Any]]:
-    """The evaluated prune runs of one sweep, one per amount, sorted by amount."""
+    """The dense (train) run of one sweep, then its evaluated prune runs, one per (method, amount).
+
+    The dense run comes first, as the sweep's 0 % point, when the evaluate_dense stage scored it.
+    """
     import mlflow
 
     exp_id = tracking.setup(experiment)
@@ -47,27 +51,48 @@ def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, l
                         "runs: run the pipeline (dvc repro) or a sweep (dvc exp run) first")
     if dense_run_id is None:
         dense_run_id = runs[0].data.tags.get("dense_run_id", "")
-    chosen: dict[float, Any] = {}
-    for r in runs:  # newest first: keep the first run seen for each amount
+    chosen: dict[tuple[str, float], Any] = {}
+    for r in runs:  # newest first: keep the first run seen for each (method, amount)
         if r.data.tags.get("dense_run_id", "") != dense_run_id:
             continue
-        amount = float(r.data.params["prune.amount"])
-        chosen.setdefault(amount, r)
-    return dense_run_id, [chosen[a] for a in sorted(chosen)]
+        chosen.setdefault((_method(r), float(r.data.params["prune.amount"])), r)
+    ordered = [chosen[k] for k in sorted(chosen)]
+    dense = []
+    if dense_run_id:
+        try:
+            run = mlflow.MlflowClient().get_run(dense_run_id)
+        except mlflow.exceptions.MlflowException:  # the dense run was deleted: the sweep without its 0 % point
+            run = None
+        if run is not None and TEST_PESQ in run.data.metrics:
+            dense = [run]
+    return dense_run_id, dense + ordered
+
+
+def _method(run: Any) -> str:
+    """The prune run's prune.method (runs from before the setting existed pruned l1_unstructured)."""
+    return run.data.params.get("prune.method", "l1_unstructured")
 
 
 def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
-    """One row per run with flat column names, read from the runs' sectioned MLflow metrics."""
+    """One row per run with flat column names, read from the runs' sectioned MLflow metrics; the train
+    run (dense) is the 0 % point of every method."""
     rows = []
     for r in runs:
         m = r.data.metrics
+        dense = r.data.tags.get("stage") == "train"
         row: dict[str, Any] = {
             "run": r.info.run_name,
             "dvc_exp": r.data.tags.get("dvc_exp", ""),
-            "prune.amount": float(r.data.params["prune.amount"]),
-            "conv_sparsity": m.get(f"{TRAIN}/conv_sparsity"),
+            "variant": "dense" if dense else "pruned",
+            "prune.method": "dense" if dense else _method(r),
+            "prune.amount": 0.0 if dense else float(r.data.params["prune.amount"]),
+            "conv_sparsity": 0.0 if dense else m.get(f"{TRAIN}/conv_sparsity"),
+            "macs_removed": 0.0 if dense else m.get(f"{TRAIN}/macs_removed_fraction"),
             "params_nonzero": int(m[f"{TRAIN}/params_nonzero"]) if f"{TRAIN}/params_nonzero" in m else None,
             "onnx_zip_kib": m[f"{EXPORT}/onnx_zip_bytes"] / 1024 if f"{EXPORT}/onnx_zip_bytes" in m else None,
+            "gmac_per_s": m.get(f"{BENCH}/gmac_per_s_audio"),
+            "rtf_bench": m.get(f"{BENCH}/rtf"),
+            "peak_rss_mib": m.get(f"{BENCH}/peak_rss_mib"),
             "rtf_onnx": m.get(f"{RTF}/onnx"),
             "rtf_torch": m.get(f"{RTF}/torch"),
             SELECT_BY: m.get(VAL_PESQ),
@@ -103,31 +128,64 @@ def select_best(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
     return best, excluded
 
 
+def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per pruning method, each starting at the dense model (0 %) when it is in the sweep."""
+    dense = [r for r in rows if r["variant"] == "dense"]
+    methods = sorted({r["prune.method"] for r in rows if r["variant"] == "pruned"})
+    return {m: dense + [r for r in rows if r["prune.method"] == m] for m in methods}
+
+
+def _nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def plot_sweep(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """sweep_quality.png (quality against the fraction pruned, one line per method and set), sweep_cost.png
+    (measured cost against it) and sweep_pareto.png (test PESQ against measured RTF: a test-set picture)."""
     plt = figures.pyplot()
-    x = [100 * (r["conv_sparsity"] if r["conv_sparsity"] is not None else r["prune.amount"]) for r in rows]
+    series = _series(rows)
     fig, axes = plt.subplots(1, len(QUALITY), figsize=(4 * len(QUALITY), 3.4))
     for ax, q in zip(axes, QUALITY):
-        for s, style in zip(SETS, ("o-", "s--")):
-            ys = [r[f"{s}_{q}"] for r in rows]
-            if any(y is not None for y in ys):
-                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=s)
+        for method, pts in series.items():
+            for s, style in zip(SETS, ("o-", "s--")):
+                ys = [r[f"{s}_{q}"] for r in pts]
+                if any(y is not None for y in ys):
+                    ax.plot([100 * r["prune.amount"] for r in pts], [_nan(y) for y in ys], style,
+                            label=f"{method}, {s}")
         ax.set_title(QUALITY_TITLES.get(q, q.upper()))
-        ax.set_xlabel("conv weights pruned (%)")
+        ax.set_xlabel("prunable parameters removed (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("Quality against sparsity")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Quality against pruning (0 % = the dense model)")
     quality = figures.save_figure(fig, out_dir / "sweep_quality.png")
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, key, title in zip(axes, ("params_nonzero", "onnx_zip_kib", "rtf_onnx"),
-                              ("non-zero parameters", "ONNX size, zip-compressed (KiB)", "real-time factor (ONNX, CPU)")):
-        ax.plot(x, [float("nan") if r[key] is None else r[key] for r in rows], "o-")
-        ax.set_title(title)
-        ax.set_xlabel("conv weights pruned (%)")
+    cost_keys = (("params_nonzero", "non-zero parameters"), ("gmac_per_s", "GMAC per s of audio (model card)"),
+                 ("rtf_bench", "real-time factor (bench, 1 thread, 2 s)"), ("peak_rss_mib", "peak memory (MiB)"))
+    fig, axes = plt.subplots(1, len(cost_keys), figsize=(4 * len(cost_keys), 3.4))
+    for ax, (key, title) in zip(axes, cost_keys):
+        for method, pts in series.items():
+            ax.plot([100 * r["prune.amount"] for r in pts], [_nan(r[key]) for r in pts], "o-", label=method)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("prunable parameters removed (%)")
         ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     cost = figures.save_figure(fig, out_dir / "sweep_cost.png")
-    return [quality, cost]
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method, pts in series.items():
+        pts = [r for r in pts if r["rtf_bench"] is not None and r["test_pesq"] is not None]
+        ax.plot([r["rtf_bench"] for r in pts], [r["test_pesq"] for r in pts], "o-", label=method)
+        for r in pts:
+            ax.annotate(f"{100 * r['prune.amount']:.0f}%", (r["rtf_bench"], r["test_pesq"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("real-time factor (ONNX Runtime, 1 thread, 2 s input; lower is faster)")
+    ax.set_ylabel("PESQ (test set)")
+    ax.set_title("TEST-SET plot, for information: PESQ against measured RTF\n(selection uses validation PESQ only)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    pareto = figures.save_figure(fig, out_dir / "sweep_pareto.png")
+    return [quality, cost, pareto]
 
 
 def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None = None, register: bool = False,
@@ -141,29 +199,35 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
     dense_run_id, runs = sweep_runs(experiment, dense_run_id)
     rows = sweep_rows(runs)
     best, excluded = select_best(rows)
-    columns = ["prune.amount", "conv_sparsity", "params_nonzero", "onnx_zip_kib", "rtf_onnx", SELECT_BY,
+    columns = ["prune.method", "prune.amount", "macs_removed", "params_nonzero", "gmac_per_s", "rtf_bench",
+               "peak_rss_mib", "onnx_zip_kib", SELECT_BY,
                *[f"{s}_{q}" for s in SETS for q in QUALITY], "dvc_exp", "run"]
     files.write_csv(out_dir / "sweep.csv", rows, columns + ["run_id"])
     figures = plot_sweep(rows, out_dir)
     test_pesq = best.get("test_pesq")
     md = [
         "# Pruning sweep", "",
-        f"{len(rows)} runs fine-tuned from dense run `{dense_run_id}` (MLflow experiment `{experiment}`).",
+        f"{len(rows)} runs: the dense model (run `{dense_run_id}`, prune.amount 0) and the pruning runs "
+        f"fine-tuned from it (MLflow experiment `{experiment}`).",
+        "`prune.amount` is the fraction of prunable parameters removed; `macs_removed` the fraction of the",
+        "model's MACs removed (channel pruning; unstructured pruning removes none: dense kernels run the zeros).",
         "`val_pesq` is each run's PESQ on held-out training speakers (validation set, the weights it kept);",
-        "the other quality metrics are means over the test set and the unseen-noise set; sizes are measured",
-        "on the exported ONNX file; the real-time factor is compute seconds per audio second on CPU (lower is",
-        "faster).",
-        "Unstructured sparsity shrinks the compressed file, not the latency (dense kernels run the zeros).", "",
+        "the other quality metrics are means over the test set and the unseen-noise set. Cost is measured on",
+        "the exported ONNX file by `effifusion bench --model` in a fresh process (1 thread, 2 s input):",
+        "`rtf_bench` (compute seconds per audio second, lower is faster), `peak_rss_mib`, and `gmac_per_s`",
+        "(the MACs the exported network executes per second of audio, from its model card).", "",
         files.markdown_table(rows, columns),
         "Model selected by validation PESQ; test metrics shown for information (never used for choosing).", "",
-        f"Selected: prune.amount = {best['prune.amount']} (run `{best['run']}`), validation PESQ "
+        f"Selected: {best['prune.method']} at prune.amount = {best['prune.amount']} (run `{best['run']}`), "
+        "validation PESQ "
         f"**{best[SELECT_BY]:.3f}**; its test PESQ: "
         + (f"{test_pesq:.3f}." if test_pesq is not None else "not logged."), "",
     ]
     if excluded:
         md += [f"Not considered for selection ({len(excluded)} run(s) without a `{SELECT_BY}` metric): "
                + ", ".join(f"`{r['run']}` (prune.amount = {r['prune.amount']})" for r in excluded) + ".", ""]
-    md += ["![quality](sweep_quality.png)", "", "![cost](sweep_cost.png)", ""]
+    md += ["![quality](sweep_quality.png)", "", "![cost](sweep_cost.png)", "",
+           "Test-set plot, for information (never used for choosing):", "", "![pareto](sweep_pareto.png)", ""]
     files.write_text(out_dir / "sweep.md", "\n".join(md))
 
     tracking.setup(experiment)
@@ -173,6 +237,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
         for f in [out_dir / "sweep.md", out_dir / "sweep.csv", *figures]:
             mlflow.log_artifact(str(f), "sweep")
         logged = {"best_val_pesq": best[SELECT_BY], "selected_prune_amount": best["prune.amount"],
+                  "selected_dense": float(best["variant"] == "dense"),
                   "runs_excluded_no_val_pesq": len(excluded)}
         for s in SETS:  # the selected run's own test results, for information; not a "best test" figure
             if best.get(f"{s}_pesq") is not None:
@@ -181,7 +246,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
         report_run = run.info.run_id
     summary: dict[str, Any] = {
         "runs": len(rows), "dense_run_id": dense_run_id, "report_run_id": report_run, "selected_by": SELECT_BY,
-        "best": {k: best.get(k) for k in ("prune.amount", SELECT_BY, "test_pesq", "run_id")},
+        "best": {k: best.get(k) for k in ("prune.method", "prune.amount", SELECT_BY, "test_pesq", "run_id")},
         "excluded_no_val_pesq": [r["run_id"] for r in excluded],
         "out_dir": str(out_dir),
     }

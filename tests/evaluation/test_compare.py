@@ -42,13 +42,13 @@ def _scores(quality: dict[str, float]) -> list[dict]:
 
 
 def log_pipeline_run(arch: str, preset: str, val_pesq: float | None, quality: dict[str, float],
-                     params_total: int, params_nonzero: int, rtf_onnx: float = 0.25) -> str:
+                     params_total: int, params_nonzero: int, rtf_onnx: float = 0.25, stage: str = "prune") -> str:
     """A prune run as the stages log it: all params flattened (model.arch ...), training metrics
     (train/params_total, val/pesq), then the evaluate stage's test/*, unseen/* and rtf/* in the same run."""
     params = tiny_params(model__arch=arch)
     params["preset"] = preset
     params["mlflow"]["experiment"] = EXPERIMENT
-    with tracking.start_run("prune", params) as run:
+    with tracking.start_run(stage, params) as run:
         train = {"params_total": params_total, "params_nonzero": params_nonzero, "steps": 10}
         if val_pesq is not None:
             train["val_pesq"] = val_pesq
@@ -102,7 +102,8 @@ def test_compare_table_plots_and_run(store, tmp_path):
 
     csv_lines = (out / "compare.csv").read_text().splitlines()
     assert csv_lines[0].split(",") == compare.columns() and len(csv_lines) == 3
-    assert csv_lines[1].startswith("muse,demo,demo,50000,50000,,")  # muse's GMAC: not in this registry -> empty
+    # muse's GMAC: not in this registry -> empty
+    assert csv_lines[1].startswith("muse,demo,pruned,l1_unstructured,0.3,demo,50000,50000,,")
     gan_csv = dict(zip(csv_lines[0].split(","), csv_lines[2].split(",")))
     assert float(gan_csv["gmac_per_s"]) > 0  # analytic, from the run's model.* params
     assert gan_csv["test_covl_published"] == "2.79" and gan_csv["bench_rtf_onnx"] == ""
@@ -115,7 +116,7 @@ def test_compare_table_plots_and_run(store, tmp_path):
     assert "STOI and ESTOI in [0, 1]; SSNR, SI-SDR, SI-SIR and SI-SAR in dB" in md
     gan_test = [line for line in md.splitlines() if line.startswith("| effifusion_gan | demo |")][1]
     assert gan_test.endswith("| 0.900 | 8.00 | 0.750 | 12.30 | 20.50 | 14.10 |")  # ESTOI 3 decimals, dB 2
-    muse_cost = next(line for line in md.splitlines() if line.startswith("| muse | demo | demo |"))
+    muse_cost = next(line for line in md.splitlines() if line.startswith("| muse | demo | pruned |"))
     assert "| 50,000 | 50,000 | — | 2.400 | 0.310 | — | — | — |" in muse_cost
     for name in ("compare_pareto.png", "compare_quality.png"):
         data = (out / name).read_bytes()
@@ -198,3 +199,17 @@ def test_nested_model_params_are_unflattened():
     assert model_config(run)[0]["sampler"]["steps"] == 30
     model, why = build_from_params(run)
     assert why == "" and analytic_gmac_per_s(model) > 0
+
+
+def test_dense_and_pruned_rows_per_architecture(store, tmp_path):
+    """evaluate_dense scores into the train run, evaluate into the prune run: one row each."""
+    dense = log_pipeline_run("effifusion_gan", "demo", 2.1, quality(3.0), 30000, 30000, stage="train")
+    pruned = log_pipeline_run("effifusion_gan", "demo", 2.0, quality(2.9), 30000, 21000)
+    rows = compare.compare_rows(compare.evaluated_runs(EXPERIMENT))
+    by_variant = {r["variant"]: r for r in rows}
+    assert set(by_variant) == {"dense", "pruned"} and len(rows) == 2
+    assert by_variant["dense"]["run_id"] == dense and by_variant["pruned"]["run_id"] == pruned
+    assert by_variant["dense"]["prune_method"] is None and by_variant["dense"]["params_nonzero"] == 30000
+    assert by_variant["pruned"]["prune_method"] == "l1_unstructured"
+    assert by_variant["pruned"]["prune_amount"] == pytest.approx(0.3)
+    assert by_variant["pruned"]["params_nonzero"] == 21000

@@ -91,7 +91,7 @@ def build_world(root: Path, voicebank: Path) -> dict:
     generator = build_model(params["model"], 16000).eval()
     torch_model = root / "models" / "pruned" / "generator.pt"
     save_checkpoint(torch_model, generator)
-    onnx_model = root / "models" / "onnx" / "effifusion.onnx"
+    onnx_model = root / "models" / "onnx" / "pruned.onnx"
     _export(torch_model, onnx_model)
     return {"params": params, "prepared": prepared, "unseen": unseen, "torch_model": torch_model,
             "onnx_model": onnx_model}
@@ -100,7 +100,7 @@ def build_world(root: Path, voicebank: Path) -> dict:
 def _export(torch_model: Path, onnx_model: Path) -> None:
     params = _params()
     export_cfg = {**params["export"], "parity_lengths_s": [0.5]}  # one length: parity is test_export's job
-    export_onnx(torch_model, onnx_model.parent, export_cfg, params["audio"])
+    export_onnx(torch_model, onnx_model.parent, export_cfg, params["audio"], name=onnx_model.name)
     assert onnx_model.is_file()
 
 
@@ -149,7 +149,7 @@ def test_outputs_exist(evaluated) -> None:
     out = evaluated["root"] / "reports" / "evaluate"
     plots = [f"{s}_{m}_by_snr.png" for s in ("test", "unseen") for m in ev.SNR_PLOT_METRICS]
     assert {"si_sdr", "si_sir", "si_sar"} <= set(ev.SNR_PLOT_METRICS)
-    for name in ("per_utterance.csv", "by_condition.csv", "by_condition.md", "summary.md", *plots):
+    for name in ("per_utterance.csv", "by_condition.csv", "by_condition.md", "summary_pruned.md", *plots):
         assert (out / name).is_file(), name
     spectrograms = sorted(out.glob("spectrogram_*.png"))
     assert len(spectrograms) == 2
@@ -248,7 +248,7 @@ def test_per_utterance_and_condition_tables(evaluated) -> None:
     assert "NPARK" in md and "→" in md
     assert md.count(ev.MATLAB_CAPTION) == 2  # every table names its composite convention
     assert "pytorch_csig_published" in table[0] and "csig_published" in rows[0]
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary_pruned.md").read_text()
     assert f"{evaluated['metrics']['test']['noisy']['pesq']:.2f}" in summary
     assert f"Inference protocol: {ev.PROTOCOL}" in summary and evaluated["metrics"]["protocol"] == ev.PROTOCOL
     assert "| ONNX |" in summary and "Real-time factor" not in summary and "metrics/evaluate.json" in summary
@@ -295,16 +295,19 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     assert logged["test/csig_published"] == pytest.approx(m["test"]["pytorch"]["csig_published"])
     assert logged["unseen/noisy_covl_published"] == pytest.approx(m["unseen"]["noisy"]["covl_published"])
     assert logged["rtf/onnx"] == pytest.approx(m["rtf"]["onnx"])
-    assert {k.split("/")[0] for k in logged} == {"val", "test", "unseen", "rtf"}  # every metric in a section
+    assert {k.split("/")[0] for k in logged} == {"val", "test", "unseen", "rtf", "bench"}  # each in a section
+    bench = m["bench"]  # the export's cost, measured in a fresh process (effifusion bench --model)
+    assert logged["bench/rtf"] == pytest.approx(bench["rtf"]) and bench["rtf"] > 0
+    assert logged["bench/peak_rss_mib"] == pytest.approx(bench["peak_rss_mib"]) and bench["peak_rss_mib"] > 0
     names = {Path(a.path).name for a in client.list_artifacts(evaluated["run_id"], "evaluation")}
-    assert {"summary.md", "per_utterance.csv", "by_condition.csv", "unseen_pesq_by_snr.png"} <= names
+    assert {"summary_pruned.md", "per_utterance.csv", "by_condition.csv", "unseen_pesq_by_snr.png"} <= names
 
 
 def test_missing_inputs_name_the_producing_stage(evaluated, tmp_path) -> None:
     kwargs = {**_kwargs(evaluated, tmp_path), "track": False}
-    with pytest.raises(DataError, match=r"effifusion\.onnx: ONNX model not found .*export"):
-        ev.evaluate(evaluated["params"], **{**kwargs, "onnx_model": tmp_path / "effifusion.onnx"})
-    with pytest.raises(DataError, match=r"generator\.pt: pruned generator checkpoint not found .*prune"):
+    with pytest.raises(DataError, match=r"pruned\.onnx: ONNX model not found .*export"):
+        ev.evaluate(evaluated["params"], **{**kwargs, "onnx_model": tmp_path / "pruned.onnx"})
+    with pytest.raises(DataError, match=r"generator\.pt: pruned model checkpoint not found .*prune"):
         ev.evaluate(evaluated["params"], **{**kwargs, "torch_model": tmp_path / "generator.pt"})
     with pytest.raises(DataError, match=r"unseen\.csv: unseen manifest not found .*mix_unseen"):
         ev.evaluate(evaluated["params"], **{**kwargs, "unseen_dir": tmp_path / "unseen"})
@@ -358,3 +361,31 @@ def test_spectrogram_items_spread_over_sets_and_snrs() -> None:
     assert [it["utt"] for it in picked] == ["t0", "t4", "u2"]  # lowest and highest test SNR, lowest unseen
     assert ev.pick_spectrogram_items(items, 0) == []
     assert len(ev.pick_spectrogram_items(items, 50)) == 8
+
+
+def test_dense_and_pruned_side_by_side(evaluated, tmp_path) -> None:
+    """Two variants of different weights: each scored on its own, combined with one row per variant."""
+    params = evaluated["params"]
+    torch.manual_seed(1)  # other weights than the fixture's "pruned" model
+    dense_ckpt = tmp_path / "models" / "dense" / "generator.pt"
+    save_checkpoint(dense_ckpt, build_model(params["model"], 16000).eval())
+    dense_onnx = tmp_path / "models" / "onnx" / "dense.onnx"
+    _export(dense_ckpt, dense_onnx)
+    assert not ev.same_weights(dense_ckpt, evaluated["torch_model"])
+    assert ev.same_weights(evaluated["torch_model"], evaluated["torch_model"])
+    kwargs = {**_kwargs(evaluated, tmp_path), "track": False, "bench": False}
+    dense = ev.evaluate(params, **{**kwargs, "variant": "dense", "torch_model": dense_ckpt, "onnx_model": dense_onnx,
+                                   "out_dir": tmp_path / "reports" / "evaluate_dense"})
+    assert dense["variant"] == "dense" and (tmp_path / "reports" / "evaluate_dense" / "summary_dense.md").is_file()
+    combined = ev.combine_variants(dense, evaluated["metrics"], {"method": "l1_unstructured", "amount": 0.3})
+    assert {"dense", "pruned", "prune", "pruned_minus_dense"} <= set(combined)
+    for s in ("test", "unseen"):
+        assert combined["dense"][s]["noisy"] == combined["pruned"][s]["noisy"]  # the same inputs
+        assert combined["dense"][s]["pytorch"]["pesq"] != combined["pruned"][s]["pytorch"]["pesq"]
+        assert combined["pruned_minus_dense"][s]["pesq"] == pytest.approx(
+            combined["pruned"][s]["pytorch"]["pesq"] - combined["dense"][s]["pytorch"]["pesq"])
+    md = ev.variants_markdown(combined)
+    for label in ("dense (PyTorch)", "dense (ONNX)", "pruned (PyTorch)", "pruned (ONNX)", "pruned − dense"):
+        assert md.count(f"| {label}") == 2, label  # one row per set
+    assert f"{combined['dense']['test']['pytorch']['pesq']:.2f}" in md
+    assert "prune.amount 0.3" in md

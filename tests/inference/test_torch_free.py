@@ -177,7 +177,7 @@ def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "generator.pt", build_model(cfg, 16000).eval())
     export_cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-4}
     export_onnx(tmp_path / "generator.pt", tmp_path / "onnx", export_cfg, {"sample_rate": 16000})
-    model = tmp_path / "onnx" / "effifusion.onnx"
+    model = tmp_path / "onnx" / "pruned.onnx"
     fixture = tmp_path / "noisy.wav"
     sf.write(fixture, parity_signal(3 * 22050, 22050, seed=5), 22050)
 

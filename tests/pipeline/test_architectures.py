@@ -11,7 +11,7 @@ import yaml
 from helpers import ROOT, make_prepared, tiny_params
 
 from effifusion.evaluation.evaluate import evaluate
-from effifusion.inference.export import export_onnx
+from effifusion.inference.export import export_variant
 from effifusion.models.registry import load_checkpoint
 from effifusion.training.stages import prune_finetune, train_dense
 
@@ -43,13 +43,18 @@ def test_one_pipeline_pass(preset, tmp_path):
                             metrics_path=tmp_path / "pruned.json", plots_dir=tmp_path / "pp", **common)
     model, _ = load_checkpoint(tmp_path / "pruned" / "generator.pt")
     assert model.arch == demo["model"]["arch"] and dense["steps"] >= 2
-    assert pruned["conv_sparsity"] == pytest.approx(params["prune"]["amount"], abs=0.02)
-    report = export_onnx(tmp_path / "pruned" / "generator.pt", tmp_path / "onnx", params["export"], params["audio"])
-    assert report["onnx_parity_max_abs"] <= params["export"]["parity_tolerance"]
+    if params["prune"]["method"] == "none":  # the peers' presets: their papers report unpruned models
+        assert pruned["steps"] == 0 and pruned["conv_sparsity"] == 0.0
+        assert (tmp_path / "pruned" / "generator.pt").read_bytes() == (tmp_path / "dense" / "generator.pt").read_bytes()
+    else:
+        assert pruned["conv_sparsity"] == pytest.approx(params["prune"]["amount"], abs=0.02)
+    report, how = export_variant("pruned", tmp_path / "pruned" / "generator.pt", tmp_path / "onnx", params["export"],
+                                 params["audio"])
+    assert how == "exported" and report["onnx_parity_max_abs"] <= params["export"]["parity_tolerance"]
     metrics = evaluate(params, prepared_dir=prepared, unseen_dir=prepared,
-                       torch_model=tmp_path / "pruned" / "generator.pt", onnx_model=tmp_path / "onnx" / "effifusion.onnx",
+                       torch_model=tmp_path / "pruned" / "generator.pt", onnx_model=tmp_path / "onnx" / "pruned.onnx",
                        out_dir=tmp_path / "report", metrics_path=tmp_path / "evaluate.json",
-                       enhanced_dir=tmp_path / "enhanced", track=False)
+                       enhanced_dir=tmp_path / "enhanced", track=False, bench=False)
     for set_name in ("test", "unseen"):
         assert metrics[set_name]["n"] == 2
         for system in ("pytorch", "onnx"):
@@ -67,16 +72,16 @@ def check_diffusion_export(folder, report):
     from effifusion.inference.backends import load_enhancer
 
     assert max(report["network_parity_max_rel"].values()) < 1e-4
-    assert sorted(p.name for p in folder.iterdir()) == ["effifusion.onnx", "effifusion.predictive.onnx", "export.json"]
-    enhancer = load_enhancer(folder / "effifusion.onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["pruned.export.json", "pruned.onnx", "pruned.predictive.onnx"]
+    enhancer = load_enhancer(folder / "pruned.onnx")
     assert enhancer.card["runtime"] == "diffusion" and enhancer.card["sampler"]["steps"] == 3
     x = np.random.default_rng(2).standard_normal(7000).astype(np.float32) * 0.1
     y = enhancer.enhance(x)
     assert y.shape == x.shape and np.array_equal(y, enhancer.enhance(x))
-    predictive = load_enhancer(folder / "effifusion.onnx", sampler={"mode": "predictive"})
+    predictive = load_enhancer(folder / "pruned.onnx", sampler={"mode": "predictive"})
     assert predictive.card["sampler"]["mode"] == "predictive" and not np.allclose(predictive.enhance(x), y)
     with pytest.raises(ConfigError, match="sampler.stepz: unknown setting"):
-        load_enhancer(folder / "effifusion.onnx", sampler={"stepz": 3})
-    (folder / "effifusion.predictive.onnx").unlink()
-    with pytest.raises(ConfigError, match="effifusion.predictive.onnx is missing"):
-        load_enhancer(folder / "effifusion.onnx")
+        load_enhancer(folder / "pruned.onnx", sampler={"stepz": 3})
+    (folder / "pruned.predictive.onnx").unlink()
+    with pytest.raises(ConfigError, match="pruned.predictive.onnx is missing"):
+        load_enhancer(folder / "pruned.onnx")

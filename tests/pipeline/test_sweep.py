@@ -1,6 +1,6 @@
 """The whole pipeline and a queued pruning sweep, as a user runs them, in a scratch git + DVC repo.
 
-`dvc repro` runs all seven stages on a tiny demo config (prune.amount 0.3); `dvc exp run --queue
+`dvc repro` runs all eight stages on a tiny demo config (prune.amount 0.3); `dvc exp run --queue
 -S prune.amount=0.5` plus `dvc queue start` adds a second sweep point in DVC's temporary copies. Checked: the queued experiment
 logs into the repository's own MLflow store (not a temporary copy's), tagged with its DVC experiment
 name and with the measured sparsity of its ratio; the dense training ran once for both points; and
@@ -96,9 +96,16 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     dvc = str(VENV_BIN / "dvc")
     out = _run([dvc, "repro"], repo)
     assert re.findall(r"Running stage '([^']+)'", out) == [
-        "download", "prepare", "mix_unseen", "train", "prune", "export", "evaluate"]
+        "download", "prepare", "mix_unseen", "train", "prune", "export", "evaluate_dense", "evaluate"]
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(evaluation) >= {"test", "unseen"}
+    assert set(evaluation) >= {"dense", "pruned", "prune"}  # one entry per variant
+    for s in ("test", "unseen"):
+        dense, pruned = evaluation["dense"][s], evaluation["pruned"][s]
+        assert dense["noisy"] == pruned["noisy"]
+        assert dense["pytorch"]["pesq"] != pruned["pytorch"]["pesq"]  # other weights, other scores
+        assert abs(dense["onnx"]["pesq"] - dense["pytorch"]["pesq"]) < 0.02
+    summary_md = (repo / "reports" / "evaluate" / "summary.md").read_text()
+    assert "| dense (PyTorch)" in summary_md and "| pruned (ONNX)" in summary_md
     assert "Data and pipelines are up to date" in _run([dvc, "status"], repo)
     # A forced rerun of training writes the same bytes (no run id or timing in models/dense): prune,
     # export and evaluate stay up to date instead of days of GPU time rerun for nothing. (The kept
@@ -118,7 +125,7 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
     _run([dvc, "remote", "add", "-d", "-f", "local", str(remote)], clone)
     _run([dvc, "pull"], clone)
     assert "Data and pipelines are up to date" in _run([dvc, "status"], clone)
-    assert (clone / "models" / "onnx" / "effifusion.onnx").is_file()
+    assert {"dense.onnx", "pruned.onnx"} <= {p.name for p in (clone / "models" / "onnx").iterdir()}
 
     _run([dvc, "exp", "run", "--queue", "-S", "prune.amount=0.5"], repo)
     _run([dvc, "queue", "start"], repo)
@@ -144,6 +151,9 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
         assert len(run.inputs.dataset_inputs) == 2
         assert run.info.run_name.startswith(f"prune-{round(amount * 100)}%")
     train_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
+    # the dense model was scored once, into the train run, by evaluate_dense: the sweep point reused it
+    assert len(client.get_metric_history(train_runs[0].info.run_id, "test/pesq")) == 1
+    assert train_runs[0].data.metrics["test/pesq"] == pytest.approx(evaluation["dense"]["test"]["pytorch"]["pesq"])
     # one: the forced rerun continued the finished checkpoint into the same run (retraining from
     # scratch writes the same bytes too: tests/training/test_trainer.py), and the sweep reused the
     # dense model instead of retraining it
@@ -173,12 +183,13 @@ def test_repro_then_queued_sweep_logs_to_the_main_store_and_reports(repo):
                           env={**_env(), "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["runs"] == 2  # the queued ratio and the workspace's own 0.3, same dense model
+    assert summary["runs"] == 3  # the dense model (0 %), the workspace's own 0.3 and the queued ratio
     assert summary["registered"] == {"name": "effifusion-gan", "version": 1}
     version = client.get_model_version("effifusion-gan", "1")
     assert version.tags["source_run_id"] == summary["best"]["run_id"]
     rows = list(csv.DictReader((report_dir / "sweep.csv").open()))
-    assert sorted(float(r["prune.amount"]) for r in rows) == [0.3, 0.5]
+    assert sorted(float(r["prune.amount"]) for r in rows) == [0.0, 0.3, 0.5]
+    assert [r["prune.method"] for r in rows].count("dense") == 1
     assert "| 0.3 |" in (report_dir / "sweep.md").read_text() and "| 0.5 |" in (report_dir / "sweep.md").read_text()
-    for png in ("sweep_quality.png", "sweep_cost.png"):
+    for png in ("sweep_quality.png", "sweep_cost.png", "sweep_pareto.png"):
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
