@@ -171,6 +171,30 @@ def test_with_batchnorm_the_step_is_only_approximate(float64):
     assert worst > 1e-3, worst
 
 
+def test_optimizer_setting_and_bad_values():
+    params = tiny_params()
+    net = torch.nn.Linear(2, 2)
+    assert type(make_optimizer(net.parameters(), params["train"], 1e-3)) is torch.optim.AdamW
+    adam = {**params["train"], "optimizer": "adam", "betas": [0.95, 0.999]}
+    opt = make_optimizer(net.parameters(), adam, 5e-4)
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["betas"] == (0.95, 0.999)
+    with pytest.raises(ConfigError, match=r"^params.yaml train.optimizer: 'sgd' is not valid \(one of adamw"):
+        make_optimizer(net.parameters(), {**params["train"], "optimizer": "sgd"}, 1e-3)
+    for bad in (0, 1.5, True, None):
+        with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+            accum_steps({"grad_accum_steps": bad})
+    assert [(s.start, s.stop) for s in micro_slices(6, 3)] == [(0, 2), (2, 4), (4, 6)]
+    with pytest.raises(ValueError, match="does not split into train.grad_accum_steps = 4"):
+        micro_slices(6, 4)
+    # every network of a task gets it: SAF's and SGMSE+'s Adam, the discriminator's too
+    p = tiny_params(train__optimizer="adam")
+    for objective in ("metric_gan", "predictive"):
+        model = build_model(p["model"], 16000)
+        task = task_class(objective)(model, p, 1e-3, torch.device("cpu"), pesq=ItemPesq())
+        opts = [task.opt_g, task.opt_d] if objective == "metric_gan" else [task.opt]
+        assert all(type(o) is torch.optim.Adam for o in opts)
+
+
 # --------------------------------------------------------------------------------------------- trainer
 
 
@@ -234,8 +258,9 @@ def test_torchrun_with_accumulation_keeps_replicas_identical(prepared, tmp_path)
         from effifusion.training.stages import train_dense
         p = tiny_params(train__batch_size=1, train__grad_accum_steps=2, train__epochs=1)
         train_dense(p, prepared_dir=Path({str(prepared)!r}), out_dir=Path({str(tmp_path / 'm')!r}),
-                    metrics_path=Path({str(tmp_path / 'train.json')!r}), plots_dir=Path({str(tmp_path / 'p')!r}),
-                    resume_dir=Path({str(tmp_path / 'ck')!r}), track=False)
+                    metrics_path=Path({str(tmp_path / 'train.json')!r}),
+                    plots_dir=Path({str(tmp_path / 'p')!r}), resume_dir=Path({str(tmp_path / 'ck')!r}),
+                    track=False)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
