@@ -95,7 +95,7 @@ def network_parity(model: Any, score_path: Path, predictive_path: Path | None, f
 
 
 def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, opset: int, lengths_s: list[float],
-                     tolerance: float, start: float) -> dict[str, Any]:
+                     tolerance: float, start: float, fusion: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write NAME.onnx (+ NAME.predictive.onnx), check parity, write export.json; the report."""
     import onnx
 
@@ -154,6 +154,8 @@ def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, ops
         "network_evaluations": model.sampler.evaluations(),
         "exporter": EXPORTER, "opset": opset, "onnx_nodes": sum(len(p.graph.node) for p in protos.values()),
     }
+    if fusion is not None:  # the final-fusion weights on the card: fitted, or set by export.sampler
+        report["final_fusion"] = fusion
     write_json(out_dir / REPORT_FILE, report)
     return {**report, "export_seconds": round(time.perf_counter() - start, 2)}
 

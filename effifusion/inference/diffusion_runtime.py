@@ -31,7 +31,7 @@ def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads:
         multiple, min_samples = int(meta["time_multiple"]), int(meta["min_samples"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: damaged diffusion model card ({type(exc).__name__}: {exc})") from None
-    settings = settings_with(base, overrides, bool(meta.get("predictive_file")), f"{path}: ")
+    settings = settings_with(base, overrides, bool(meta.get("predictive_file")), f"{path}: ", n_fft // 2 + 1)
     predictive = None
     if meta.get("predictive_file"):
         pred_path = Path(predictive_path) if predictive_path else path.with_name(meta["predictive_file"])

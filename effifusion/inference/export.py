@@ -22,7 +22,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -292,8 +292,8 @@ def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dic
                           f"{audio_cfg['sample_rate']!r} (retrain or restore it)")
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict, name: str = ONNX_FILE
-                ) -> dict[str, Any]:
+def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict, name: str = ONNX_FILE,
+                val_items: Callable[[], list] | None = None) -> dict[str, Any]:
     """Export the (pruned) model at ``checkpoint`` to ``out_dir/name`` (effifusion.onnx); return the report.
 
     Pruning masks are folded into plain weights by ``load_checkpoint``, so each weight is stored once.
@@ -316,6 +316,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
         raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
                           "sgmse and gp_sgmse do): leave it empty ({})")
     if hasattr(model, "export_networks"):  # a diffusion model: its networks, the sampler stays outside
+        from effifusion.diffusion.fusion_fit import final_fusion_for_export
         from effifusion.inference.diffusion_export import export_diffusion
 
         if not isinstance(overrides, dict):
@@ -324,8 +325,9 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
             model.with_sampler(**overrides)  # the exported card carries the settings evaluate then uses
         except ConfigError as exc:
             raise ConfigError(f"params.yaml export.{exc}") from None
-
-        return export_diffusion(model, checkpoint, out_dir, name, opset, lengths_s, tolerance, start)
+        # gp_sgmse: final fusion fitted on val_items() (validation only) unless export.sampler sets it
+        fusion = final_fusion_for_export(model, overrides, val_items)
+        return export_diffusion(model, checkpoint, out_dir, name, opset, lengths_s, tolerance, start, fusion)
 
     model_proto = onnx_model(model, opset, source=checkpoint.name)
     names = [init.name for init in model_proto.graph.initializer]

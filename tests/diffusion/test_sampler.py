@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from effifusion.diffusion import spectrum
-from effifusion.diffusion.sampler import SamplerSettings, sample
+from effifusion.diffusion.sampler import SamplerSettings, sample, sample_parts
 from effifusion.diffusion.sde import OuveSde
 
 
@@ -43,17 +43,21 @@ def test_same_seed_same_output_and_counted_evaluations(mode, first, final, start
         assert not np.allclose(a, c)
 
 
-def test_final_fusion_weight_blends_the_two_outputs():
+def test_final_fusion_weights_blend_the_two_outputs():
     net = Net()
     base = dict(mode="joint", steps=4, first_fusion=True, start_step=2, seed=0)
     gen = sample(net.score, net.predict, Y, OuveSde(), SamplerSettings(**base, final_fusion=False))
-    fused = sample(net.score, net.predict, Y, OuveSde(), SamplerSettings(**base, final_fusion=True, fusion_weight=0.25))
-    assert np.allclose(fused, 0.25 * gen + 0.75 * 0.5 * Y, atol=1e-6)
+    fused = sample(net.score, net.predict, Y, OuveSde(),
+                   SamplerSettings(**base, final_fusion=True, fusion_alpha=0.25, fusion_beta=0.9))
+    assert np.allclose(fused, 0.25 * gen + 0.9 * 0.5 * Y, atol=1e-6)
+    parts = sample_parts(net.score, net.predict, Y, OuveSde(), SamplerSettings(**base))
+    assert np.array_equal(parts[0], gen) and np.allclose(parts[1], 0.5 * Y)
 
 
 @pytest.mark.parametrize("change, message", [
     ({"mode": "joint"}, "needs a predictive decoder"), ({"steps": 0}, "steps"),
-    ({"start_step": 6}, "start_step"), ({"fusion_weight": 1.5}, "fusion_weight"),
+    ({"start_step": 6}, "start_step"), ({"fusion_alpha": float("nan")}, "fusion_alpha"),
+    ({"fusion_beta": True}, "fusion_beta"),
     ({"mode": "gan"}, "mode")])
 def test_bad_settings_are_named(change, message):
     assert message in SamplerSettings(**{"steps": 6, **change}).problem(has_predictive=False)

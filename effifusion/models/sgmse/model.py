@@ -50,7 +50,7 @@ def gp_sgmse_config() -> dict[str, Any]:
     """The joint model at the paper's size (106 M) with both fusions on [INF: start step and weight]."""
     return {**sgmse_config(), "arch": "gp_sgmse",
             "sampler": SamplerSettings(mode="joint", first_fusion=True, start_step=15, final_fusion=True,
-                                       fusion_weight=0.5).config()}
+                                       fusion_alpha=0.5, fusion_beta=0.5).config()}
 
 
 class Sgmse(EnhancementModel):
@@ -69,7 +69,8 @@ class Sgmse(EnhancementModel):
         self.n_bins = self.frontend.n_bins
         self.spec_scale = float(c["spec_scale"])
         self.sde = OuveSde.from_config(c["sde"])
-        self.sampler = SamplerSettings(**c["sampler"])
+        # settings_with, not SamplerSettings(**...): older checkpoints store a single fusion_weight
+        self.sampler = settings_with(c["sampler"], None, self.has_predictive, "model.", self.n_bins)
         self.time_multiple = 2 ** (len(c["ch_mult"]) - 1)
         shape = (c["nf"], list(c["ch_mult"]), c["res_blocks"], list(c["attn_resolutions"]))
         self.encoder = Encoder(*shape, self.n_bins, float(c["fourier_scale"]))
@@ -94,7 +95,7 @@ class Sgmse(EnhancementModel):
 
     def with_sampler(self, **overrides: Any) -> "Sgmse":
         """Change sampler settings in place (inference only: the weights do not depend on them)."""
-        self.sampler = settings_with(self.sampler.config(), overrides, self.has_predictive)
+        self.sampler = settings_with(self.sampler.config(), overrides, self.has_predictive, bins=self.n_bins)
         return self
 
     # -- the networks -----------------------------------------------------------------------------
@@ -135,8 +136,10 @@ class Sgmse(EnhancementModel):
 
     # -- inference --------------------------------------------------------------------------------
 
-    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        device, dtype = x.device, x.dtype
+    def numpy_networks(self, device: torch.device | None = None) -> tuple[Any, Any]:
+        """(score_fn, predict_fn or None) on complex numpy spectrograms: the callables the numpy sampler
+        runs (enhance, and the export's fit of the final fusion on the same outputs)."""
+        device = device if device is not None else next(self.parameters()).device
 
         def run(fn: Any, *arrays: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -148,11 +151,16 @@ class Sgmse(EnhancementModel):
         def predict_fn(yc: np.ndarray) -> np.ndarray:
             return spectrum.as_complex(run(self.predict, spectrum.as_channels(yc)))
 
+        return score_fn, (predict_fn if self.has_predictive else None)
+
+    def enhance_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        device, dtype = x.device, x.dtype
+        score_fn, predict_fn = self.numpy_networks(device)
         f = self.frontend
         out = enhance_normalised(x.detach().float().cpu().numpy(), n_fft=f.n_fft, hop=f.hop_length,
                                  alpha=f.compress_factor, beta=self.spec_scale, time_multiple=self.time_multiple,
-                                 score_fn=score_fn, predict_fn=predict_fn if self.has_predictive else None,
-                                 sde=self.sde, settings=self.sampler)
+                                 score_fn=score_fn, predict_fn=predict_fn, sde=self.sde,
+                                 settings=self.sampler)
         return torch.from_numpy(out).to(device=device, dtype=dtype)
 
     def export_module(self) -> nn.Module:
@@ -244,5 +252,5 @@ def check_config(cfg: Any, arch: str) -> dict[str, Any]:
     require("model.sde", "t_eps", sde["t_eps"], sde["t_eps"] < 1, "a number in (0, 1)")
     if not isinstance(m["sampler"], dict):
         raise ConfigError(f"model.sampler: expected a mapping of settings, got {type(m['sampler']).__name__}")
-    settings_with(m["sampler"], None, arch == "gp_sgmse", "model.")
+    settings_with(m["sampler"], None, arch == "gp_sgmse", "model.", bins)
     return m
