@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu | cuda (checkpoints only)")
     s.add_argument("--sampler", action="append", metavar="KEY=VALUE",
                    help="diffusion models: override a sampler setting (mode, steps, snr, corrector_steps, "
-                        "first_fusion, start_step, final_fusion, fusion_weight, seed); repeatable")
+                        "first_fusion, start_step, final_fusion, fusion_alpha, fusion_beta, seed; "
+                        "fusion_weight=W sets alpha W, beta 1 - W); repeatable")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (warnings and errors still printed)")
     s.add_argument("--info", action="store_true", help="print the model card of --model as JSON and exit")
     s.set_defaults(func=_enhance, parser=s)
