@@ -122,6 +122,7 @@ COUPLINGS: dict[str, Callable[[nn.Module], ArchCouplings]] = {"effifusion_gan": 
 
 
 def check_arch(arch: str) -> None:
+    """Refuse an architecture whose couplings no one has written down: guessing them corrupts the model."""
     if arch not in COUPLINGS:
         raise ConfigError(
             f"params.yaml prune.method: channel supports model.arch {', '.join(SUPPORTED_ARCHS)}, "
