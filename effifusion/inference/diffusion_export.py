@@ -96,11 +96,11 @@ def network_parity(model: Any, score_path: Path, predictive_path: Path | None, f
 
 def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, opset: int, lengths_s: list[float],
                      tolerance: float, start: float, fusion: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write NAME.onnx (+ NAME.predictive.onnx), check parity, write export.json; the report."""
+    """Write NAME.onnx (+ NAME.predictive.onnx), check parity, write NAME.export.json; the report."""
     import onnx
 
     from effifusion.inference.diffusion_runtime import diffusion_run_batch
-    from effifusion.inference.export import REPORT_FILE, EXPORTER, ExportError, zip_size
+    from effifusion.inference.export import EXPORTER, ExportError, report_file, zip_size
 
     mult, bins = model.time_multiple, model.n_bins
     ex, ey = torch.randn(2, 2, bins, 2 * mult) * 0.1, torch.randn(2, 2, bins, 2 * mult) * 0.1  # distinct tensors:
@@ -156,6 +156,6 @@ def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, ops
     }
     if fusion is not None:  # the final-fusion weights on the card: fitted, or set by export.sampler
         report["final_fusion"] = fusion
-    write_json(out_dir / REPORT_FILE, report)
+    write_json(out_dir / report_file(name), report)
     return {**report, "export_seconds": round(time.perf_counter() - start, 2)}
 

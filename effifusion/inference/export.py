@@ -38,8 +38,23 @@ from effifusion.models.attention import scan_attention
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import load_checkpoint
 
-ONNX_FILE = "effifusion.onnx"
-REPORT_FILE = "export.json"
+# One file scheme for every model variant: models/onnx/<variant>.onnx (a diffusion model's predictive network
+# beside it as <variant>.predictive.onnx) and its export report <variant>.export.json.
+VARIANTS = ("dense", "pruned")
+ONNX_FILE = "pruned.onnx"  # what `effifusion enhance` runs by default
+LEGACY_ONNX_FILE = "effifusion.onnx"  # the single export of earlier versions: still loads when given
+
+
+def variant_file(variant: str) -> str:
+    return f"{variant}.onnx"
+
+
+def report_file(name: str) -> str:
+    """The export report beside ``name``: pruned.onnx -> pruned.export.json."""
+    return (name[: -len(".onnx")] if name.endswith(".onnx") else name) + ".export.json"
+
+
+REPORT_FILE = report_file(ONNX_FILE)
 MIN_OPSET = 18  # the dynamo exporter's oldest supported opset
 EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]}), onnxscript optimizer off"
 # Peak ONNX Runtime memory per second of input (MB), for the model card's memory_mb_per_s: set from a
@@ -294,12 +309,12 @@ def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dic
 
 def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict, name: str = ONNX_FILE,
                 val_items: Callable[[], list] | None = None) -> dict[str, Any]:
-    """Export the (pruned) model at ``checkpoint`` to ``out_dir/name`` (effifusion.onnx); return the report.
+    """Export the model at ``checkpoint`` to ``out_dir/name`` (pruned.onnx); return the report.
 
     Pruning masks are folded into plain weights by ``load_checkpoint``, so each weight is stored once.
     The graph is checked (onnx.checker, full) and run in ONNX Runtime against the model's ``enhance``
     at each of ``export_cfg["parity_lengths_s"]`` before it replaces any previous file; a difference
-    above ``parity_tolerance`` raises ExportError with the numbers. ``out_dir/export.json`` gets the report.
+    above ``parity_tolerance`` raises ExportError with the numbers. ``out_dir/<name>.export.json`` gets the report.
     """
     import onnx
 
@@ -373,7 +388,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
         "opset": opset,
         "onnx_nodes": len(model_proto.graph.node),
     }
-    write_json(out_dir / REPORT_FILE, report)  # no timing in the output: a rerun writes the same bytes
+    write_json(out_dir / report_file(name), report)  # no timing in the output: a rerun writes the same bytes
     return {**report, "export_seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -402,3 +417,92 @@ def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
     logged = ("onnx_bytes", "onnx_zip_bytes", "onnx_parity_max_abs")
     mlflow.log_metrics(in_section(EXPORT, {k: report[k] for k in logged}))
     mlflow.log_dict(report, "export/export.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: dense and pruned side by side in one folder
+
+
+def _code_hash() -> str:
+    """Hash of the code an export depends on (models, front end, sampler, exporter): a reused export must
+    come from the same code, not only the same weights and settings."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("models", "dsp", "diffusion", "inference"):
+        for f in sorted((root / sub).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def export_key(checkpoint: Path, export_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What an export is a function of: the checkpoint's bytes, the export settings and the code."""
+    from effifusion.tracking.runs import model_md5
+
+    return {"source_md5": model_md5(checkpoint), "export": export_cfg, "exporter": EXPORTER,
+            "code": _code_hash()}
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict,
+                   val_items: Callable[[], list] | None = None) -> tuple[dict[str, Any], str]:
+    """Export ``checkpoint`` as ``out_dir/<variant>.onnx`` unless an export of the same key is there.
+
+    Returns (report, how): "exported", "reused" (the file already there has the same weights, settings and
+    code: a pruning sweep point does not export the dense model again) or "copied" (the other variant's
+    single-file export of the same weights: ``prune.method: none``).
+    """
+    import shutil
+
+    from effifusion.core.files import write_json
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not checkpoint.is_file():
+        raise ConfigError(f"{checkpoint}: {variant} model checkpoint not found")
+    name = variant_file(variant)
+    key = export_key(checkpoint, export_cfg)
+    if hasattr(val_items, "key"):  # gp_sgmse's final fusion is fitted on them (export_onnx)
+        key["validation"] = val_items.key()
+    report_path = out_dir / report_file(name)
+    old = _read_report(report_path)
+    if old and old.get("key") == key and all(Path(f).is_file() for f in old.get("onnx_files", [old["onnx_file"]])):
+        return old, "reused"
+    for other in VARIANTS:
+        prev = _read_report(out_dir / report_file(variant_file(other)))
+        if (other != variant and prev and prev.get("key") == key and len(prev.get("onnx_files", [1])) == 1
+                and Path(prev["onnx_file"]).is_file()):
+            target = out_dir / name
+            with atomic_path(target) as tmp:
+                shutil.copyfile(prev["onnx_file"], tmp)
+            report = {**prev, "onnx_file": str(target), "variant": variant, "checkpoint": str(checkpoint),
+                      "copied_from": prev["onnx_file"]}
+            if "onnx_files" in prev:
+                report["onnx_files"] = [str(target)]
+            write_json(report_path, report)
+            return report, "copied"
+    start = time.perf_counter()
+    report = export_onnx(checkpoint, out_dir, export_cfg, audio_cfg, name=name, val_items=val_items)
+    report = {k: v for k, v in report.items() if k != "export_seconds"}
+    report = {**report, "variant": variant, "checkpoint": str(checkpoint), "key": key}
+    write_json(report_path, report)  # no timing in the output: a rerun writes the same bytes
+    return {**report, "export_seconds": round(time.perf_counter() - start, 2)}, "exported"
+
+
+def remove_stale(out_dir: Path, reports: list[dict[str, Any]]) -> list[str]:
+    """Delete files in ``out_dir`` that no current export wrote (an earlier version's effifusion.onnx, a
+    predictive graph of another architecture); return their names."""
+    keep = {Path(f).name for r in reports for f in r.get("onnx_files", [r["onnx_file"]])}
+    keep |= {report_file(Path(r["onnx_file"]).name) for r in reports}
+    stale = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and p.name not in keep)
+    for name in stale:
+        (Path(out_dir) / name).unlink()
+    return stale
