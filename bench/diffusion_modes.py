@@ -1,6 +1,6 @@
 """The diffusion model's outputs side by side: predictive, generative, joint, each fusion off, fewer steps.
 
-    python bench/diffusion_modes.py --model models/onnx/effifusion.onnx --prepared data/prepared \
+    python bench/diffusion_modes.py --model models/onnx/pruned.onnx --prepared data/prepared \
         --unseen data/unseen [--out bench/results/diffusion_modes_demo]
 
 One exported gp_sgmse model (ONNX Runtime, torch-free, 1 thread) is run with each sampler setting of

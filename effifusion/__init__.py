@@ -3,7 +3,7 @@
 Enhancing (``pip install effifusion``, ONNX Runtime, no torch)::
 
     from effifusion.inference import Enhancer
-    enhancer = Enhancer.from_file("effifusion.onnx")
+    enhancer = Enhancer.from_file("pruned.onnx")
     enhanced = enhancer.enhance(wav, sample_rate)   # [N] or [N, C] at any rate -> same shape
 
 The pipeline (training, export, evaluation) needs ``pip install effifusion[pipeline]``. This file holds

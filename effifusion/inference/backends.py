@@ -7,7 +7,7 @@ onnxruntime (``pip install effifusion``); a model checkpoint ``.pt`` runs in PyT
 files, folders and the evaluate stage do not care which::
 
     from effifusion.inference import Enhancer
-    enhancer = Enhancer.from_file("models/onnx/effifusion.onnx")
+    enhancer = Enhancer.from_file("models/onnx/pruned.onnx")
     clean = enhancer.enhance(noisy, 44100)                   # [N] or [N, C] at any rate -> same shape
     clean = enhancer.enhance(noisy, 48000, atten_lim_db=12)  # remove at most 12 dB of noise
 """
