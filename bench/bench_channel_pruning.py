@@ -2,9 +2,11 @@
 
     python bench/bench_channel_pruning.py                    # params.yaml's model, random weights
     python bench/bench_channel_pruning.py --amounts 0.3 0.5 --rtf-amount 0.5 --seconds 10 --repeats 5
+    python bench/bench_channel_pruning.py --layers all-conv all-linear ...   # the attention's widths too
 
-For each amount the model is pruned (prune.layers all-conv, prune.scope global) and the table gives
-the fraction of prunable weights, of all parameters and of the analytic MACs (1 s of audio) removed.
+For each amount the model is pruned (prune.layers ``--layers``, default all-conv; prune.scope global) and
+the table gives the fraction of prunable weights, of all parameters and of the analytic MACs removed
+(1 s of audio, and ``--seconds``: the attention's products grow with the square of the length).
 Then the dense model and the model pruned at ``--rtf-amount`` are exported (inference/export.py,
 with its parity check) and timed in this process with ONNX Runtime on one thread: an untimed warm-up,
 then ``--repeats`` runs of each, alternating, on the same ``--seconds`` input; RTF = best run / audio
@@ -32,12 +34,16 @@ def main() -> None:
     p.add_argument("--rtf-amount", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--layers", nargs="+", default=["all-conv"],
+                   help="prune.layers (all-linear selects the attention's in-projection: its widths go)")
     args = p.parse_args()
 
     import torch
     import yaml
 
     from effifusion.inference.export import export_onnx, onnx_session, parity_signal
+    from effifusion.models.attention import head_dims
+    from effifusion.models.cost import frames_for
     from effifusion.models.registry import build_model, save_checkpoint
     from effifusion.training.channel_pruning import prune_channels
 
@@ -49,19 +55,26 @@ def main() -> None:
         torch.manual_seed(int(params["seed"]))
         return build_model(params["model"], sr).eval()
 
-    print("| amount | prunable removed | params removed | MACs removed | GMAC/s dense | GMAC/s pruned |")
-    print("|---|---|---|---|---|---|")
+    frames = frames_for(args.seconds, sr, int(params["model"]["hop_length"]))
+    dense_macs = model().macs(frames)["total"]
+    print(f"prune.layers {args.layers}, prune.scope global\n")
+    print(f"| amount | prunable removed | params removed | MACs removed (1 s) | "
+          f"MACs removed ({args.seconds:g} s) | GMAC/s dense | GMAC/s pruned | attention d_qk/d_v per head |")
+    print("|---|---|---|---|---|---|---|---|")
     for amount in args.amounts:
-        r = prune_channels(model(), ["all-conv"], amount, "global")
+        m = model()
+        r = prune_channels(m, args.layers, amount, "global")
+        widths = ", ".join(f"{name.split('.')[2].split('_')[0]} {'/'.join(map(str, head_dims(a)))}"
+                           for name, a in m.named_modules() if isinstance(a, torch.nn.MultiheadAttention))
         print(f"| {amount:g} | {r['prunable_removed_fraction']:.3f} | {r['params_removed_fraction']:.3f} | "
-              f"{r['macs_removed_fraction']:.3f} | {r['gmac_per_second_dense']:.3f} | "
-              f"{r['gmac_per_second']:.3f} |")
+              f"{r['macs_removed_fraction']:.3f} | {1 - m.macs(frames)['total'] / dense_macs:.3f} | "
+              f"{r['gmac_per_second_dense']:.3f} | {r['gmac_per_second']:.3f} | {widths} |")
 
     export_cfg = {"opset": int(params["export"]["opset"]), "parity_lengths_s": [1.0],
                   "parity_tolerance": 1e-4}
     with tempfile.TemporaryDirectory() as tmp:
         dense, pruned = model(), model()
-        prune_channels(pruned, ["all-conv"], args.rtf_amount, "global")
+        prune_channels(pruned, args.layers, args.rtf_amount, "global")
         sessions = {}
         for name, m in (("dense", dense), (f"pruned {args.rtf_amount:g}", pruned)):
             ckpt = Path(tmp) / f"{name.split()[0]}.pt"

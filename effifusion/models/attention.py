@@ -16,10 +16,17 @@ own row of scores.
   attention, to float rounding (export parity ≤ 1e-4 at 0.5-30 s, tested).
 
 The projections stay those of an ``nn.MultiheadAttention`` module, so checkpoints keep their keys.
+
+Pruned inner widths (``prune.method: channel``, training/channel_pruning.py): a module may carry
+``qk_head_dim`` (d_qk, per-head width of q and k) and ``v_head_dim`` (d_v) below ``head_dim``; its
+``in_proj_weight`` is then [heads·(2·d_qk + d_v), C] (q rows, k rows, v rows, each head after head) and
+``out_proj`` reads heads·d_v features. The softmax keeps the scale 1/√head_dim of the unpruned module,
+so dropping a q/k dimension that contributes nothing to the scores leaves the function unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -55,22 +62,37 @@ def in_proj_weight(mha: nn.MultiheadAttention) -> torch.Tensor:
     return mha.in_proj_weight if orig is None else orig * mha.in_proj_weight_mask
 
 
+def head_dims(mha: nn.MultiheadAttention) -> tuple[int, int]:
+    """(d_qk, d_v): per-head widths of q/k and of v; ``head_dim`` unless channel pruning narrowed them."""
+    return getattr(mha, "qk_head_dim", mha.head_dim), getattr(mha, "v_head_dim", mha.head_dim)
+
+
+def softmax_scale(mha: nn.MultiheadAttention) -> float:
+    """1/√head_dim of the unpruned module, computed as SDPA computes its default (unpruned: bit-identical)."""
+    return 1.0 / math.sqrt(mha.head_dim)
+
+
 def self_attention(x: torch.Tensor, mha: nn.MultiheadAttention) -> torch.Tensor:
     """``mha(x, x, x)`` for batch-first x [N, L, C], without the [N, heads, L, L] score tensor."""
-    n, length, channels = x.shape
+    n, length, _ = x.shape
     heads = mha.num_heads
-    q, k, v = F.linear(x, in_proj_weight(mha), mha.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.reshape(n, length, heads, channels // heads).transpose(1, 2) for t in (q, k, v))
+    d_qk, d_v = head_dims(mha)
+    qkv = F.linear(x, in_proj_weight(mha), mha.in_proj_bias)
+    q, k, v = qkv.split([heads * d_qk, heads * d_qk, heads * d_v], dim=-1)
+    q, k, v = (t.reshape(n, length, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
+    scale = softmax_scale(mha)
     if _SCAN:
-        out = blocked_attention(q, k, v)
+        out = blocked_attention(q, k, v, scale=scale)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=mha.dropout if mha.training else 0.0)
-    return mha.out_proj(out.transpose(1, 2).reshape(n, length, channels))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=mha.dropout if mha.training else 0.0,
+                                             scale=scale)
+    return mha.out_proj(out.transpose(1, 2).reshape(n, length, heads * d_v))
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      block: int = BLOCK_QUERIES) -> torch.Tensor:
-    """softmax(q kᵀ / √d) v for q, k, v [N, heads, L, d], ``block`` queries at a time (a scan).
+                      block: int = BLOCK_QUERIES, scale: float | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v for q, k [N, heads, L, d], v [N, heads, L, d_v], ``block`` queries at a time
+    (a scan); ``scale`` defaults to 1/√d (a pruned attention passes its unpruned width's).
 
     Queries are zero-padded to a whole number of blocks (keys are not, so every real query sees
     exactly the real keys) and the padded rows are dropped at the end.
@@ -79,7 +101,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     n, heads, length, dim = q.shape
     blocks = (length + block - 1) // block
-    q = F.pad(q * dim ** -0.5, (0, 0, 0, blocks * block - length))
+    q = F.pad(q * (1.0 / math.sqrt(dim) if scale is None else scale), (0, 0, 0, blocks * block - length))
     xs = q.reshape(n, heads, blocks, block, dim).permute(2, 0, 1, 3, 4)  # [blocks, N, heads, block, d]
     # copies: the scan's body may not read two views of one tensor (q, k, v share the projection's)
     keys_t, values = k.transpose(-1, -2).clone(), v.clone()
@@ -88,4 +110,36 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return carry.clone(), torch.softmax(q_block @ keys_t, dim=-1) @ values
 
     _, out = scan(step, torch.zeros(1, dtype=q.dtype, device=q.device), xs)
-    return out.permute(1, 2, 0, 3, 4).reshape(n, heads, blocks * block, dim)[:, :, :length]
+    return out.permute(1, 2, 0, 3, 4).reshape(n, heads, blocks * block, v.shape[-1])[:, :, :length]
+
+
+def narrow_inner_widths(mha: nn.MultiheadAttention, qk_drop: list[int], v_drop: list[int]) -> None:
+    """Remove q/k dimensions ``qk_drop`` and v dimensions ``v_drop`` from ``mha`` in place.
+
+    Indices are flat over one projection's rows (head h, dimension j: h·d + j), as the packed layout
+    stores them; each head must lose as many as every other so the heads keep one width. q and k lose
+    the same rows (their product is what the scores sum), v its rows and out_proj the matching columns.
+    """
+    heads = mha.num_heads
+    d_qk, d_v = head_dims(mha)
+    for name, drop, d in (("q/k", qk_drop, d_qk), ("v", v_drop, d_v)):
+        per_head = [sum(1 for i in set(drop) if i // d == h) for h in range(heads)]
+        if any(not 0 <= i < heads * d for i in drop) or len(set(per_head)) > 1 or per_head[0] >= d:
+            raise ValueError(f"{name} dimensions {sorted(drop)} are not an equal count < {d} per head "
+                             f"of {heads}")
+    qk_keep = [i for i in range(heads * d_qk) if i not in set(qk_drop)]
+    v_keep = [i for i in range(heads * d_v) if i not in set(v_drop)]
+    k_rows, v_rows = [heads * d_qk + i for i in qk_keep], [2 * heads * d_qk + i for i in v_keep]
+    rows = torch.tensor(qk_keep + k_rows + v_rows)
+    with torch.no_grad():
+        weight = mha.in_proj_weight.detach()[rows.to(mha.in_proj_weight.device)].clone()
+        mha.in_proj_weight = nn.Parameter(weight, requires_grad=mha.in_proj_weight.requires_grad)
+        if mha.in_proj_bias is not None:
+            bias = mha.in_proj_bias.detach()[rows.to(mha.in_proj_bias.device)].clone()
+            mha.in_proj_bias = nn.Parameter(bias, requires_grad=mha.in_proj_bias.requires_grad)
+        out = mha.out_proj
+        cols = torch.tensor(v_keep, device=out.weight.device)
+        weight = out.weight.detach()[:, cols].clone()
+        out.weight = nn.Parameter(weight, requires_grad=out.weight.requires_grad)
+        out.in_features = len(v_keep)
+    mha.qk_head_dim, mha.v_head_dim = len(qk_keep) // heads, len(v_keep) // heads

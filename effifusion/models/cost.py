@@ -61,14 +61,17 @@ def conv_chain_macs(module: nn.Module, spatial: tuple[int, ...]) -> tuple[int, t
     return total, spatial
 
 
-def conformer_macs(ffn_linears: list[nn.Linear], dim: int, conv_module: nn.Module, n_seq: int, length: int
-                   ) -> dict[str, int]:
+def conformer_macs(ffn_linears: list[nn.Linear], dim: int, conv_module: nn.Module, n_seq: int, length: int,
+                   qk_width: int | None = None, v_width: int | None = None) -> dict[str, int]:
     """MACs of one conformer (FFN linears, multi-head attention of width ``dim``, conv module) applied to
-    ``n_seq`` sequences of ``length`` tokens."""
+    ``n_seq`` sequences of ``length`` tokens. ``qk_width`` / ``v_width``: the attention's inner q/k and v
+    widths summed over heads (``dim`` each unless channel pruning narrowed them)."""
+    qk = dim if qk_width is None else qk_width
+    v = dim if v_width is None else v_width
     tokens = n_seq * length
     linear = sum(tokens * m.in_features * m.out_features for m in ffn_linears)
-    projections = tokens * (3 * dim * dim + dim * dim)  # in_proj (Q, K, V) + out_proj
-    matmuls = 2 * n_seq * length * length * dim  # QKᵀ and AV, summed over heads
+    projections = tokens * (dim * (2 * qk + v) + v * dim)  # in_proj (Q, K, V) + out_proj
+    matmuls = n_seq * length * length * (qk + v)  # QKᵀ and AV, summed over heads
     conv, _ = conv_chain_macs(conv_module, (length,))
     return {"ffn": linear, "attention_projections": projections, "attention_matmuls": matmuls,
             "conv_module": conv * n_seq}

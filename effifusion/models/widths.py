@@ -6,6 +6,8 @@ kernel but loses output or input channels, its norm and activation follow. The a
 width attributes (``extra["pruned_widths"]``: {qualified name: {attribute: value}}). ``resize`` gives
 a freshly built dense model those widths, with parameters and buffers of the matching shapes, before
 the weights load; forward code that reads widths reads them from these attributes or from tensor shapes.
+An attention keeps its embedding width; its inner per-head q/k and v widths are the attributes
+``qk_head_dim`` / ``v_head_dim`` (models/attention.py; ``head_dim`` where never pruned).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from effifusion.core.errors import ConfigError
+from effifusion.models.attention import head_dims
 
 WIDTHS_KEY = "pruned_widths"  # checkpoint extra key, and the model attribute that carries the record
 
@@ -26,6 +29,7 @@ WIDTH_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
     (nn.modules.batchnorm._NormBase, ("num_features",)),  # BatchNorm*d and InstanceNorm*d
     (nn.PReLU, ("num_parameters",)),
     (nn.LayerNorm, ("normalized_shape",)),
+    (nn.MultiheadAttention, ("qk_head_dim", "v_head_dim")),  # its out_proj is an nn.Linear of its own
 )
 
 
@@ -39,6 +43,8 @@ def width_attrs(module: nn.Module) -> tuple[str, ...] | None:
 
 def widths_of(module: nn.Module) -> dict[str, Any]:
     """{attribute: value} of a layer's widths (tuples as lists: the checkpoint holds plain values)."""
+    if isinstance(module, nn.MultiheadAttention):  # the attributes exist only once pruning set them
+        return dict(zip(("qk_head_dim", "v_head_dim"), head_dims(module)))
     attrs = width_attrs(module) or ()
     return {a: list(getattr(module, a)) if isinstance(getattr(module, a), tuple) else int(getattr(module, a))
             for a in attrs}
@@ -69,6 +75,10 @@ def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     if isinstance(module, nn.LayerNorm):
         shape = tuple(module.normalized_shape)
         return {"weight": shape, "bias": shape}
+    if isinstance(module, nn.MultiheadAttention):
+        d_qk, d_v = head_dims(module)
+        rows = module.num_heads * (2 * d_qk + d_v)
+        return {"in_proj_weight": (rows, module.embed_dim), "in_proj_bias": (rows,)}
     n = module.num_parameters if isinstance(module, nn.PReLU) else module.num_features
     return {name: (n,) for name in ("weight", "bias", "running_mean", "running_var")}
 

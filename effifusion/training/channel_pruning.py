@@ -16,14 +16,23 @@ upsampling convs and the conformer FFNs' hidden width (when linears are selected
 and its channels stay, where the traced graph is wrong or the width is fixed:
 
 - the residual width C (encoder.downsample_conv's output): every TS-Conformer adds to it, and its
-  attention projects it with ``F.linear`` on ``in_proj_weight`` and splits Q/K/V with ``chunk``,
-  which torch-pruning traces as an element-wise op (it maps C channels onto 3C); the attention's
-  embedding and head widths stay with it;
+  attention projects it with ``F.linear`` on ``in_proj_weight`` and splits Q/K/V, which torch-pruning
+  traces as an element-wise op (it maps C channels onto 3C); the attention's embedding width and its
+  output projection's output stay with it;
 - the output convs (mask_conv, mask_out_conv, real_conv, imag_conv): one channel each, then the
   learnable sigmoid over the STFT bins;
 - the conformer convolution module's inner width: its GLU halves the channels, which torch-pruning
   also takes for element-wise, so this module groups them itself (``_glu_group``: rows k and
   k + inner of pointwise_conv1, depthwise channel k, batch-norm channel k, column k of pointwise_conv2).
+
+The attention's inner widths are grouped by hand too (``_attention_groups``, models/attention.py), when
+``prune.layers`` selects its in-projection, i.e. with "all-linear" (regexes select convolutions only):
+its weights are then part of the budget, so ``prune.amount`` keeps its meaning; with "all-conv" alone it
+stays whole. Two groups per attention: q/k dimension j (row j of W_q and of W_k, whose product is what
+the scores sum; importance √(|W_q,j|₁·|W_k,j|₁), zero when either row is) and v dimension j (row j of W_v,
+column j of out_proj; importance the mean of the two L1 norms). A unit of either group is one dimension
+of every head (each head loses its own lowest), so the heads keep one width; the softmax keeps the
+unpruned scale. At long inputs these widths carry most of the cost: QKᵀ and AV grow with length².
 
 Budget. ``prune.amount`` is, as for the unstructured method, the fraction of prunable parameters
 removed: the weights of the layers ``prune.layers`` selects (``select_prunable``). Channels are
@@ -47,6 +56,7 @@ from torch import nn
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import write_csv, write_json
 from effifusion.models import widths as width_record
+from effifusion.models.attention import head_dims, narrow_inner_widths
 from effifusion.models.cost import frames_for
 from effifusion.training.callbacks import Callback
 from effifusion.training.pruning import select_prunable
@@ -69,6 +79,7 @@ class ArchCouplings:
     fixed: dict[str, str]          # output channels never removed
     untouched: dict[str, str]      # may not appear in a traced group at all
     glu: list[tuple[str, str, str, str]] = field(default_factory=list)  # (pw1, depthwise, norm, pw2)
+    attention: list[str] = field(default_factory=list)  # nn.MultiheadAttention whose inner widths may go
 
 
 def effifusion_gan_couplings(model: nn.Module) -> ArchCouplings:
@@ -101,13 +112,16 @@ def effifusion_gan_couplings(model: nn.Module) -> ArchCouplings:
                  "phase_decoder.imag_conv"):
         fixed[name] = "output width 1 (mask / phase over the STFT bins)"
     untouched: dict[str, str] = {}
-    glu = []
+    glu, attention = [], []
     for mod in model.modules():
         if isinstance(mod, FeedForward):
             fixed[f"{names[mod]}.net.4"] = "residual width C (the feed-forward module's output)"
         elif isinstance(mod, AttentionModule):
+            why = "attention (embedding width follows the residual width; inner q/k/v widths grouped by hand)"
             for sub in mod.modules():
-                untouched[names[sub]] = "attention (embedding and head widths follow the residual width)"
+                untouched[names[sub]] = why
+            fixed[f"{names[mod.attn]}.out_proj"] = "residual width C (the attention's output projection)"
+            attention.append(names[mod.attn])
         elif isinstance(mod, ConvModule):
             base = names[mod]
             parts = ("pointwise_conv1", "depthwise_conv", "batch_norm", "pointwise_conv2")
@@ -115,7 +129,7 @@ def effifusion_gan_couplings(model: nn.Module) -> ArchCouplings:
             for p in parts:
                 untouched[f"{base}.{p}"] = "conformer conv module (its GLU channels are grouped by hand)"
             fixed[f"{base}.pointwise_conv2"] = "residual width C (the conformer conv module's output)"
-    return ArchCouplings(example, forward, fixed, untouched, glu)
+    return ArchCouplings(example, forward, fixed, untouched, glu, attention)
 
 
 COUPLINGS: dict[str, Callable[[nn.Module], ArchCouplings]] = {"effifusion_gan": effifusion_gan_couplings}
@@ -140,12 +154,18 @@ class ChannelGroup:
 
     root: str
     scores: torch.Tensor                   # importance per channel (normalised, float64 on CPU)
-    members: list[tuple[str, str, int]]    # (module, "out" | "in", channels of it per root channel)
+    members: list[tuple[str, str, int]]    # (module, "out" | "in" | "qk" | "v", channels of it per unit)
     prune: Callable[[list[int]], None]
+    # which channels ``count`` units are (default: the lowest scores); an attention unit is one per head
+    chosen: Callable[[int], list[int]] | None = None
 
     @property
     def size(self) -> int:
         return int(self.scores.numel())
+
+    def choose(self, count: int) -> list[int]:
+        """The channels (indices in the dense layer) that removing ``count`` units removes."""
+        return self.chosen(count) if self.chosen is not None else lowest(self.scores, count)
 
 
 _PSEUDO_OPS = ("_ConcatOp", "_SplitOp", "_ElementWiseOp", "_ReshapeOp", "_SliceOp", "_UnbindOp", "_ExpandOp")
@@ -215,6 +235,37 @@ def _glu_group(tp: Any, model: nn.Module, names: tuple[str, str, str, str]) -> C
     return ChannelGroup(names[0], scores, members, prune)
 
 
+def _attention_groups(model: nn.Module, name: str) -> tuple[list[ChannelGroup], str]:
+    """The q/k and v groups of attention ``name`` (module docstring), or ([], why it stays whole)."""
+    mha = dict(model.named_modules())[name]
+    if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+        return [], "attention with separate q/k/v projections or extra key/value biases"
+    if hasattr(mha, "in_proj_weight_orig") or hasattr(mha.out_proj, "weight_orig"):
+        return [], "attention under unstructured pruning masks"
+    heads, (d_qk, d_v) = mha.num_heads, head_dims(mha)
+    with torch.no_grad():
+        rows = mha.in_proj_weight.detach().abs().pow(P_NORM).sum(1).double().cpu()
+        q, k, v = rows.split([heads * d_qk, heads * d_qk, heads * d_v])
+        cols = mha.out_proj.weight.detach().abs().pow(P_NORM).sum(0).double().cpu()
+    per_dim = {"qk": (q * k).sqrt().reshape(heads, d_qk), "v": ((v + cols) / 2).reshape(heads, d_v)}
+    groups = []
+    for part, scores in per_dim.items():
+        order = torch.argsort(scores, dim=1, stable=True)  # each head's dimensions, lowest first
+        units = scores.gather(1, order).mean(0)  # unit u: the u-th lowest dimension of every head
+        units = units / units.mean() if float(units.mean()) > 0 else torch.ones_like(units)
+        width = scores.shape[1]
+
+        def chosen(count: int, order: torch.Tensor = order, width: int = width) -> list[int]:
+            return sorted(h * width + int(j) for h in range(heads) for j in order[h, :count])
+
+        def prune(idxs: list[int], part: str = part) -> None:
+            narrow_inner_widths(mha, idxs if part == "qk" else [], idxs if part == "v" else [])
+
+        members = [(name, part, heads)] + ([(f"{name}.out_proj", "in", heads)] if part == "v" else [])
+        groups.append(ChannelGroup(f"{name}[{part}]", units, members, prune, chosen))
+    return groups, ""
+
+
 def channel_groups(model: nn.Module, prunable: list[tuple[nn.Module, str]], couplings: ArchCouplings
                    ) -> tuple[list[ChannelGroup], dict[str, str]]:
     """(groups rooted at the selected layers, {selected layer: why its output channels stay})."""
@@ -238,6 +289,12 @@ def channel_groups(model: nn.Module, prunable: list[tuple[nn.Module, str]], coup
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels:
             continue  # a depthwise conv follows the layer that feeds it
         if root in covered:
+            continue
+        if root in couplings.attention:
+            found, why = _attention_groups(model, root)
+            if not found:
+                kept[root] = why
+            groups.extend(found)
             continue
         if root in glu_by_root:
             group, why = _glu_group(tp, model, glu_by_root[root]), ""
@@ -279,6 +336,10 @@ class _Widths:
                                           f"(groups={m.groups}), which this pruner does not resize")
                 elif isinstance(m, nn.Linear):
                     self.kind[name], self.dims[name] = ("dense", 1), [m.out_features, m.in_features]
+                elif isinstance(m, nn.MultiheadAttention):  # in_proj_weight: q and k rows, v rows, C
+                    d_qk, d_v = head_dims(m)
+                    self.kind[name], self.dims[name] = ("mha", 1), [m.num_heads * d_qk, m.num_heads * d_v,
+                                                                    m.embed_dim]
         self.selected = {names[m]: getattr(m, p).numel() for m, p in prunable}
         self.total = sum(self.selected.values())
         self.start = {name: self.numel(name) for name in self.selected if name in self.dims}
@@ -286,6 +347,9 @@ class _Widths:
     def numel(self, name: str) -> int:
         if name not in self.dims:
             return self.selected[name]
+        if self.kind[name][0] == "mha":
+            qk, v, embed = self.dims[name]
+            return (2 * qk + v) * embed
         (out, inp), (kind, k) = self.dims[name], self.kind[name]
         return out * k if kind == "depthwise" else out * inp * k
 
@@ -297,7 +361,9 @@ class _Widths:
             if name not in self.dims:
                 continue
             dims = self.dims[name]
-            if self.kind[name][0] == "depthwise":
+            if self.kind[name][0] == "mha":
+                dims[0 if side == "qk" else 1] -= per * channels
+            elif self.kind[name][0] == "depthwise":
                 dims[0] -= per * channels
                 dims[1] -= per * channels
             else:
@@ -321,8 +387,8 @@ def plan_counts(model: nn.Module, prunable: list[tuple[nn.Module, str]], groups:
     if target > reachable:
         raise ConfigError(
             f"params.yaml prune.amount: {amount} is more than channel pruning can remove from the layers "
-            f"prune.layers selects (at most {reachable / total:.3f}: the residual width, attention and "
-            "output convs stay, and each group keeps one channel)")
+            f"prune.layers selects (at most {reachable / total:.3f}: the residual width, the attention's "
+            "embedding width and the output convs stay, and each group keeps one channel)")
     if scope == "layer":
         def counts_at(r: float) -> list[int]:
             return [min(round(r * g.size), g.size - 1) for g in groups]
@@ -387,7 +453,7 @@ def prune_channels(model: nn.Module, layers: list[str], amount: float, scope: st
                           f"removed ({'; '.join(f'{k}: {v}' for k, v in list(kept.items())[:3])})")
     widths = _Widths(model, prunable, groups)
     counts = plan_counts(model, prunable, groups, amount, scope) if amount > 0 else [0] * len(groups)
-    plan = {g.root: lowest(g.scores, c) for g, c in zip(groups, counts)}
+    plan = {g.root: g.choose(c) for g, c in zip(groups, counts)}
     for g in groups:
         if plan[g.root]:
             g.prune(plan[g.root])
@@ -404,15 +470,17 @@ def prune_channels(model: nn.Module, layers: list[str], amount: float, scope: st
     params_after = sum(p.numel() for p in model.parameters())
     return {
         "method": "channel", "amount": amount, "scope": scope,
-        "importance": f"group L{P_NORM} (torch-pruning)",
+        "importance": f"group L{P_NORM} (torch-pruning; conv GLU and attention groups by hand)",
         "prunable_total": widths.total, "prunable_removed": widths.removed(),
         "prunable_removed_fraction": widths.removed() / widths.total,
         "params_dense": params_before, "params_pruned": params_after,
         "params_removed_fraction": 1.0 - params_after / params_before,
         "gmac_per_second_dense": macs_before / 1e9, "gmac_per_second": macs_after / 1e9,
         "macs_removed_fraction": 1.0 - macs_after / macs_before,
-        "groups": {g.root: {"channels": g.size, "removed": len(plan[g.root])} for g in groups},
-        "plan": plan,  # root layer -> its output channels removed (indices in the dense model)
+        "groups": {g.root: {"channels": g.size, "removed": c} for g, c in zip(groups, counts)},
+        # root layer -> its output channels removed (indices in the dense model); "<attention>[qk]" and
+        # "[v]": the q/k and v dimensions, flat over the heads (h·head width + j)
+        "plan": plan,
         "kept": kept,
     }
 

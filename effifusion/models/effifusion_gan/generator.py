@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.attention import self_attention
+from effifusion.models.attention import head_dims, self_attention
 from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
 from effifusion.models.cost import conformer_macs, conv_chain_macs
 
@@ -410,7 +410,10 @@ class Generator(MagnitudePhaseModel):
 def _conformer_macs(block: ConformerBlock, n_seq: int, length: int) -> dict[str, int]:
     """MACs of one conformer applied to ``n_seq`` sequences of ``length`` tokens."""
     linear = [m for ffn in (block.ffn1, block.ffn2) for m in ffn.modules() if isinstance(m, nn.Linear)]
-    return conformer_macs(linear, block.attention.attn.embed_dim, block.conv_module, n_seq, length)
+    attn = block.attention.attn
+    d_qk, d_v = head_dims(attn)  # narrower than embed_dim / heads after channel pruning of the attention
+    return conformer_macs(linear, attn.embed_dim, block.conv_module, n_seq, length,
+                          qk_width=attn.num_heads * d_qk, v_width=attn.num_heads * d_v)
 
 
 def check_config(cfg: Any) -> dict[str, Any]:
