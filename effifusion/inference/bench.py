@@ -501,7 +501,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident size of this process: Linux's VmHWM, else ru_maxrss (KiB on Linux, bytes on macOS).
+
+    Linux keeps ru_maxrss across fork and exec, so a child started by a large process (the evaluate
+    stage, torch loaded) would report its parent's size; VmHWM belongs to the new program's memory only.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

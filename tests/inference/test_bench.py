@@ -277,3 +277,16 @@ def test_a_missing_or_non_onnx_file_is_one_line(tmp_path: Path, name: str, conte
     assert lines[-1].startswith("effifusion bench: error: ") and message in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(lines) == (2 if name == "broken.onnx" else 1)  # the child's error follows the progress line
+
+
+def test_bench_exported_peak_is_the_child_s_own_not_its_parent_s(tiny_export: dict) -> None:
+    """Linux keeps ru_maxrss across fork + exec: a child of a big process (the evaluate stage) must still
+    report its own peak (VmHWM), or every export would seem to need the caller's memory."""
+    import numpy as np
+
+    from effifusion.inference.bench import bench_exported
+
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this (the parent) process
+    row = bench_exported(tiny_export["onnx"], seconds=0.5, threads=1)
+    assert ballast[-1] == 1.0
+    assert 0 < row["baseline_rss_mib"] <= row["peak_rss_mib"] < 500
