@@ -55,7 +55,7 @@ def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, l
     for r in runs:  # newest first: keep the first run seen for each (method, amount)
         if r.data.tags.get("dense_run_id", "") != dense_run_id:
             continue
-        chosen.setdefault((_method(r), float(r.data.params["prune.amount"])), r)
+        chosen.setdefault((_method(r), _layers(r), float(r.data.params["prune.amount"])), r)
     ordered = [chosen[k] for k in sorted(chosen)]
     dense = []
     if dense_run_id:
@@ -66,6 +66,11 @@ def sweep_runs(experiment: str, dense_run_id: str | None = None) -> tuple[str, l
         if run is not None and TEST_PESQ in run.data.metrics:
             dense = [run]
     return dense_run_id, dense + ordered
+
+
+def _layers(run: Any) -> str:
+    """The prune run's prune.layers as logged (a list's text, e.g. "['all-conv', 'all-linear']")."""
+    return run.data.params.get("prune.layers", "")
 
 
 def _method(run: Any) -> str:
@@ -85,6 +90,7 @@ def sweep_rows(runs: list[Any]) -> list[dict[str, Any]]:
             "dvc_exp": r.data.tags.get("dvc_exp", ""),
             "variant": "dense" if dense else "pruned",
             "prune.method": "dense" if dense else _method(r),
+            "prune.layers": "" if dense else _layers(r),
             "prune.amount": 0.0 if dense else float(r.data.params["prune.amount"]),
             "conv_sparsity": 0.0 if dense else m.get(f"{TRAIN}/conv_sparsity"),
             "macs_removed": 0.0 if dense else m.get(f"{TRAIN}/macs_removed_fraction"),
@@ -131,8 +137,17 @@ def select_best(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
 def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rows per pruning method, each starting at the dense model (0 %) when it is in the sweep."""
     dense = [r for r in rows if r["variant"] == "dense"]
-    methods = sorted({r["prune.method"] for r in rows if r["variant"] == "pruned"})
-    return {m: dense + [r for r in rows if r["prune.method"] == m] for m in methods}
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:  # one line per (method, layers): the same amount of other layers is another curve
+        if r["variant"] == "pruned":
+            series.setdefault(_label(r, rows), list(dense)).append(r)
+    return dict(sorted(series.items()))
+
+
+def _label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The method, with prune.layers when the sweep prunes other layer sets with that method too."""
+    layer_sets = {r["prune.layers"] for r in rows if r["prune.method"] == row["prune.method"]}
+    return row["prune.method"] if len(layer_sets) <= 1 else f"{row['prune.method']} {row['prune.layers']}"
 
 
 def _nan(v: Any) -> float:
@@ -199,7 +214,7 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
     dense_run_id, runs = sweep_runs(experiment, dense_run_id)
     rows = sweep_rows(runs)
     best, excluded = select_best(rows)
-    columns = ["prune.method", "prune.amount", "macs_removed", "params_nonzero", "gmac_per_s", "rtf_bench",
+    columns = ["prune.method", "prune.layers", "prune.amount", "macs_removed", "params_nonzero", "gmac_per_s", "rtf_bench",
                "peak_rss_mib", "onnx_zip_kib", SELECT_BY,
                *[f"{s}_{q}" for s in SETS for q in QUALITY], "dvc_exp", "run"]
     files.write_csv(out_dir / "sweep.csv", rows, columns + ["run_id"])
