@@ -14,6 +14,7 @@ its own graph optimisations when the session is created.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -423,6 +424,7 @@ def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
 # Variants: dense and pruned side by side in one folder
 
 
+@functools.cache
 def _code_hash() -> str:
     """Hash of the code an export depends on (models, front end, sampler, exporter): a reused export must
     come from the same code, not only the same weights and settings."""
@@ -443,6 +445,11 @@ def export_key(checkpoint: Path, export_cfg: dict[str, Any]) -> dict[str, Any]:
 
     return {"source_md5": model_md5(checkpoint), "export": export_cfg, "exporter": EXPORTER,
             "code": _code_hash()}
+
+
+def _onnx_files(report: dict[str, Any]) -> list[str]:
+    """The files an export wrote: the graph, and a diffusion model's predictive graph beside it."""
+    return list(report.get("onnx_files", [report["onnx_file"]]))
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:
@@ -474,11 +481,11 @@ def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: di
         key["validation"] = val_items.key()
     report_path = out_dir / report_file(name)
     old = _read_report(report_path)
-    if old and old.get("key") == key and all(Path(f).is_file() for f in old.get("onnx_files", [old["onnx_file"]])):
+    if old and old.get("key") == key and all(Path(f).is_file() for f in _onnx_files(old)):
         return old, "reused"
     for other in VARIANTS:
         prev = _read_report(out_dir / report_file(variant_file(other)))
-        if (other != variant and prev and prev.get("key") == key and len(prev.get("onnx_files", [1])) == 1
+        if (other != variant and prev and prev.get("key") == key and len(_onnx_files(prev)) == 1
                 and Path(prev["onnx_file"]).is_file()):
             target = out_dir / name
             with atomic_path(target) as tmp:
@@ -500,7 +507,7 @@ def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: di
 def remove_stale(out_dir: Path, reports: list[dict[str, Any]]) -> list[str]:
     """Delete files in ``out_dir`` that no current export wrote (an earlier version's effifusion.onnx, a
     predictive graph of another architecture); return their names."""
-    keep = {Path(f).name for r in reports for f in r.get("onnx_files", [r["onnx_file"]])}
+    keep = {Path(f).name for r in reports for f in _onnx_files(r)}
     keep |= {report_file(Path(r["onnx_file"]).name) for r in reports}
     stale = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and p.name not in keep)
     for name in stale:
