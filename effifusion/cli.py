@@ -13,13 +13,26 @@ import sys
 
 
 def _preset(args: argparse.Namespace) -> None:
-    from effifusion.core.config import apply_preset
+    from effifusion.core import config
 
-    params = apply_preset(args.name, args.params)
+    if args.list:
+        for name, parent in config.preset_names().items():
+            print(name if parent is None else f"{name}  (extends {parent})")
+        return
+    if args.name is None:
+        raise config.ConfigError("name a preset (or --list them)")
+    if args.diff:
+        changes = config.preset_diff(args.name, args.params)
+        for key, current, new in changes:
+            print(f"{key}: {config.yaml_value(current)} -> {config.yaml_value(new)}")
+        if not changes:
+            print(f"{args.params} already holds preset {args.name!r}")
+        return
+    params = config.apply_preset(args.name, args.params)
     m = params["model"]
     shape = (f"C={m['channels']}, {m['num_tsblocks']} TS-Conformer blocks" if "num_tsblocks" in m
              else f"arch {m['arch']}" + (f", C={m['channels']}" if "channels" in m else ""))
-    print(f"params.yaml <- preset {args.name!r} (corpus {params['corpus']['name']}, {shape})")
+    print(f"{args.params} <- preset {args.name!r} (corpus {params['corpus']['name']}, {shape})")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -151,10 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("preset", help="copy presets/NAME.yaml over params.yaml (demo | paper | muse | imse | saf | "
-                                      "muse-demo | imse-demo | saf-demo)")
-    s.add_argument("name")
+    s = sub.add_parser("preset", help="write a preset (presets/base.yaml + presets/NAME.yaml's changes, comments "
+                                      "kept) to params.yaml; --diff shows what would change, --list the presets")
+    s.add_argument("name", nargs="?", help="a preset (see --list) or a path to a file of changes to base.yaml")
     s.add_argument("--params", default="params.yaml")
+    s.add_argument("--diff", action="store_true", help="print `key: current -> preset` for each setting the "
+                                                        "preset changes in --params; write nothing")
+    s.add_argument("--list", action="store_true", help="print the presets (and the one each extends)")
     s.set_defaults(func=_preset)
 
     s = sub.add_parser("summary", help="parameter, sparsity and MAC counts as JSON")

@@ -33,11 +33,18 @@ def test_presets_and_params_have_the_same_keys():
 @pytest.mark.parametrize("path", sorted((ROOT / "presets").glob("*.yaml")) + [ROOT / "params.yaml"],
                          ids=lambda p: p.name)
 def test_every_params_file_reads_in_dvc(path):
-    """DVC reads params with ruamel.yaml, which refuses duplicate keys that PyYAML lets pass."""
+    """DVC reads params with ruamel.yaml, which refuses duplicate keys that PyYAML lets pass: the preset
+    files, and the complete params.yaml each preset writes (the file DVC reads)."""
     from ruamel.yaml import YAML
 
-    params = YAML(typ="safe", pure=True).load(path.read_text())
+    from effifusion.core.config import merge_preset
+
+    ruamel = YAML(typ="safe", pure=True)
+    params = ruamel.load(path.read_text())
     assert params["preset"] == ("demo" if path.name == "params.yaml" else path.stem)
+    if path.parent.name == "presets" and path.stem != "base":
+        text, merged = merge_preset(path.stem)
+        assert ruamel.load(text) == merged and merged["preset"] == path.stem
 
 
 def test_paper_preset_is_the_paper_setup():
@@ -58,23 +65,28 @@ def test_every_stage_param_section_exists():
                 node = node[part]
 
 
-def test_apply_preset_copies_the_file_and_refuses_unknown(tmp_path, monkeypatch, capsys):
+def test_apply_preset_writes_the_merged_file_and_refuses_unknown(tmp_path, monkeypatch, capsys):
+    from effifusion.core.config import merge_preset
+
     monkeypatch.chdir(tmp_path)
     shutil.copytree(ROOT / "presets", tmp_path / "presets")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert cli_main(["preset", "paper"]) == 0
-    assert (tmp_path / "params.yaml").read_text() == (ROOT / "presets" / "paper.yaml").read_text()
+    assert (tmp_path / "params.yaml").read_text() == merge_preset("paper")[0]
+    assert load_params(tmp_path / "params.yaml")["preset"] == "paper"
     assert "preset 'paper'" in capsys.readouterr().out
     assert cli_main(["preset", "nonexistent"]) == 2
-    available = ", ".join(sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
+    available = ", ".join(sorted(p.stem for p in (ROOT / "presets").glob("*.yaml") if p.stem != "base"))
     assert {"demo", "paper", "saf", "saf-demo"} <= set(available.split(", "))
     assert f"not found (available: {available})" in capsys.readouterr().err
     assert cli_main(["preset", "saf-demo"]) == 0  # another architecture, with its own model keys
     assert "preset 'saf-demo' (corpus demo, arch saf, C=32)" in capsys.readouterr().out
+    assert cli_main(["preset", "demo"]) == 0
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("preset: bad\nseed: 1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: params.yaml audio: missing setting"):
+    bad.write_text("preset: bad\naudio:\n  sample_rate: 0\n")
+    with pytest.raises(ConfigError, match=r"^bad.yaml: audio.sample_rate: 0 is not valid"):
         apply_preset(str(bad))
 
 
