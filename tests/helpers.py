@@ -22,10 +22,9 @@ def tiny_params(**overrides) -> dict:
     """presets/demo.yaml shrunk to a model and schedule that train in seconds on CPU."""
     import copy
 
-    import yaml
+    from effifusion.core.config import read_params
 
-    params = yaml.safe_load((ROOT / "presets" / "demo.yaml").read_text())
-    params = copy.deepcopy(params)
+    params = copy.deepcopy(read_params(ROOT / "presets" / "demo.yaml"))  # base.yaml + demo's changes
     params["model"].update(channels=8, num_tsblocks=1, attn_dropout=0.0)
     params["discriminator"]["channels"] = 8
     params["train"].update(epochs=2, batch_size=2, segment_s=0.5, val_every_steps=3, val_utterances=2)
