@@ -26,6 +26,7 @@ import torch
 
 from effifusion.core.files import atomic_path, write_json
 from effifusion.dsp.signals import parity_signal
+from effifusion.inference.onnx_graph import EXPORTER, ExportError, finished, quiet_exporter, report_file, zip_size
 from effifusion.inference.onnx_model import onnx_session
 
 SCORE_INPUTS, SCORE_OUTPUT = ("x", "y", "t"), "score"
@@ -38,28 +39,25 @@ def predictive_file(name: str) -> str:
 
 def _export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: tuple[str, ...], output: str,
             multiple: int, opset: int) -> Any:
-    from effifusion.inference.export import _canonical_names, _castlike_to_cast, _quiet_exporter, _stripped
-
     batch = torch.export.Dim("batch", min=1, max=4096)
     blocks = torch.export.Dim("blocks", min=1, max=100_000)
     spec = {0: batch, 3: multiple * blocks}
     shapes = {name: ({0: batch} if name == "t" else spec) for name in inputs}
-    with _quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
+    with quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # derived frame axes
         program = torch.onnx.export(module.eval(), example, dynamo=True, optimize=False, opset_version=opset,
                                     input_names=list(inputs), output_names=[output], dynamic_shapes=shapes,
                                     verbose=False)
-        return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))  # its warnings quiet too
+        return finished(program.model_proto)  # its warnings quiet too
 
 
 def _card(model: Any, source: str, predictive: str) -> dict[str, str]:
     from effifusion import __version__
-    from effifusion.inference.export import EXPORTER
 
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     f = model.frontend
-    return {"arch": model.arch, "runtime": "diffusion", "input_name": ",".join(SCORE_INPUTS),
+    return {"arch": model.arch, "runtime": model.runtime, "input_name": ",".join(SCORE_INPUTS),
             "input_shape": "x, y: [batch, 2, bins, frames] float32 (Re, Im); t: [batch] float32",
             "output_name": SCORE_OUTPUT, "output_shape": "[batch, 2, bins, frames] float32",
             "sample_rate": str(model.sample_rate),
@@ -100,7 +98,6 @@ def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, ops
     import onnx
 
     from effifusion.inference.diffusion_runtime import diffusion_run_batch
-    from effifusion.inference.export import EXPORTER, ExportError, report_file, zip_size
 
     mult, bins = model.time_multiple, model.n_bins
     ex, ey = torch.randn(2, 2, bins, 2 * mult) * 0.1, torch.randn(2, 2, bins, 2 * mult) * 0.1  # distinct tensors:

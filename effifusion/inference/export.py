@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
-import logging
-import os
 import time
-import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from effifusion.core.files import atomic_path
-from effifusion.core.errors import ConfigError, EffiFusionError
+from effifusion.core.errors import ConfigError
 from effifusion.dsp.signals import parity_signal  # noqa: F401 (re-exported)
 from effifusion.dsp.stft import dft_transforms
+from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
+    EXPORTER, MIN_OPSET, ExportError, finished, quiet_exporter, report_file, zip_size,
+)
 from effifusion.inference.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
     INPUT_NAME, NORMALISATION_TEXT, OUTPUT_NAME, SHAPE, onnx_session,
 )
@@ -50,21 +48,10 @@ def variant_file(variant: str) -> str:
     return f"{variant}.onnx"
 
 
-def report_file(name: str) -> str:
-    """The export report beside ``name``: pruned.onnx -> pruned.export.json."""
-    return (name[: -len(".onnx")] if name.endswith(".onnx") else name) + ".export.json"
-
-
 REPORT_FILE = report_file(ONNX_FILE)
-MIN_OPSET = 18  # the dynamo exporter's oldest supported opset
-EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]}), onnxscript optimizer off"
 # Peak ONNX Runtime memory per second of input (MB), for the model card's memory_mb_per_s: set from a
 # measurement (bench/bench_infer.py) once attention runs in bounded memory; None writes "unmeasured".
 MEMORY_MB_PER_S: float | None = None
-
-
-class ExportError(EffiFusionError):
-    """The exported graph does not reproduce the PyTorch model (parity check failed)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,104 +78,6 @@ def _check_export_cfg(export_cfg: Any) -> tuple[int, list[float], float]:
     return opset, [float(s) for s in lengths], float(tol)
 
 
-def _canonical_names(model_proto: Any) -> Any:
-    """Name nodes, intermediate values and subgraphs by their order in the graph.
-
-    The exporter numbers them from counters that live for the whole process (a second export of the
-    same model in one process comes out as val_6 where the first had val_5), so the same checkpoint
-    would give different bytes and DVC would call the export changed. Graph inputs, outputs and
-    initializers (the weights' names) keep their names.
-    """
-    graph = model_proto.graph
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {t.name for t in graph.initializer}
-    mapping: dict[str, str] = {}
-    counters = {"node": 0, "graph": 0}
-
-    def rename(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return mapping.setdefault(name, f"v{len(mapping)}")
-
-    def walk(g: Any, top: bool) -> None:
-        if not top:
-            g.name = f"subgraph_{counters['graph']}"
-            counters["graph"] += 1
-            for v in list(g.input) + list(g.output):
-                v.name = rename(v.name)
-        for node in g.node:
-            node.name = f"n{counters['node']}"
-            counters["node"] += 1
-            node.input[:] = [rename(x) for x in node.input]
-            node.output[:] = [rename(x) for x in node.output]
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g, top=False)
-                for sub in attr.graphs:
-                    walk(sub, top=False)
-
-    walk(graph, top=True)
-    return model_proto
-
-
-def _stripped(model_proto: Any) -> Any:
-    """Drop the exporter's per-node metadata (stack traces with local paths, FX names: ~6 times the
-    demo model's weights) and the intermediate shape annotations (ONNX Runtime infers them), so the
-    file holds the graph and the weights. Subgraphs (the attention's Scan bodies) alike."""
-
-    def strip(graph: Any) -> None:
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    strip(attr.g)
-                for sub in attr.graphs:
-                    strip(sub)
-        del graph.value_info[:]
-
-    strip(model_proto.graph)
-    return model_proto
-
-
-def _castlike_to_cast(model_proto: Any) -> Any:
-    """Replace CastLike(x, like) by Cast(x, to=dtype of like) where shape inference knows the dtype.
-
-    With the onnxscript optimizer off the exporter leaves ~20 CastLike nodes; ONNX Runtime has no CPU
-    kernel to constant-fold them and warns about each one whenever a session is created with its
-    default log level (MLflow's pyfunc loader does), although the graph runs correctly.
-    """
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model_proto)
-    dtypes = {v.name: v.type.tensor_type.elem_type for v in
-              [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    dtypes.update({init.name: init.data_type for init in model_proto.graph.initializer})
-    for node in model_proto.graph.node:
-        if node.op_type == "CastLike" and dtypes.get(node.input[1]):
-            to = dtypes[node.input[1]]
-            del node.input[1]
-            del node.attribute[:]
-            node.op_type = "Cast"
-            node.attribute.append(onnx.helper.make_attribute("to", to))
-    return model_proto
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's progress lines, 'torchvision is not installed' and pytree FutureWarnings."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def export_graph(model: EnhancementModel, opset: int) -> Any:
     """The model's export module as an ONNX ModelProto (dynamo exporter; dynamic batch and length axes).
 
@@ -200,13 +89,13 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
     sr = model.sample_rate
     example = torch.from_numpy(np.stack([parity_signal(sr, sr, seed) for seed in (1, 2)]))
     dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: torch.export.Dim("samples", min=1)}
-    with _quiet_exporter(), torch.no_grad(), dft_transforms(), scan_attention():
+    with quiet_exporter(), torch.no_grad(), dft_transforms(), scan_attention():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, optimize=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"wav": dims},
             verbose=False,
         )
-    return _canonical_names(_castlike_to_cast(_stripped(program.model_proto)))
+    return finished(program.model_proto)
 
 
 def _cost_card(model: EnhancementModel) -> dict[str, str]:
@@ -255,14 +144,6 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
         entry.key, entry.value = key, value
     model_proto.producer_name = "effifusion"
     return model_proto
-
-
-def zip_size(path: Path) -> int:
-    """Bytes of ``path`` DEFLATE-compressed in a zip (level 9): where unstructured sparsity shows."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.write(path, arcname=path.name)
-    return buf.getbuffer().nbytes
 
 
 def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float], sample_rate: int
@@ -328,10 +209,10 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
     _check_sample_rate(checkpoint, model, audio_cfg)
     sample_rate = model.sample_rate
     overrides = export_cfg.get("sampler") or {}
-    if overrides and not hasattr(model, "with_sampler"):
+    if overrides and model.runtime != "diffusion":
         raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
                           "sgmse and gp_sgmse do): leave it empty ({})")
-    if hasattr(model, "export_networks"):  # a diffusion model: its networks, the sampler stays outside
+    if model.exporter == "networks":  # a diffusion model: its networks, the sampler stays outside
         from effifusion.diffusion.fusion_fit import final_fusion_for_export
         from effifusion.inference.diffusion_export import export_diffusion
 
@@ -471,13 +352,14 @@ def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: di
     import shutil
 
     from effifusion.core.files import write_json
+    from effifusion.diffusion.fusion_fit import ValidationLoader
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint}: {variant} model checkpoint not found")
     name = variant_file(variant)
     key = export_key(checkpoint, export_cfg)
-    if hasattr(val_items, "key"):  # gp_sgmse's final fusion is fitted on them (export_onnx)
+    if isinstance(val_items, ValidationLoader):  # gp_sgmse's final fusion is fitted on them (export_onnx)
         key["validation"] = val_items.key()
     report_path = out_dir / report_file(name)
     old = _read_report(report_path)
