@@ -135,7 +135,7 @@ def fit_final_fusion(model: Any, val_items: Iterable[tuple[str, Any, Any]], samp
     and ``seed`` (default: the settings' seed); the weights, their objective and validation PESQ beside
     the scalar fit, the settings' own weights, the predictive estimate alone and the generative output."""
     s = sampler_settings
-    if not getattr(model, "has_predictive", False) or s.mode != "joint":
+    if model.runtime != "diffusion" or not model.has_predictive or s.mode != "joint":
         raise ValueError(f"the final fusion needs a joint-mode sampler of a model with a predictive decoder "
                          f"(arch gp_sgmse, mode joint); got {getattr(model, 'arch', '?')}, mode {s.mode}")
     seed = s.seed if seed is None else int(seed)
@@ -192,8 +192,10 @@ def final_fusion_for_export(model: Any, overrides: dict[str, Any], val_items: Ca
     """The export step: fit (α, β) for a joint-mode gp_sgmse model and set them on its sampler, unless
     ``export.sampler`` sets a fusion weight by hand (then it wins, unfitted). None when no final fusion
     runs (other archs, other modes, final_fusion off). ``val_items`` loads the validation items."""
-    s = getattr(model, "sampler", None)
-    if s is None or not getattr(model, "has_predictive", False) or s.mode != "joint" or not s.final_fusion:
+    if model.runtime != "diffusion" or not model.has_predictive:
+        return None
+    s = model.sampler
+    if s.mode != "joint" or not s.final_fusion:
         return None
     given = [k for k in FUSION_KEYS if k in (overrides or {})]
     weights = {k: s.config()[k] for k in ("fusion_alpha", "fusion_beta")}

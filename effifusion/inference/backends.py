@@ -185,7 +185,7 @@ def _torch_enhancer(path: Path, device: str, threads: int | None, sampler: dict[
         torch.set_num_threads(int(threads))
     model, _ = load_checkpoint(path, map_location=device)
     if sampler:
-        if not hasattr(model, "with_sampler"):
+        if model.runtime != "diffusion":
             raise ConfigError(f"{path}: sampler settings given, but {model.arch} has no sampler "
                               "(only the diffusion models sgmse and gp_sgmse do)")
         try:
@@ -199,6 +199,6 @@ def _torch_enhancer(path: Path, device: str, threads: int | None, sampler: dict[
 
     card = {"arch": model.arch, "sample_rate": model.sample_rate, "min_samples": model.min_samples,
             "params_total": sum(p.numel() for p in model.parameters()), "config": model.config()}
-    if hasattr(model, "sampler"):
+    if model.runtime == "diffusion":
         card["sampler"] = model.sampler.config()
     return Enhancer(run_batch, model.sample_rate, "pytorch", str(path), card)

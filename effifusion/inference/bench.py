@@ -373,7 +373,7 @@ def card_gmacs(card: dict[str, Any], pieces: list[int], sample_rate: int
                             "(pip install effifusion[pipeline])")
     try:
         model = build_model({**cfg, "arch": cfg.get("arch", arch)}, sample_rate)
-        if isinstance(card.get("sampler"), dict) and hasattr(model, "with_sampler"):
+        if isinstance(card.get("sampler"), dict) and model.runtime == "diffusion":
             model.with_sampler(**card["sampler"])  # the export's sampler, which may differ from its config's
     except (EffiFusionError, TypeError, ValueError, KeyError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

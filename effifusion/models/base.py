@@ -6,6 +6,18 @@ front end (STFT settings, compression, normalisation, the shortest input), enhan
 parity), names the layers pruning may touch, says what ONNX export traces, and counts its own MACs.
 ``config()`` returns what rebuilds it, so a checkpoint ({arch, config, sample_rate, weights})
 reloads without params.yaml (models/registry.py).
+
+Three class attributes say what kind of model it is, so export, the inference backends, the training
+tasks and ``compare`` dispatch on them instead of probing for methods:
+
+- ``runtime``: how it enhances at inference. ``"graph"``: one waveform-to-waveform network (the
+  magnitude-phase mask models: EffiFusion-GAN, MUSE, IMSE, SAF). ``"diffusion"``: networks called by a
+  sampler that runs outside them (``DiffusionModel``: SGMSE+, the joint model).
+- ``objectives``: the ``train.objective`` values that can train it (training/tasks/); the first is the
+  one its papers use.
+- ``exporter``: what ONNX export writes. ``"waveform"``: ``export_module()`` as one graph with its model
+  card (inference/export.py). ``"networks"``: ``export_networks()``, one file per network, the sampler
+  in the torch-free runtime (inference/diffusion_export.py).
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ class EnhancementModel(nn.Module):
     """Base class of every architecture (see the module docstring for the contract)."""
 
     arch: ClassVar[str]
+    runtime: ClassVar[str] = "graph"
+    objectives: ClassVar[tuple[str, ...]] = ("metric_gan", "predictive")
+    exporter: ClassVar[str] = "waveform"
     frontend: StftFrontEnd
     sample_rate: int
 
@@ -106,6 +121,30 @@ class MagnitudePhaseModel(EnhancementModel):
     def polar(mag: torch.Tensor, pha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mag, pha, complex [..., 2]): forward's return value."""
         return mag, pha, torch.stack((mag * torch.cos(pha), mag * torch.sin(pha)), dim=-1)
+
+
+class DiffusionModel(EnhancementModel):
+    """A model that enhances by sampling: a score network (and, for the joint model, a predictive one)
+    called by a reverse-SDE sampler (diffusion/) whose settings are not weights and may change after
+    training (``with_sampler``)."""
+
+    runtime: ClassVar[str] = "diffusion"
+    objectives: ClassVar[tuple[str, ...]] = ("score_matching",)
+    exporter: ClassVar[str] = "networks"
+    has_predictive: ClassVar[bool] = False
+    sde: Any       # diffusion.sde.OuveSde
+    sampler: Any   # diffusion.sampler.SamplerSettings
+
+    def with_sampler(self, **overrides: Any) -> "DiffusionModel":
+        """Change sampler settings in place (inference only: the weights do not depend on them)."""
+        raise NotImplementedError
+
+    def export_networks(self) -> dict[str, nn.Module]:
+        """What ONNX export writes, by name: "score", and "predictive" for a model that has one."""
+        raise NotImplementedError
+
+
+RUNTIMES = ("graph", "diffusion")
 
 
 class WaveformModel(nn.Module):

@@ -50,6 +50,15 @@ def check_model_config(model_cfg: Any) -> dict[str, Any]:
     return model_class(model_cfg.get("arch")).check_config(model_cfg)
 
 
+def check_objective(model: Any, objective: Any) -> None:
+    """ConfigError unless ``train.objective`` can train the architecture (its class, or params["model"])."""
+    cls = model if isinstance(model, type) else model_class(model.get("arch") if isinstance(model, dict) else None)
+    if objective not in cls.objectives:
+        trained_by = [arch for arch in ARCHITECTURES if objective in model_class(arch).objectives]
+        raise ConfigError(f"train.objective: {objective!r} cannot train model.arch {cls.arch!r} (its objectives: "
+                          f"{', '.join(cls.objectives)}; {objective!r} trains {', '.join(trained_by) or 'none'})")
+
+
 def build_model(model_cfg: Any, sample_rate: int) -> EnhancementModel:
     """The model params["model"] describes (``arch`` picks the class, the rest is its config)."""
     if not isinstance(model_cfg, dict):

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from effifusion.core.errors import ConfigError
-from effifusion.models.base import CONV_TYPES
+from effifusion.models.base import CONV_TYPES, EnhancementModel
 
 ALL_CONV = "all-conv"  # special pattern: every convolution module, whatever its name
 ALL_LINEAR = "all-linear"  # special pattern: every linear map (nn.Linear, attention's q/k/v in-projection)
@@ -62,7 +62,7 @@ def select_prunable(model: nn.Module, patterns: list[str]) -> PrunableParams:
         except re.error as exc:
             raise ConfigError(f"params.yaml prune.layers: {p!r} is not a valid regex ({exc})") from None
     take_all = ALL_CONV in patterns
-    if hasattr(model, "prunable_modules"):  # the model contract names its prunable layers
+    if isinstance(model, EnhancementModel):  # the model contract names its prunable layers
         convs = list(model.prunable_modules())
     else:
         convs = [(name, m) for name, m in model.named_modules() if isinstance(m, CONV_TYPES)]

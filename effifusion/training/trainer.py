@@ -41,7 +41,7 @@ from effifusion.core.files import atomic_path, write_csv, write_json
 from effifusion.data.augment import DynamicMixDataset, check_augment_cfg
 from effifusion.data.datasets import PairDataset, make_loader, validation_items
 from effifusion.models.base import EnhancementModel
-from effifusion.models.registry import build_model, check_model_config, read_checkpoint, save_checkpoint
+from effifusion.models.registry import build_model, check_model_config, check_objective, read_checkpoint, save_checkpoint
 from effifusion.training.callbacks import Callback
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.pruning import count_nonzero
@@ -241,6 +241,7 @@ def fit(
     ``track=False`` skips MLflow (benchmarks).
     """
     check_model_config(params["model"])  # before any data is read
+    check_objective(params["model"], params["train"]["objective"])
     if track and os.environ.get("RANK", "0") == "0":  # an unreachable tracking store fails now, not after an epoch
         from effifusion.tracking.runs import setup
 

@@ -104,3 +104,38 @@ def test_trainer_runs_the_new_architecture(toy_registered, tmp_path, objective):
     loaded, _ = registry.load_checkpoint(tmp_path / "m" / "generator.pt")
     assert isinstance(loaded, ToyMasker)
     assert ("d_loss" in m) == (objective == "metric_gan")
+
+
+def test_every_architecture_declares_its_kind():
+    """runtime, objectives and exporter are declared on the class (export, backends and tasks dispatch on
+    them): a diffusion model is a DiffusionModel and trains by score matching, the others are graphs."""
+    from effifusion.models.base import RUNTIMES, DiffusionModel
+    from effifusion.training.tasks import TASKS
+
+    for arch in registry.ARCHITECTURES:
+        cls = registry.model_class(arch)
+        assert cls.runtime in RUNTIMES, arch
+        assert cls.objectives and set(cls.objectives) <= set(TASKS), arch
+        assert cls.exporter == ("networks" if cls.runtime == "diffusion" else "waveform"), arch
+        assert issubclass(cls, DiffusionModel) == (cls.runtime == "diffusion"), arch
+    assert registry.model_class("sgmse").objectives == ("score_matching",)
+    assert registry.model_class("saf").objectives[0] == "predictive"  # its paper has no discriminator
+    assert registry.model_class("effifusion_gan").objectives[0] == "metric_gan"
+
+
+@pytest.mark.parametrize("arch, objective", [("sgmse", "metric_gan"), ("gp_sgmse", "predictive"),
+                                             ("effifusion_gan", "score_matching"), ("saf", "score_matching")])
+def test_an_objective_that_cannot_train_the_model_is_refused(arch, objective):
+    with pytest.raises(ConfigError, match=rf"^train.objective: '{objective}' cannot train model.arch '{arch}' "
+                                          r"\(its objectives: [a-z_, ]+; .* trains [a-z_, ]+\)$"):
+        registry.check_objective({"arch": arch}, objective)
+    registry.check_objective({"arch": arch}, registry.model_class(arch).objectives[0])  # its own: accepted
+
+
+def test_the_trainer_refuses_the_objective_before_reading_data(toy_registered, tmp_path):
+    params = tiny_params(train__objective="score_matching", train__epochs=1)
+    params["model"] = dict(TOY_CFG)
+    with pytest.raises(ConfigError, match="^train.objective: 'score_matching' cannot train model.arch 'toy'"):
+        train_dense(params, prepared_dir=tmp_path / "not-there", out_dir=tmp_path / "m",
+                    metrics_path=tmp_path / "m.json", plots_dir=tmp_path / "p", resume_dir=tmp_path / "ck",
+                    track=False)

@@ -285,6 +285,7 @@ class SAF(MagnitudePhaseModel):
     """
 
     arch = ARCH
+    objectives = ("predictive", "metric_gan")  # the paper trains it with a predictive loss, no discriminator
 
     def __init__(
         self, phase_input: str = "cos_sin", channels: int = 64, encoder_depth: int = 2, num_saf_blocks: int = 4,

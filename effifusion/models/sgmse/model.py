@@ -29,7 +29,7 @@ from effifusion.diffusion.enhance import enhance_normalised
 from effifusion.diffusion.sampler import SamplerSettings, settings_with
 from effifusion.diffusion.sde import OuveSde
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import EnhancementModel, check_keys, is_int, is_number, require
+from effifusion.models.base import DiffusionModel, check_keys, is_int, is_number, require
 from effifusion.models.cost import traced_macs
 from effifusion.models.sgmse.layers import conv
 from effifusion.models.sgmse.ncsnpp import Decoder, Encoder
@@ -53,7 +53,7 @@ def gp_sgmse_config() -> dict[str, Any]:
                                        fusion_alpha=0.5, fusion_beta=0.5).config()}
 
 
-class Sgmse(EnhancementModel):
+class Sgmse(DiffusionModel):
     """NCSN++ score model; ``score(x, y, t)`` on [B, 2, F, T] Re/Im channels."""
 
     arch = "sgmse"
@@ -94,7 +94,6 @@ class Sgmse(EnhancementModel):
                 "sde": dict(c["sde"]), "sampler": self.sampler.config()}
 
     def with_sampler(self, **overrides: Any) -> "Sgmse":
-        """Change sampler settings in place (inference only: the weights do not depend on them)."""
         self.sampler = settings_with(self.sampler.config(), overrides, self.has_predictive, bins=self.n_bins)
         return self
 

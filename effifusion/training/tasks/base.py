@@ -20,6 +20,7 @@ from torch import nn
 from effifusion.core.errors import ConfigError
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import EnhancementModel, is_int
+from effifusion.models.registry import check_objective
 from effifusion.training.losses import generator_losses
 
 Wrap = Callable[..., nn.Module]  # wrap(module, compile=False) -> DDP- and/or torch.compile-wrapped module
@@ -31,6 +32,7 @@ class Task:
     name: str
 
     def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device):
+        check_objective(type(model), self.name)
         self.model = model
         self.params = params
         self.device = device

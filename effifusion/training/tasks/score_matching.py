@@ -48,9 +48,6 @@ class ScoreMatchingTask(Task):
     def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device,
                  amp: bool = False, **_: Any):
         super().__init__(model, params, lr, device)
-        if not hasattr(model, "sde"):
-            raise ConfigError(f"train.objective: 'score_matching' trains diffusion models (model.arch sgmse or "
-                              f"gp_sgmse), not {model.arch!r}")
         tcfg = params["train"]
         cfg = tcfg["score_matching"]
         self.w_score, self.w_pred = float(cfg["score"]), float(cfg["predictive"])
