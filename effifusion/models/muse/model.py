@@ -30,8 +30,8 @@ from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
+from effifusion.models.blocks import DenseBlock, LearnableSigmoid2d
 from effifusion.models.cost import traced_macs
-from effifusion.models.effifusion_gan.generator import DenseBlock, LearnableSigmoid2d
 from effifusion.models.muse.blocks import (
     MET_WINDOWS, DeformableEmbedding, Downsample, MetBlock, PathFusion, TaylorAttention, Upsample,
 )
