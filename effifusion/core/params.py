@@ -139,13 +139,24 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _walk(schema: dict[str, Any], values: Any, where: str) -> None:
+# Sections only some objectives read (train.objective -> what it needs). Another objective's params may
+# leave them out; when present they are checked like any other (a preset's base carries them all).
+OBJECTIVE_SECTIONS = {
+    "discriminator": ("metric_gan",),
+    "train.loss_weights": ("metric_gan", "predictive"),
+    "train.score_matching": ("score_matching",),
+}
+
+
+def _walk(schema: dict[str, Any], values: Any, where: str, objective: Any = None) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"params.yaml {where or 'top level'}: expected a mapping of settings, got {values!r}")
     prefix = f"{where}." if where else ""
     for key in schema:
-        if key not in values:
-            raise ConfigError(f"params.yaml {prefix}{key}: missing setting")
+        needed_by = OBJECTIVE_SECTIONS.get(prefix + key)
+        if key not in values and (needed_by is None or objective in needed_by):
+            why = f" (train.objective {objective!r} needs it)" if needed_by else ""
+            raise ConfigError(f"params.yaml {prefix}{key}: missing setting{why}")
     for key, value in values.items():
         if key == "model" and not where:
             continue
@@ -154,14 +165,15 @@ def _walk(schema: dict[str, Any], values: Any, where: str) -> None:
             raise ConfigError(f"params.yaml {prefix}{key}: unknown setting (known: {known})")
         rule = schema[key]
         if isinstance(rule, dict):
-            _walk(rule, value, f"{prefix}{key}")
+            _walk(rule, value, f"{prefix}{key}", objective)
         else:
             rule.check(f"{prefix}{key}", value)
 
 
 def check_params(params: Any) -> dict[str, Any]:
     """``params`` unchanged if every setting outside ``model`` is valid; else ConfigError naming the first bad one."""
-    _walk(SCHEMA, params, "")
+    train = params.get("train") if isinstance(params, dict) else None
+    _walk(SCHEMA, params, "", train.get("objective") if isinstance(train, dict) else None)
     if "model" not in params:
         raise ConfigError("params.yaml model: missing setting")
     demo = params["corpus"]["demo"]
