@@ -34,8 +34,6 @@ class CorpusFile:
     target: str          # VoiceBank folder name, "logfiles" or "demand/<ENV>"
 
 
-VOICEBANK_FOLDERS = ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav", "clean_testset_wav",
-                     "noisy_testset_wav")
 LOG_FILES = ("log_trainset_28spk.txt", "log_testset.txt")
 UNSEEN_ENVS = ("DWASHING", "NFIELD", "NPARK", "NRIVER", "OHALLWAY")
 

@@ -32,7 +32,6 @@ ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package ex
     "sgmse": "effifusion.models.sgmse",
     "gp_sgmse": "effifusion.models.gp_sgmse",
 }
-DEFAULT_ARCH = "effifusion_gan"  # checkpoints written before models had an `arch`
 CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")
 
 
@@ -83,15 +82,6 @@ def save_checkpoint(path: str | os.PathLike, model: EnhancementModel, extra: dic
             torch.save(blob, f)
 
 
-def _upgrade(blob: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint of the single-architecture layout ({model_cfg, audio_cfg, state_dict}) in today's."""
-    audio = blob["audio_cfg"]
-    config = {"arch": DEFAULT_ARCH, **{k: audio[k] for k in ("n_fft", "hop_length", "win_length", "compress_factor")},
-              **blob["model_cfg"]}
-    return {"arch": DEFAULT_ARCH, "config": config, "sample_rate": audio["sample_rate"],
-            "weights": blob["state_dict"], "extra": blob.get("extra", {})}
-
-
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict; ConfigError naming the file when it is missing or not a checkpoint.
 
@@ -116,11 +106,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ConfigError(f"{path}: not a readable model checkpoint (damaged: {detail[:300]})") from None
     except Exception as exc:  # torch raises many types on a damaged archive (RuntimeError, KeyError, ...)
         raise ConfigError(f"{path}: not a readable model checkpoint ({_first_line(exc)})") from None
-    if isinstance(blob, dict) and {"model_cfg", "audio_cfg", "state_dict"} <= set(blob):
-        try:
-            blob = _upgrade(blob)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: damaged checkpoint of the old layout ({_first_line(exc)})") from None
     if not isinstance(blob, dict) or not set(CHECKPOINT_KEYS) <= set(blob):
         raise ConfigError(f"{path}: not a model checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
     weights, rate = blob["weights"], blob["sample_rate"]

@@ -179,13 +179,6 @@ def mean_losses(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any, grad_clip: float) -> None:
-    """zero_grad, backward, optional gradient-norm clipping, step (one batch, no accumulation)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    apply_step(optimizer, params, grad_clip)
-
-
 def check_finite(losses: dict[str, float]) -> dict[str, float]:
     if not all(math.isfinite(v) for v in losses.values()):
         raise FloatingPointError(f"non-finite loss at this step: {losses} (lower train.lr or enable grad_clip)")

@@ -288,18 +288,12 @@ def test_garbage_checkpoints_are_config_errors(tmp_path: Path, tiny: Generator, 
         load_checkpoint(path)
 
 
-def test_checkpoint_of_the_single_architecture_layout_still_loads(tmp_path: Path, tiny: Generator) -> None:
-    """Checkpoints written before the registry ({model_cfg, audio_cfg, state_dict}) reload unchanged."""
-    cfg = tiny.config()
-    front = {k: cfg[k] for k in StftFrontEnd.KEYS}
-    old = {"model_cfg": {k: v for k, v in cfg.items() if k != "arch" and k not in front},
-           "audio_cfg": {"sample_rate": 16000, **front}, "state_dict": tiny.state_dict(), "extra": {"step": 3}}
-    torch.save(old, tmp_path / "old.pt")
-    loaded, extra = load_checkpoint(tmp_path / "old.pt")
-    assert extra == {"step": 3} and loaded.config() == cfg
-    wav = torch.randn(1, 4000) * 0.1
-    with torch.no_grad():
-        assert torch.equal(tiny.enhance(wav), loaded.enhance(wav))
+def test_a_checkpoint_of_the_unreleased_single_architecture_layout_is_refused_in_one_line(tmp_path: Path,
+                                                                                      tiny: Generator) -> None:
+    """{model_cfg, audio_cfg, state_dict} predates the registry and was never released: no upgrade path."""
+    torch.save({"model_cfg": {}, "audio_cfg": {}, "state_dict": tiny.state_dict()}, tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match=r"old.pt: not a model checkpoint \(expected keys arch, config, "):
+        load_checkpoint(tmp_path / "old.pt")
 
 
 # --------------------------------------------------------------------------------- discriminator
