@@ -162,7 +162,7 @@ def merge_preset(name_or_path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     try:
         params = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{_shown(path)}: the merged params are not valid YAML ({exc})") from None
+        raise ConfigError(f"{_shown(path)}: the merged params are not valid YAML ({_yaml_problem(exc)})") from None
     name = params.get("preset")
     if is_preset_file(path) and name != path.stem:
         raise ConfigError(f"{_shown(path)}: gives `preset: {name}`; a preset sets its own name "
@@ -317,10 +317,20 @@ def _parse(text: str, where: str) -> tuple[dict[str, _Setting], list[str]]:
     try:
         data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{_yaml_where(exc, where)}: not valid YAML ({_yaml_problem(exc)})") from None
     _read_values(root)
     _check_same(root, {} if data is None else data, where)
     return root, above
+
+
+def _yaml_where(exc: yaml.YAMLError, where: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"{where}:{mark.line + 1}" if mark is not None else where
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line."""
+    return str(getattr(exc, "problem", None) or " ".join(str(exc).split()))
 
 
 def _close_empty(settings: dict[str, _Setting]) -> None:
@@ -352,7 +362,8 @@ def _read_values(settings: dict[str, _Setting]) -> None:
             try:
                 data[f"v{i}"] = yaml.load(f"v: {s.value}", Loader=_LOADER)["v"]
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{s.where}: the value {s.value!r} is not YAML on its own ({exc})") from None
+                raise ConfigError(f"{s.where}: the value {s.value!r} is not YAML on its own "
+                                  f"({_yaml_problem(exc)})") from None
     for i, s in enumerate(scalars):
         s.parsed = data[f"v{i}"]
 
