@@ -14,8 +14,16 @@ from helpers import ROOT
 
 from effifusion.cli import main as cli_main
 from effifusion.core import config
-from effifusion.core.config import (ConfigError, apply_preset, flatten, load_preset, merge_preset, preset_diff,
-                                    preset_names, read_params)
+from effifusion.core.config import (
+    ConfigError,
+    apply_preset,
+    flatten,
+    load_preset,
+    merge_preset,
+    preset_diff,
+    preset_names,
+    read_params,
+)
 from effifusion.core.params import check_params
 
 PRESETS = sorted(p.stem for p in (ROOT / "presets").glob("*.yaml") if p.stem != "base")
@@ -95,7 +103,9 @@ def test_every_preset_is_a_complete_valid_params_file(name):
     assert read_params(ROOT / "presets" / f"{name}.yaml") == params   # a reader of the file gets it whole
     # every key of base.yaml outside `model`: no section or key is lost or added by the merge
     base = read_params(ROOT / "presets" / "base.yaml")
-    outside_model = lambda p: {k for k in flatten(p) if not k.startswith("model.")}  # noqa: E731
+    def outside_model(p: dict) -> set[str]:
+        return {k for k in flatten(p) if not k.startswith("model.")}
+
     assert outside_model(params) == outside_model(base)
 
 
