@@ -47,7 +47,7 @@ def items(manifest: Path) -> list[tuple[str, Path, Path]]:
 
 def main() -> None:
     from effifusion.dsp.audio import read_wav, write_wav
-    from effifusion.evaluation.metrics import score_files
+    from effifusion.metrics.quality import score_files
     from effifusion.inference.backends import load_enhancer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -39,8 +39,8 @@ def main() -> None:
 
     import torch
 
-    from effifusion.evaluation.metrics import score_dirs
-    from effifusion.inference.backends import onnx_enhancer
+    from effifusion.metrics.quality import score_dirs
+    from effifusion.runtime.enhancer import onnx_enhancer
     from effifusion.models.muse.checkpoint import load_muse_checkpoint
 
     torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from effifusion.evaluation.metrics import score_dirs
+    from effifusion.metrics.quality import score_dirs
 
     means = score_dirs(args.clean, args.enhanced, out_csv=args.out, workers=args.workers,
                        convention=args.convention, allow_missing=args.allow_missing, noisy_dir=args.noisy)
@@ -74,13 +74,14 @@ def _enhance(args: argparse.Namespace) -> None:
         return
     if not args.inputs or args.output is None:
         args.parser.error("enhance needs input files or folders and -o/--output (or --info)")
-    from effifusion.inference.files import enhance_paths
-    from effifusion.inference.processing import EnhanceOptions
+    from effifusion.inference.backends import load_enhancer
+    from effifusion.runtime.files import enhance_paths
+    from effifusion.runtime.processing import EnhanceOptions
 
     options = EnhanceOptions(atten_lim_db=args.atten_lim_db, mix=args.mix, high_band=args.high_band,
                              max_piece_s=args.max_piece_s)
-    enhance_paths(args.inputs, args.output, model=args.model, options=options, device=args.device,
-                  quiet=args.quiet, sampler=_sampler_overrides(args))
+    enhancer = load_enhancer(args.model, device=args.device, sampler=_sampler_overrides(args))
+    enhance_paths(args.inputs, args.output, model=enhancer, options=options, quiet=args.quiet)
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict | None:

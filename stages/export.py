@@ -9,7 +9,7 @@ from pathlib import Path
 
 from effifusion.core.config import load_params, run_stage
 from effifusion.core.files import write_json
-from effifusion.diffusion.fusion_fit import ValidationLoader
+from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
 from effifusion.tracking import runs as tracking
 

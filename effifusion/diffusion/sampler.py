@@ -10,7 +10,7 @@ the output is the last predictor mean (sp-uhh/sgmse sampling/__init__.py). ``mod
   marginal around x̂, e^{−θt}x̂ + (1 − e^{−θt})y + σ(t) z, instead of the prior [INF: the paper's
   "the predictive estimate initialises the reverse process", StoRM's recipe]; with ``final_fusion``
   the output is α·x_gen + β·x̂ (``fusion_alpha``, ``fusion_beta``: the paper's "learned weights",
-  values not published; export fits them on validation data, diffusion/fusion_fit.py). Each is a
+  values not published; export fits them on validation data, inference/fusion_fit.py). Each is a
   number, or a list with one weight per frequency bin (what the export's fit writes).
 
 ``fusion_weight`` w, the single weight of earlier cards and checkpoints, still loads: it means

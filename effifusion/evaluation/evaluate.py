@@ -8,7 +8,7 @@ with the noisy input. The metrics JSON holds the means a paper's results table r
 over the noisy input, the ONNX-vs-PyTorch differences and single-thread real-time factors; the
 report folder holds per-utterance and per-condition tables, SNR plots and spectrograms.
 
-The metrics are effifusion.evaluation.metrics.METRICS: wide-band PESQ, CSIG, CBAK, COVL, SSNR, STOI,
+The metrics are effifusion.metrics.quality.METRICS: wide-band PESQ, CSIG, CBAK, COVL, SSNR, STOI,
 and the ESTOI and SI-SDR (dB) that diffusion-model papers report next to PESQ, with SI-SDR's split
 into SI-SIR and SI-SAR (dB; the interference is each utterance's noisy input minus its clean one).
 
@@ -20,7 +20,7 @@ linear in length (models/attention.py), so no test file needs cutting.
 CSIG, CBAK and COVL are in the MATLAB convention (Loizou's compute_metrics) under their plain names;
 the same measures as the CMGAN/MP-SENet evaluation scripts compute them (the convention of
 published VoiceBank+DEMAND tables, about 0.08-0.09 higher) sit beside them as ``csig_published``,
-``cbak_published`` and ``covl_published`` (effifusion.evaluation.metrics, "published" convention).
+``cbak_published`` and ``covl_published`` (effifusion.metrics.quality, "published" convention).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from effifusion.tracking.names import BENCH, RTF, in_section
 from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from effifusion.data.datasets import read_manifest
 from effifusion.core.errors import AudioError, ConfigError, DataError
-from effifusion.evaluation.metrics import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
+from effifusion.metrics.quality import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
 from effifusion.core.files import atomic_dir
 from effifusion.core.parallel import single_thread_worker
 
@@ -230,7 +230,7 @@ def _enhancer(system: str) -> Any:
 
 def _exported_sampler(onnx_model: Path) -> dict[str, Any] | None:
     """The sampler settings in an export's model card (diffusion models), else None."""
-    from effifusion.inference.onnx_model import onnx_session
+    from effifusion.runtime.onnx_model import onnx_session
 
     meta = onnx_session(onnx_model, threads=1).get_modelmeta().custom_metadata_map
     return json.loads(meta["sampler"]) if "sampler" in meta else None

@@ -49,7 +49,7 @@ a BenchError saying so with its exit code. ``bench/bench_infer.py`` calls ``prep
 
 ``effifusion bench --model FILE.onnx [--seconds S --threads N --repeats R]`` (and ``bench_exported``,
 which the evaluate stage calls) measures a given export instead: an effifusion-GAN-style graph or a
-diffusion export (its sampler runs around the network, inference/diffusion_runtime.py). The same child
+diffusion export (its sampler runs around the network, runtime/diffusion_runtime.py). The same child
 process runs it, ``R`` timed runs after the warm-up (default 3); ``compute_s`` is their median. The row
 has ``model`` (the file) where a preset's has ``preset``, and adds ``repeats``, ``times_s`` (each run),
 ``params_nonzero``, ``file_bytes`` (the file, plus a diffusion export's predictive network beside it)
@@ -521,7 +521,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model, warm up, time ``enhance`` (or ``enhance_long`` above ``chunk_s``)."""
     from effifusion.dsp.signals import parity_signal  # torch-free: an ONNX measurement holds no torch
     from effifusion.inference.backends import load_enhancer
-    from effifusion.inference.processing import MAX_PIECE_S
+    from effifusion.runtime.processing import MAX_PIECE_S
 
     if args.backend == "pytorch":
         import torch

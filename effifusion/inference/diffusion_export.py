@@ -27,7 +27,7 @@ import torch
 from effifusion.core.files import atomic_path, write_json
 from effifusion.dsp.signals import parity_signal
 from effifusion.inference.onnx_graph import EXPORTER, ExportError, finished, quiet_exporter, report_file, zip_size
-from effifusion.inference.onnx_model import onnx_session
+from effifusion.runtime.onnx_model import onnx_session
 
 SCORE_INPUTS, SCORE_OUTPUT = ("x", "y", "t"), "score"
 PREDICTIVE_INPUTS, PREDICTIVE_OUTPUT = ("y",), "estimate"
@@ -97,7 +97,7 @@ def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, ops
     """Write NAME.onnx (+ NAME.predictive.onnx), check parity, write NAME.export.json; the report."""
     import onnx
 
-    from effifusion.inference.diffusion_runtime import diffusion_run_batch
+    from effifusion.runtime.diffusion_runtime import diffusion_run_batch
 
     mult, bins = model.time_multiple, model.n_bins
     ex, ey = torch.randn(2, 2, bins, 2 * mult) * 0.1, torch.randn(2, 2, bins, 2 * mult) * 0.1  # distinct tensors:

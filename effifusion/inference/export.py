@@ -30,7 +30,7 @@ from effifusion.dsp.stft import dft_transforms
 from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
     EXPORTER, MIN_OPSET, ExportError, finished, quiet_exporter, report_file, zip_size,
 )
-from effifusion.inference.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
+from effifusion.runtime.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
     INPUT_NAME, NORMALISATION_TEXT, OUTPUT_NAME, SHAPE, onnx_session,
 )
 from effifusion.models.attention import scan_attention
@@ -156,7 +156,7 @@ def check_parity(onnx_path: Path, model: EnhancementModel, lengths_s: list[float
     is compared with the model on the same DFT path; ``polar_rounding_max_abs`` reports how far
     torch.stft's rounding moves that model's output.
     """
-    from effifusion.inference.backends import onnx_enhancer
+    from effifusion.runtime.enhancer import onnx_enhancer
 
     enhancer = onnx_enhancer(Path(onnx_path), threads=None)
     diffs: dict[str, float] = {}
@@ -213,7 +213,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
         raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
                           "sgmse and gp_sgmse do): leave it empty ({})")
     if model.exporter == "networks":  # a diffusion model: its networks, the sampler stays outside
-        from effifusion.diffusion.fusion_fit import final_fusion_for_export
+        from effifusion.inference.fusion_fit import final_fusion_for_export
         from effifusion.inference.diffusion_export import export_diffusion
 
         if not isinstance(overrides, dict):
@@ -352,7 +352,7 @@ def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: di
     import shutil
 
     from effifusion.core.files import write_json
-    from effifusion.diffusion.fusion_fit import ValidationLoader
+    from effifusion.inference.fusion_fit import ValidationLoader
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():

@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from effifusion.core.parallel import single_thread_worker
-from effifusion.evaluation.pesq import pesq_or_nan
+from effifusion.metrics.pesq import pesq_or_nan
 
 _Item = tuple[Future, int] | float  # (future, executor generation) or an inline score
 

@@ -7,12 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import make_prepared, tiny_params
 from scipy.signal import correlate
 
-from helpers import make_prepared, tiny_params
+from effifusion.core.config import read_params
+from effifusion.core.errors import ConfigError
 from effifusion.data.augment import DynamicMixDataset, check_augment_cfg, seeded_global_rngs
 from effifusion.data.datasets import PairDataset, make_loader
-from effifusion.core.errors import ConfigError
 from effifusion.data.mixing import measured_snr_db
 
 CFG = {"enabled": True, "prob": 1.0, "snr_db": [-5.0, 20.0], "filter_prob": 0.5}
@@ -133,9 +134,8 @@ def test_presets_have_a_valid_augment_section():
         params = tiny_params() if preset == "demo" else None
         if params is not None:
             check_augment_cfg(params["train"]["augment"])
-    import yaml
 
     from helpers import ROOT
 
-    paper = yaml.safe_load((ROOT / "presets" / "paper.yaml").read_text())
+    paper = read_params(ROOT / "presets" / "paper.yaml")
     assert check_augment_cfg(paper["train"]["augment"])["enabled"] is False  # fidelity to the recipe

@@ -23,7 +23,7 @@ from effifusion.evaluation import evaluate as ev
 from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError, DataError
 from effifusion.inference.export import export_onnx
-from effifusion.evaluation.metrics import METRICS, score_pair
+from effifusion.metrics.quality import METRICS, score_pair
 from effifusion.data.mixing import snr_tag
 from effifusion.models.registry import build_model, save_checkpoint
 

@@ -222,7 +222,7 @@ def test_card_gmacs_prefers_the_card_and_refuses_a_config_that_is_not_the_file(t
     import onnxruntime as ort
 
     from effifusion.inference.bench import card_gmacs
-    from effifusion.inference.onnx_model import model_card
+    from effifusion.runtime.onnx_model import model_card
 
     meta = ort.InferenceSession(str(tiny_export["onnx"]), providers=["CPUExecutionProvider"])
     card = model_card(meta.get_modelmeta().custom_metadata_map)

@@ -96,7 +96,7 @@ def test_model_card_in_the_metadata(exported: dict, capsys: pytest.CaptureFixtur
     from effifusion import __version__
     from effifusion.cli import main as cli_main
     from effifusion.inference.backends import load_enhancer
-    from effifusion.inference.onnx_model import CARD_KEYS
+    from effifusion.runtime.onnx_model import CARD_KEYS
 
     path = exported["out"] / ONNX_FILE
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}

@@ -20,7 +20,7 @@ import yaml
 from helpers import ROOT, fixtures_or_skip
 
 from effifusion.core.errors import ConfigError
-from effifusion.evaluation.pesq import pesq_wb
+from effifusion.metrics.pesq import pesq_wb
 from effifusion.inference.backends import load_enhancer
 from effifusion.inference.pretrained import install
 from effifusion.models.muse.checkpoint import load_muse_checkpoint

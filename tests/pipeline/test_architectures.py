@@ -7,9 +7,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import yaml
 from helpers import ROOT, make_prepared, tiny_params
 
+from effifusion.core.config import read_params
 from effifusion.evaluation.evaluate import evaluate
 from effifusion.inference.export import export_variant
 from effifusion.models.registry import load_checkpoint
@@ -27,7 +27,7 @@ TRAIN_KEYS = ("objective", "loss_weights", "score_matching", "lr", "betas", "lr_
 
 @pytest.mark.parametrize("preset", ["muse-demo", "imse-demo", "saf-demo", "gp-sgmse-demo"])
 def test_one_pipeline_pass(preset, tmp_path):
-    demo = yaml.safe_load((ROOT / "presets" / f"{preset}.yaml").read_text())
+    demo = read_params(ROOT / "presets" / f"{preset}.yaml")
     params = tiny_params(train__epochs=1, train__segment_s=0.5)
     params["model"] = {**demo["model"], **SHRINK[demo["model"]["arch"]]}
     params["train"].update({k: demo["train"][k] for k in TRAIN_KEYS})

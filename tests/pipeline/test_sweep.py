@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import ROOT
+
+from effifusion.core.config import read_params
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def repo(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, repo / name)
     for folder in ("stages", "effifusion", "presets"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    params = tiny_pipeline_params(yaml.safe_load((ROOT / "presets" / "demo.yaml").read_text()))
+    params = tiny_pipeline_params(read_params(ROOT / "presets" / "demo.yaml"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run([str(VENV_BIN / "dvc"), "init", "-q"], repo)

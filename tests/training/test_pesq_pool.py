@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 from pesq import pesq
 
-from effifusion.evaluation.pesq import pesq_or_nan
+from effifusion.metrics.pesq import pesq_or_nan
 from effifusion.training.pesq_pool import PesqPool
 from helpers import fixtures_or_skip
 

@@ -261,7 +261,7 @@ def test_short_training_run_enhances_held_out_speech(tmp_path):
     import numpy as np
 
     from effifusion.data.datasets import validation_items
-    from effifusion.evaluation.metrics import pesq_wb
+    from effifusion.metrics.quality import pesq_wb
 
     prepared = _demo_prepared(tmp_path / "prepared", n_train=16, n_val=4, snr_db=5.0)
     params = tiny_params(train__epochs=6, train__val_every_steps=24, train__segment_s=1.0, model__channels=16)

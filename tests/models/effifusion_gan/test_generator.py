@@ -6,17 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
 import torch
 import yaml
+from helpers import ROOT
 from torch import nn
 from torch.nn.utils import prune
 
-from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.discriminator import MetricDiscriminator, build_discriminator
+from effifusion.core.config import read_params
 from effifusion.core.errors import ConfigError
+from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.cost import conv_modules
-from effifusion.models.effifusion_gan.generator import ConformerBlock, Generator, TSConformerBlock, paper_config
+from effifusion.models.discriminator import MetricDiscriminator, build_discriminator
+from effifusion.models.effifusion_gan.generator import (
+    ConformerBlock,
+    Generator,
+    TSConformerBlock,
+    paper_config,
+)
 from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
 FRONT = StftFrontEnd(n_fft=400, hop_length=100, win_length=400, compress_factor=0.3)
@@ -95,7 +101,7 @@ def test_paper_cfg_matches_preset() -> None:
     preset = ROOT / "presets" / "paper.yaml"
     if not preset.is_file():
         pytest.skip("presets/paper.yaml absent")
-    assert yaml.safe_load(preset.read_text())["model"] == paper_config()
+    assert read_params(preset)["model"] == paper_config()
 
 
 def test_depthwise_separable_layers() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 from helpers import ROOT
 from torch import nn
 
+from effifusion.core.config import read_params
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import INPUT_NAME, ONNX_FILE, export_onnx, onnx_session, parity_signal
 from effifusion.models import registry
@@ -31,7 +31,7 @@ def demo() -> MODEL:
 def test_registered_and_presets_match_the_configs():
     assert registry.model_class("saf") is MODEL
     for name, cfg in (("saf", paper_config()), ("saf-demo", demo_config())):
-        preset = yaml.safe_load((ROOT / "presets" / f"{name}.yaml").read_text())
+        preset = read_params(ROOT / "presets" / f"{name}.yaml")
         assert preset["model"] == cfg and preset["preset"] == name
 
 

@@ -25,9 +25,10 @@ from onnx import TensorProto, helper
 from effifusion.dsp.audio import resample
 from effifusion.cli import main as cli_main
 from effifusion.dsp.streaming import ChunkedStream, StreamResampler
-from effifusion.inference.backends import Enhancer, load_enhancer
-from effifusion.inference.files import enhance_file, enhance_paths
-from effifusion.inference.processing import EnhanceOptions
+from effifusion.inference.backends import load_enhancer
+from effifusion.runtime.enhancer import Enhancer
+from effifusion.runtime.files import enhance_file, enhance_paths
+from effifusion.runtime.processing import EnhanceOptions
 from effifusion.core.errors import ConfigError
 from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
 from effifusion.models.registry import build_model, save_checkpoint
@@ -216,14 +217,14 @@ def test_stereo_44k_round_trip_with_generator(tiny_pt: Path, tmp_path: Path) -> 
     x = np.stack([parity_signal(n, sr, seed=1), 0.5 * parity_signal(n, sr, seed=2)], axis=1)
     src = tmp_path / "stereo.wav"
     sf.write(src, x, sr)  # PCM_16
-    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(tiny_pt), chunk_s=1.0)
+    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=load_enhancer(tiny_pt), chunk_s=1.0)
     info = sf.info(out)
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (sr, 2, n, "PCM_16")
     y, _ = sf.read(out, dtype="float32")
     assert np.all(np.isfinite(y)) and np.abs(y).max() > 1e-3
     # each channel is enhanced on its own: channel 2 alone, as a mono file, gives the same samples
     sf.write(tmp_path / "right.wav", sf.read(src, dtype="int16")[0][:, 1], sr)
-    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=str(tiny_pt),
+    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=load_enhancer(tiny_pt),
                             chunk_s=1.0)
     np.testing.assert_allclose(sf.read(mono, dtype="float32")[0], y[:, 1], atol=1.5 / 32768, rtol=0)
 

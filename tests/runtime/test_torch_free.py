@@ -23,7 +23,7 @@ from helpers import ROOT
 from onnx import TensorProto, helper
 
 from effifusion.inference.export import parity_signal
-from effifusion.inference.onnx_model import INPUT_NAME, OUTPUT_NAME
+from effifusion.runtime.onnx_model import INPUT_NAME, OUTPUT_NAME
 
 # The pipeline extra's packages: none may be imported on the enhance path.
 PIPELINE_MODULES = ("torch", "torchaudio", "yaml", "scipy", "onnx", "onnxscript", "mlflow", "dvc",
@@ -70,7 +70,7 @@ def test_enhance_modules_import_without_torch(tmp_path: Path) -> None:
     """Importing the CLI, the file enhancer and the API loads none of the pipeline's packages."""
     out = run_python(f"""
         import json, sys
-        import effifusion, effifusion.cli, effifusion.inference.files, effifusion.inference.backends
+        import effifusion, effifusion.cli, effifusion.runtime.files, effifusion.inference.backends
         import effifusion.dsp.audio, effifusion.dsp.streaming, effifusion.dsp.resampler
         import effifusion.core.errors, effifusion.core.files, effifusion.core.params, effifusion.core.parallel
         from effifusion.inference import Enhancer, EnhanceOptions, load_enhancer

@@ -117,7 +117,7 @@ def fused_waveform(model: Any, p: FusionParts, alpha: Any, beta: Any) -> np.ndar
 def validation_pesq(model: Any, parts: list[FusionParts], weights: dict[str, tuple[Any, Any]],
                     sample_rate: int = 16_000) -> dict[str, float]:
     """Mean wide-band PESQ per named (α, β) pair, and of the noisy input (finite scores only)."""
-    from effifusion.evaluation.pesq import pesq_or_nan
+    from effifusion.metrics.pesq import pesq_or_nan
 
     def mean(scores: list[float]) -> float:
         finite = [s for s in scores if math.isfinite(s)]

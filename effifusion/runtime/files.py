@@ -47,8 +47,8 @@ from tqdm import tqdm
 from effifusion.core.errors import AudioError, DataError, EffiFusionError, FilesFailed, say
 from effifusion.core.files import atomic_path, check_writable_dir
 from effifusion.dsp.audio import SILENCE_PEAK, wav_truncation
-from effifusion.inference.backends import Enhancer, load_enhancer
-from effifusion.inference.processing import EnhanceOptions, EnhanceStream
+from effifusion.runtime.enhancer import Enhancer, load_onnx
+from effifusion.runtime.processing import EnhanceOptions, EnhanceStream
 
 READ_BLOCK_S = 2.0  # seconds of input read per step while streaming a file
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # written unclipped; every other subtype is clipped to [-1, 1]
@@ -289,7 +289,7 @@ def _planned_path(src: Path, dst: Path) -> Path:
     return output_plan(info.format, info.subtype, info.samplerate, info.channels, dst)[2]
 
 
-def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOptions | None = None,
+def enhance_paths(inputs: list[str], output: str, model: str | Path | Enhancer, options: EnhanceOptions | None = None,
                   device: str = "cpu", quiet: bool = False, *, chunk_s: float | None = None,
                   sampler: dict | None = None) -> list[Path]:
     """Enhance files and folders (recursively, every audio format) into ``output``; return the written paths.
@@ -300,7 +300,8 @@ def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOp
     ``max_piece_s``) apply to every file. The output folder and the model are checked before any file
     is read; with several files each is attempted, failures are printed one line each after the
     others are done, and FilesFailed is raised. Success prints nothing but progress bars; ``quiet``
-    turns those off too (warnings and errors are still printed).
+    turns those off too (warnings and errors are still printed). ``model``: a loaded Enhancer (a checkpoint
+    ``.pt`` through ``effifusion.inference.load_enhancer``) or the path of an exported ``.onnx``.
     """
     options = _options(options, chunk_s)  # a bad option fails here, before any work
     out = Path(output)
@@ -308,7 +309,8 @@ def enhance_paths(inputs: list[str], output: str, model: str, options: EnhanceOp
         raise DataError(f"{out}: is a file; -o takes a folder")
     pairs = _collect(list(inputs), out)
     check_writable_dir(out, "output folder")
-    enhancer = load_enhancer(model, device=device, sampler=sampler)  # sampler: diffusion models' overrides
+    enhancer = (model if isinstance(model, Enhancer)
+                else load_onnx(model, device=device, sampler=sampler))  # sampler: diffusion models' overrides
     progress = not quiet
     if len(pairs) == 1:  # one file: its error is the command's error
         return [enhance_file(enhancer, *pairs[0], options, progress)]

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 from scipy.linalg import solve_toeplitz
 
-from effifusion.evaluation import metrics
-from effifusion.evaluation.pesq import pesq_or_nan
+from effifusion.metrics import quality as metrics
+from effifusion.metrics.pesq import pesq_or_nan
 from effifusion.cli import main
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from helpers import fixtures_or_skip

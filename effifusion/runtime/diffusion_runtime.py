@@ -21,7 +21,7 @@ def diffusion_run_batch(path: Path, session: Any, meta: dict[str, str], threads:
     """(``run_batch`` [B, N] -> [B, N], the sampler settings it uses) for a diffusion export at ``path``;
     its predictive graph is the card's ``predictive_file`` beside it (or ``predictive_path``: export's
     parity check runs the files before they take their final names)."""
-    from effifusion.inference.onnx_model import onnx_session
+    from effifusion.runtime.onnx_model import onnx_session
 
     try:
         sde = OuveSde.from_config(json.loads(meta["sde"]))

@@ -17,10 +17,11 @@ from onnx import TensorProto, helper
 from effifusion.cli import main as cli_main
 from effifusion.core.errors import ConfigError
 from effifusion.dsp.audio import resample
-from effifusion.inference.backends import Enhancer, load_enhancer
+from effifusion.inference.backends import load_enhancer
+from effifusion.runtime.enhancer import Enhancer
 from effifusion.inference.export import parity_signal
-from effifusion.inference.onnx_model import INPUT_NAME, OUTPUT_NAME
-from effifusion.inference.processing import EnhanceOptions
+from effifusion.runtime.onnx_model import INPUT_NAME, OUTPUT_NAME
+from effifusion.runtime.processing import EnhanceOptions
 
 
 def scaling_onnx(path: Path, k: float) -> Path:

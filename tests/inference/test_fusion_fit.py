@@ -9,7 +9,7 @@ import torch
 from helpers import make_prepared, synthetic_speech, write_manifest, write_pair
 
 from effifusion.core.errors import ConfigError
-from effifusion.diffusion.fusion_fit import (FusionParts, ValidationLoader, final_fusion_for_export, fit_final_fusion,
+from effifusion.inference.fusion_fit import (FusionParts, ValidationLoader, final_fusion_for_export, fit_final_fusion,
                                              least_squares)
 from effifusion.diffusion.sampler import fuse, settings_with
 from effifusion.models.registry import build_model, save_checkpoint
