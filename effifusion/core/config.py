@@ -15,12 +15,15 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import write_text
+
+if TYPE_CHECKING:
+    from effifusion.core.settings import Params
 
 PARAMS_FILE = "params.yaml"
 
@@ -61,6 +64,13 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     from effifusion.core.params import check_params
 
     return check_params(read_params(path))
+
+
+def load_settings(path: str | os.PathLike = PARAMS_FILE) -> "Params":
+    """params.yaml checked (as load_params) and typed: one frozen object per section (core/settings.py)."""
+    from effifusion.core.settings import parse_params
+
+    return parse_params(read_params(path))
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ check it with ``models.registry.check_model_config`` before reading data (this m
 import model code, or every data stage would depend on it).
 
 What is *not* here is as deliberate: no defaults (params.yaml holds every value a run used) and no
-conversion (the values are used as written).
+conversion (the values are used as written; core/settings.py builds the typed objects consumers read).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ SCHEMA: dict[str, Any] = {
     "export": {"opset": integer(18), "parity_lengths_s": list_of(number(0, lo_open=True)),
                "parity_tolerance": number(0, lo_open=True),
                "sampler": Rule(lambda v: isinstance(v, dict), "a mapping of sampler settings ({} = as trained)")},
-    "evaluate": {"num_spectrograms": integer(0), "rtf_seconds": number(0.1)},
+    "evaluate": {"num_spectrograms": integer(0), "rtf_seconds": number(0.1, 600)},
     "mlflow": {"experiment": NONEMPTY_TEXT},
     "pretrained": {"muse": {"url": NONEMPTY_TEXT, "md5": MD5}},
     RUNTIME_SECTION: {
@@ -170,17 +170,48 @@ def _walk(schema: dict[str, Any], values: Any, where: str, objective: Any = None
             rule.check(f"{prefix}{key}", value)
 
 
+def _demo_durations(demo: dict[str, Any]) -> None:
+    if demo["min_duration_s"] > demo["max_duration_s"]:
+        raise ConfigError(f"params.yaml corpus.demo.min_duration_s: {demo['min_duration_s']!r} is not valid "
+                          f"(at most max_duration_s = {demo['max_duration_s']!r})")
+
+
+def _snr_range(augment: dict[str, Any]) -> None:
+    low, high = augment["snr_db"]
+    if low > high:
+        raise ConfigError(f"params.yaml train.augment.snr_db: {[low, high]!r} is not valid "
+                          "([low, high] with low <= high)")
+
+
+# Checks across the settings of one (nested) section, after each value passed its rule.
+CROSS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"corpus.demo": _demo_durations,
+                                                            "train.augment": _snr_range}
+
+
+def _at(values: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else ():
+        values = values[part]
+    return values
+
+
 def check_params(params: Any) -> dict[str, Any]:
     """``params`` unchanged if every setting outside ``model`` is valid; else ConfigError naming the first bad one."""
     train = params.get("train") if isinstance(params, dict) else None
     _walk(SCHEMA, params, "", train.get("objective") if isinstance(train, dict) else None)
     if "model" not in params:
         raise ConfigError("params.yaml model: missing setting")
-    demo = params["corpus"]["demo"]
-    if demo["min_duration_s"] > demo["max_duration_s"]:
-        raise ConfigError(f"params.yaml corpus.demo.min_duration_s: {demo['min_duration_s']!r} is not valid "
-                          f"(at most max_duration_s = {demo['max_duration_s']!r})")
-    low, high = params["train"]["augment"]["snr_db"]
-    if low > high:
-        raise ConfigError(f"params.yaml train.augment.snr_db: {[low, high]!r} is not valid ([low, high] with low <= high)")
+    for where, check in CROSS_CHECKS.items():
+        check(_at(params, where))
     return params
+
+
+def check_section(where: str, values: Any) -> dict[str, Any]:
+    """One section's mapping (``where``: its dotted name, ``export``) checked as check_params checks it there.
+
+    Sections only some objectives read (OBJECTIVE_SECTIONS) may be absent inside it.
+    """
+    _walk(_at(SCHEMA, where), values, where)
+    for inner, check in CROSS_CHECKS.items():
+        if inner == where or inner.startswith(where + "."):
+            check(_at(values, inner[len(where) + 1:]))
+    return values
