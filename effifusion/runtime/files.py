@@ -10,7 +10,7 @@ temporary file that replaces the output at the end. Memory stays bounded by the 
 whatever the file's duration, rate or channel count; each channel is enhanced on its own.
 
 Attention in the TS-Conformer is global over a piece: with the attention of the original model,
-memory grows with the square of the piece length (REFERENCE §7; measured peak for one piece,
+memory grows with the square of the piece length (docs/reference.md §7; measured peak for one piece,
 bench/bench_infer.py, demo and paper configs: 10 s 8.6-9.4 GB in ONNX Runtime, 4.2 GB in PyTorch;
 4 s 1.4-1.8 GB and 0.8-1.2 GB). The 60 s default assumes attention in bounded memory (the model
 card's ``memory_mb_per_s``); ``--max-piece-s 4`` bounds memory with the original attention.
