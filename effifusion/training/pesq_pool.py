@@ -1,6 +1,6 @@
 """PESQ targets for the metric discriminator, computed by CPU worker processes.
 
-PESQ in the training loop is the recipe's known bottleneck (REFERENCE §2). The pool takes a batch
+PESQ in the training loop is the recipe's known bottleneck (docs/reference.md §2). The pool takes a batch
 as soon as the generator has produced it and scores its items in parallel while training goes on;
 the loop collects the scores one step later (see effifusion.training.trainer). Each item is its own task, so
 a batch of 4 on 2 workers takes about two PESQ calls of latency, not four.
