@@ -1,4 +1,4 @@
-"""Generator and discriminator losses of the MP-SENet / EffiFusion-GAN recipe (REFERENCE §2).
+"""Generator and discriminator losses of the MP-SENet / EffiFusion-GAN recipe (docs/reference.md §2).
 
 Tensors follow effifusion.dsp.audio: magnitude and phase [B, F, T], complex [B, F, T, 2], all on the
 power-law compressed scale; waveforms [B, N].
