@@ -1,4 +1,4 @@
-"""Dynamic L1 unstructured pruning of convolution weights during training (REFERENCE §3).
+"""Dynamic L1 unstructured pruning of convolution weights during training (docs/reference.md §3).
 
 The reparametrisation of torch.nn.utils.prune (``weight = weight_orig * weight_mask``, recomputed
 by a forward pre-hook) is installed once, with an all-ones mask, when the pruner is created. Each
