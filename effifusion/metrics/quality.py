@@ -3,8 +3,8 @@ SI-SIR and SI-SAR.
 
 Every VoiceBank+DEMAND paper reports these through Loizou's `composite.m` (in its common Python
 port, "compute_metrics"), so the composite measures here follow that algorithm detail for detail
-(REFERENCE §5) - its window, frame count, energy floors and 95 % trimming - written with framed
-numpy arrays instead of per-frame loops. The fixture TSVs under ../shared/fixtures pin the numbers.
+(docs/reference.md §5) - its window, frame count, energy floors and 95 % trimming - written with framed
+numpy arrays instead of per-frame loops. The real test pairs the tests use (tests/metrics) pin the numbers.
 
 CSIG, CBAK and COVL come in two conventions (``convention=``), from the same frames:
 
