@@ -1,6 +1,6 @@
 """EffiFusion-GAN generator: MP-SENet (short) with depthwise-separable dense blocks and dual-norm attention.
 
-Layout follows MP-SENet (REFERENCE §1): the forward pass takes the compressed magnitude and the
+Layout follows MP-SENet (docs/reference.md §1): the forward pass takes the compressed magnitude and the
 phase as [B, F, T], stacks them to [B, 2, T, F], encodes to [B, C, T, F'] with F' = (F - 3) // 2 + 1,
 runs TS-Conformer blocks (time, then frequency) and decodes a magnitude mask and a phase in parallel.
 
