@@ -2,7 +2,7 @@
 
 Everything else — dense codec, decoders, U-Net layout, front end, recipe — is MUSE's [INF: IMSE's
 code is not public; this is the reading whose parameter count, 427,619, matches the reported 0.427 M,
-../shared/PEERS.md §2b]. Setting ``attention: met`` and/or ``embedding: deformable`` gives the ablations
+docs/models.md, IMSE]. Setting ``attention: met`` and/or ``embedding: deformable`` gives the ablations
 (both: MUSE itself, 513,015 parameters).
 """
 
