@@ -1,6 +1,6 @@
 """IMSE's two swaps into MUSE (Tang, Qin, Li, arXiv 2511.14515), written from the operators' equations.
 
-IMSE's own code is not public; what is known is tagged in ../shared/PEERS.md §2b. Both operators are
+IMSE's own code is not public; what is known is tagged in docs/models.md (IMSE). Both operators are
 re-implemented from their papers' equations (MALA's repository has no licence; InceptionNeXt is
 Apache-2.0; no code is copied):
 
