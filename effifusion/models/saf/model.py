@@ -1,7 +1,7 @@
 """Spectrum Attention Fusion (SAF, Long et al., arXiv 2308.02263), rebuilt from what is known of it.
 
-No official code exists and only the abstract and a seed summary were available (shared/PEERS.md
-§1), so this is a "SAF-like" model: the parts named by the paper are there, every number and most
+No official code exists and only the abstract and a seed summary were available (docs/models.md,
+SAF), so this is a "SAF-like" model: the parts named by the paper are there, every number and most
 of the wiring are inferred and exposed as ``model:`` settings (see ``SAF``'s docstring for which is
 which). Shapes: the forward pass takes the compressed magnitude and the phase [B, F, T] of the
 StftFrontEnd and works on [B, C, T, F] feature maps (F' = (F - 3) // 2 + 1 after the encoders).
@@ -255,7 +255,7 @@ class Decoder(nn.Module):
 class SAF(MagnitudePhaseModel):
     """SAF-like enhancer. forward: (mag, pha) [B, F, T] → (mag, pha [B, F, T], com [B, F, T, 2]).
 
-    Known (shared/PEERS.md §1):
+    Known (docs/models.md, SAF):
     - [ABS] a convolutional "Spectrum Attention Fusion" module replaces self-attention layers of a
       speech Transformer; 0.58 M parameters; VoiceBank+DEMAND.
     - [SEED] two spectrum encoders, magnitude/phase and real/imaginary, both with depthwise-separable
