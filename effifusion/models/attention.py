@@ -2,7 +2,7 @@
 
 Plain attention materialises the scores of every query against every key: for the time
 conformers of the paper-size generator that is 100 sequences × 4 heads × T² floats, 4.1 GB per
-copy for 10 s of audio (T = 1601 frames), and ONNX Runtime keeps several copies (REFERENCE §10:
+copy for 10 s of audio (T = 1601 frames), and ONNX Runtime keeps several copies (docs/reference.md §7:
 18.6 GB peak). Nothing about the maths needs them all at once: each query's softmax only needs its
 own row of scores.
 
