@@ -1,4 +1,4 @@
-"""Metric discriminator (MP-SENet / MetricGAN style, REFERENCE §2).
+"""Metric discriminator (MP-SENet / MetricGAN style, docs/reference.md §2).
 
 It predicts the normalised PESQ of a (clean, other) pair of compressed magnitudes, so the
 generator can be trained towards a non-differentiable metric. Output in (0, 1) via a learnable
