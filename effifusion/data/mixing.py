@@ -1,6 +1,6 @@
 """Mixing speech and noise at an SNR against the ITU-T P.56 active speech level, and stage mix_unseen.
 
-VoiceBank+DEMAND's logged SNRs are relative to the P.56 active level (REFERENCE §4): a plain
+VoiceBank+DEMAND's logged SNRs are relative to the P.56 active level (docs/reference.md §4): a plain
 energy SNR counts the pauses of an utterance and so reads 0.4-3 dB low. Every mixture this project
 makes (the demo corpus, the unseen-noise test set) uses the same definition:
 
