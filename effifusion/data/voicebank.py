@@ -1,6 +1,6 @@
 """VoiceBank+DEMAND: fetch the official zips (or take a local copy) and lay out ``data/raw``.
 
-Sources (REFERENCE §4): Edinburgh DataShare 10283/2791 (VoiceBank+DEMAND, CC BY 4.0) and the
+Sources (docs/reference.md §4): Edinburgh DataShare 10283/2791 (VoiceBank+DEMAND, CC BY 4.0) and the
 five DEMAND environments VoiceBank never used (Zenodo 1227121, CC BY-SA 3.0), which the
 ``mix_unseen`` stage mixes into the test speech. The result has the layout every later stage
 relies on (see the data layout contract), built in a temporary sibling folder and renamed into
