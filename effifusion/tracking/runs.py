@@ -4,7 +4,7 @@ The store is ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo>/mlflow.db`
 ``<repo>/mlartifacts``. ``<repo>`` comes from ``DVC_ROOT``, which DVC sets to the real repository
 even in queued experiments that run in temporary copies under ``.dvc/tmp/exps`` — so every
 experiment of a sweep logs into the same store. Creating a fresh SQLite store races when several
-processes start at once (REFERENCE §8), so creation happens under a file lock.
+processes start at once (docs/reference.md §8), so creation happens under a file lock.
 
 Failures are quick and one line: an HTTP tracking server is probed first (5 s), and MLflow's own
 HTTP retries are cut from 7 retries × 120 s timeouts (about 4 minutes against a dead host) to 2 ×
