@@ -25,7 +25,7 @@ from effifusion.dsp.resampler import sinc_resample
 SAMPLE_RATE = 16_000
 SILENCE_PEAK = 1e-4  # |x| below this everywhere counts as silent (-80 dBFS)
 
-# The one resampler of the project (REFERENCE §4: resamplers disagree by ~0.006 PESQ, so fix one).
+# The one resampler of the project (docs/reference.md §4: resamplers disagree by ~0.006 PESQ, so fix one).
 # torchaudio's windowed-sinc with a Kaiser window, the "kaiser_best" settings, computed by
 # dsp/resampler.py (the same algorithm in numpy, torchaudio's samples to ~1e-6, no torch needed).
 RESAMPLING = {
