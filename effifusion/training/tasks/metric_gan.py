@@ -1,4 +1,4 @@
-"""The metric-GAN objective (MP-SENet / EffiFusion-GAN, REFERENCE §2) as a training task.
+"""The metric-GAN objective (MP-SENet / EffiFusion-GAN, docs/reference.md §2) as a training task.
 
 Per step (MP-SENet order): generator forward -> discriminator step -> generator step. PESQ targets
 for the discriminator come from a pool of CPU processes: the batch of step k is submitted at step
