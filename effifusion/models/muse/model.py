@@ -4,7 +4,7 @@ its public configuration. IMSE (models/imse) is this network with two operators 
 swaps are settings here (``attention``, ``embedding``) and a paper ablation is one sweep.
 
 Layout (read from the public code, huaidanquede/MUSE-Speech-Enhancement @ 38dfcb1, MIT; see
-../shared/PEERS.md §2a). C = ``channels`` (16):
+docs/models.md, MUSE). C = ``channels`` (16):
 
 - front end: n_fft 510, hop 100, |X|^0.3 without epsilons, one RMS gain per utterance, and (its
   inference protocol) 30,700-sample segments, the last taken from the end (``segment_samples``);
