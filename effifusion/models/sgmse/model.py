@@ -1,7 +1,7 @@
 """SGMSE+ (Richter et al. 2023) and the joint generative/predictive model (Shi et al., ICASSP 2024).
 
 ``sgmse``: NCSN++ as a score model of the OUVE SDE on SGMSE+'s compressed complex spectrogram
-(sp-uhh/sgmse @ ae690e8, MIT; ../shared/PEERS.md §3a): input Re/Im of (x_t, y), the 4-channel output
+(sp-uhh/sgmse @ ae690e8, MIT; docs/models.md, SGMSE+): input Re/Im of (x_t, y), the 4-channel output
 divided by t, a 1×1 conv to Re/Im, score = −output. 65,590,694 parameters at nf 128,
 ch_mult (1,1,2,2,2,2,2), 2 blocks per level, attention at 16 bins (SGMSE+: 65.6 M).
 
