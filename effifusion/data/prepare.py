@@ -3,7 +3,7 @@
 Every pair is validated (readable, mono, same rate and length, finite, not silent) before it is
 resampled with the project's one resampler; a bad pair stops the stage with the file and the
 problem named, or, with ``skip_bad_files``, is listed in report.json. Nothing is dropped silently.
-Validation speakers are split out of the training set (never the test set, REFERENCE §2).
+Validation speakers are split out of the training set (never the test set, docs/reference.md §4).
 """
 
 from __future__ import annotations
