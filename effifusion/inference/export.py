@@ -1,4 +1,4 @@
-"""ONNX export of a model's whole waveform-to-waveform enhancer (REFERENCE §3, §8).
+"""ONNX export of a model's whole waveform-to-waveform enhancer (docs/reference.md §3, §8).
 
 What is exported is the model's ``export_module()`` (by default its ``enhance``: normalisation, STFT,
 network, inverse STFT, all in the graph; the front end switches to DFT bases while exporting, see
