@@ -80,8 +80,8 @@ def _enhance(args: argparse.Namespace) -> None:
 
     options = EnhanceOptions(atten_lim_db=args.atten_lim_db, mix=args.mix, high_band=args.high_band,
                              max_piece_s=args.max_piece_s)
-    enhancer = load_enhancer(args.model, device=args.device, sampler=_sampler_overrides(args))
-    enhance_paths(args.inputs, args.output, model=enhancer, options=options, quiet=args.quiet)
+    enhance_paths(args.inputs, args.output, model=args.model, options=options, device=args.device,
+                  quiet=args.quiet, sampler=_sampler_overrides(args), load=load_enhancer)
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict | None:

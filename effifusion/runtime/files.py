@@ -39,6 +39,7 @@ import os
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -289,9 +290,9 @@ def _planned_path(src: Path, dst: Path) -> Path:
     return output_plan(info.format, info.subtype, info.samplerate, info.channels, dst)[2]
 
 
-def enhance_paths(inputs: list[str], output: str, model: str | Path | Enhancer, options: EnhanceOptions | None = None,
+def enhance_paths(inputs: list[str], output: str, model: str | Path, options: EnhanceOptions | None = None,
                   device: str = "cpu", quiet: bool = False, *, chunk_s: float | None = None,
-                  sampler: dict | None = None) -> list[Path]:
+                  sampler: dict | None = None, load: Callable[..., Enhancer] = load_onnx) -> list[Path]:
     """Enhance files and folders (recursively, every audio format) into ``output``; return the written paths.
 
     Files keep their name, folders their structure below the folder. Every file keeps its sample
@@ -300,8 +301,9 @@ def enhance_paths(inputs: list[str], output: str, model: str | Path | Enhancer, 
     ``max_piece_s``) apply to every file. The output folder and the model are checked before any file
     is read; with several files each is attempted, failures are printed one line each after the
     others are done, and FilesFailed is raised. Success prints nothing but progress bars; ``quiet``
-    turns those off too (warnings and errors are still printed). ``model``: a loaded Enhancer (a checkpoint
-    ``.pt`` through ``effifusion.inference.load_enhancer``) or the path of an exported ``.onnx``.
+    turns those off too (warnings and errors are still printed). ``load`` opens ``model`` once the paths are
+    checked: this runtime's ``load_onnx`` by default; ``effifusion.inference.load_enhancer`` (what the command
+    passes) opens a checkpoint ``.pt`` too.
     """
     options = _options(options, chunk_s)  # a bad option fails here, before any work
     out = Path(output)
@@ -309,8 +311,7 @@ def enhance_paths(inputs: list[str], output: str, model: str | Path | Enhancer, 
         raise DataError(f"{out}: is a file; -o takes a folder")
     pairs = _collect(list(inputs), out)
     check_writable_dir(out, "output folder")
-    enhancer = (model if isinstance(model, Enhancer)
-                else load_onnx(model, device=device, sampler=sampler))  # sampler: diffusion models' overrides
+    enhancer = load(model, device=device, sampler=sampler)  # sampler: diffusion models' overrides
     progress = not quiet
     if len(pairs) == 1:  # one file: its error is the command's error
         return [enhance_file(enhancer, *pairs[0], options, progress)]

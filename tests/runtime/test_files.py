@@ -217,14 +217,14 @@ def test_stereo_44k_round_trip_with_generator(tiny_pt: Path, tmp_path: Path) -> 
     x = np.stack([parity_signal(n, sr, seed=1), 0.5 * parity_signal(n, sr, seed=2)], axis=1)
     src = tmp_path / "stereo.wav"
     sf.write(src, x, sr)  # PCM_16
-    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=load_enhancer(tiny_pt), chunk_s=1.0)
+    (out,) = enhance_paths([str(src)], str(tmp_path / "out"), model=str(tiny_pt), chunk_s=1.0, load=load_enhancer)
     info = sf.info(out)
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (sr, 2, n, "PCM_16")
     y, _ = sf.read(out, dtype="float32")
     assert np.all(np.isfinite(y)) and np.abs(y).max() > 1e-3
     # each channel is enhanced on its own: channel 2 alone, as a mono file, gives the same samples
     sf.write(tmp_path / "right.wav", sf.read(src, dtype="int16")[0][:, 1], sr)
-    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=load_enhancer(tiny_pt),
+    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=str(tiny_pt), load=load_enhancer,
                             chunk_s=1.0)
     np.testing.assert_allclose(sf.read(mono, dtype="float32")[0], y[:, 1], atol=1.5 / 32768, rtol=0)
 
@@ -426,7 +426,7 @@ def test_name_never_contradicts_the_container(identity_onnx: Path, tmp_path: Pat
                                               monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
     """FLAC bytes named .wav come out as .flac; a container libsndfile cannot write becomes .wav."""
-    from effifusion.inference import files
+    from effifusion.runtime import files
 
     disguised = write_speech(tmp_path / "in" / "disguised.wav", format="FLAC")
     (out,) = enhance_paths([str(disguised)], str(tmp_path / "out"), model=str(identity_onnx))
