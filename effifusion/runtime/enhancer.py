@@ -24,7 +24,7 @@ from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
 from effifusion.runtime.processing import MAX_PIECE_S, EnhanceOptions, EnhanceStream
 
-PIPELINE_EXTRA = "pip install effifusion[pipeline]"
+PIPELINE_EXTRA = "pip install \".[pipeline]\" in a clone"
 
 
 class Enhancer:
