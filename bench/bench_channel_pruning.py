@@ -41,6 +41,7 @@ def main() -> None:
     import torch
     import yaml
 
+    from effifusion.core.settings import AudioConfig, ExportConfig
     from effifusion.inference.export import export_onnx, onnx_session, parity_signal
     from effifusion.models.attention import head_dims
     from effifusion.models.cost import frames_for
@@ -70,8 +71,7 @@ def main() -> None:
               f"{r['macs_removed_fraction']:.3f} | {1 - m.macs(frames)['total'] / dense_macs:.3f} | "
               f"{r['gmac_per_second_dense']:.3f} | {r['gmac_per_second']:.3f} | {widths} |")
 
-    export_cfg = {"opset": int(params["export"]["opset"]), "parity_lengths_s": [1.0],
-                  "parity_tolerance": 1e-4}
+    export_cfg = ExportConfig(params["export"]["opset"], (1.0,), 1e-4)
     with tempfile.TemporaryDirectory() as tmp:
         dense, pruned = model(), model()
         prune_channels(pruned, args.layers, args.rtf_amount, "global")
@@ -79,7 +79,7 @@ def main() -> None:
         for name, m in (("dense", dense), (f"pruned {args.rtf_amount:g}", pruned)):
             ckpt = Path(tmp) / f"{name.split()[0]}.pt"
             save_checkpoint(ckpt, m)
-            report = export_onnx(ckpt, Path(tmp), export_cfg, {"sample_rate": sr}, name=f"{ckpt.stem}.onnx")
+            report = export_onnx(ckpt, Path(tmp), export_cfg, AudioConfig(sr), name=f"{ckpt.stem}.onnx")
             sessions[name] = (onnx_session(Path(report["onnx_file"]), threads=1), report)
         x = parity_signal(int(args.seconds * sr), sr, seed=3)[None]
         times: dict[str, list[float]] = {name: [] for name in sessions}

@@ -8,7 +8,7 @@ Writes metrics/evaluate.json (one entry per variant) and reports/evaluate/summar
 import json
 from pathlib import Path
 
-from effifusion.core.config import load_params, run_stage
+from effifusion.core.config import load_settings, run_stage
 from effifusion.core.errors import DataError
 from effifusion.core.files import write_json, write_text
 from effifusion.evaluation.evaluate import combine_variants, evaluate, same_weights, variants_markdown
@@ -17,7 +17,7 @@ DENSE_METRICS = Path("metrics/evaluate_dense.json")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_settings()
     if not DENSE_METRICS.is_file():
         raise DataError(f"{DENSE_METRICS}: dense results not found (run `dvc repro evaluate_dense`)")
     dense = json.loads(DENSE_METRICS.read_text())
@@ -30,7 +30,7 @@ def main() -> None:
         pruned = evaluate(params, variant="pruned", torch_model=Path("models/pruned/generator.pt"),
                           onnx_model=Path("models/onnx/pruned.onnx"), out_dir=out_dir, metrics_path=metrics_path,
                           enhanced_dir=Path("data/enhanced/pruned"))
-    metrics = combine_variants(dense, pruned, params["prune"])
+    metrics = combine_variants(dense, pruned, params.prune)
     write_json(metrics_path, metrics)
     write_text(out_dir / "summary.md", variants_markdown(metrics))
     for v in ("dense", "pruned"):

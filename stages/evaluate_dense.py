@@ -6,12 +6,12 @@ never write into the train run at the same time. Metrics go to the train run in 
 
 from pathlib import Path
 
-from effifusion.core.config import load_params, run_stage
+from effifusion.core.config import load_settings, run_stage
 from effifusion.evaluation.evaluate import evaluate
 
 
 def main() -> None:
-    m = evaluate(load_params(), variant="dense", torch_model=Path("models/dense/generator.pt"),
+    m = evaluate(load_settings(), variant="dense", torch_model=Path("models/dense/generator.pt"),
                  onnx_model=Path("models/onnx/dense.onnx"), out_dir=Path("reports/evaluate_dense"),
                  metrics_path=Path("metrics/evaluate_dense.json"), enhanced_dir=Path("data/enhanced/dense"))
     test, unseen = m["test"], m["unseen"]

@@ -7,7 +7,7 @@ the MLflow run that trained its weights: dense to the train run, pruned to the p
 
 from pathlib import Path
 
-from effifusion.core.config import load_params, run_stage
+from effifusion.core.config import load_settings, run_stage
 from effifusion.core.files import write_json
 from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
@@ -15,18 +15,17 @@ from effifusion.tracking import runs as tracking
 
 
 def main() -> None:
-    params = load_params()
+    params = load_settings()
     out_dir = Path("models/onnx")
     reports = {}
     # gp_sgmse: the final fusion is fitted on the utterances training validates on (never the test set)
-    val_items = ValidationLoader(Path("data/prepared"), params["train"]["val_utterances"], params["seed"])
+    val_items = ValidationLoader(Path("data/prepared"), params.train.val_utterances, params.seed)
     for variant in VARIANTS:
         checkpoint = Path(f"models/{variant}/generator.pt")
-        report, how = export_variant(variant, checkpoint, out_dir, params["export"], params["audio"],
-                                     val_items)
+        report, how = export_variant(variant, checkpoint, out_dir, params.export, params.audio, val_items)
         reports[variant] = {**report, "how": how}
         if how == "exported":
-            with tracking.resume_run(checkpoint, params, "export"):
+            with tracking.resume_run(checkpoint, params.raw, "export"):
                 log_to_mlflow(Path(report["onnx_file"]), report)
         seconds = f", {report['export_seconds']:.0f} s" if "export_seconds" in report else ""
         print(f"export {variant} ({how}): {report['onnx_file']} {report['onnx_bytes']:,} bytes, "

@@ -330,12 +330,12 @@ def bench_run(run: Any, model: Any, seconds: float = BENCH_SECONDS, threads: int
         onnx_path = onnx_artifact(run, tmp / "artifact")
         source = "the run's ONNX model (MLflow logged model \"onnx\")"
         if onnx_path is None:
+            from effifusion.core.settings import AudioConfig, ExportConfig
             from effifusion.inference.export import export_onnx
 
             opset = _param_value(run.data.params.get("export.opset", "18"))
-            report = export_onnx(ckpt, tmp / "onnx", {"opset": opset, "parity_lengths_s": [bench.PARITY_S],
-                                                      "parity_tolerance": 1e-4},
-                                 {"sample_rate": model.sample_rate})
+            report = export_onnx(ckpt, tmp / "onnx", ExportConfig(opset, (bench.PARITY_S,), 1e-4),
+                                 AudioConfig(model.sample_rate))
             onnx_path = Path(report["onnx_file"])
             source = "the run's architecture exported with random weights (the run logged no ONNX model)"
         prepared = bench.Prepared(run.info.run_name, model, ckpt, onnx_path)

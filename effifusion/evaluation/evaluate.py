@@ -43,9 +43,10 @@ from effifusion.tracking import figures
 from effifusion.tracking.names import BENCH, RTF, in_section
 from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
 from effifusion.data.datasets import read_manifest
-from effifusion.core.errors import AudioError, ConfigError, DataError
+from effifusion.core.errors import AudioError, DataError
 from effifusion.metrics.quality import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
 from effifusion.core.files import atomic_dir
+from effifusion.core.settings import Params, PruneConfig, as_settings
 from effifusion.core.parallel import single_thread_worker
 
 SETS = ("test", "unseen")
@@ -73,7 +74,6 @@ UNITS_NOTE = ("PESQ is wide-band (up to 4.64); CSIG, CBAK, COVL on a 1-5 scale; 
 SYSTEM_LABELS = {"noisy": "noisy", "pytorch": "PyTorch", "onnx": "ONNX"}
 SET_TITLES = {"test": "Test set (VoiceBank+DEMAND test noises)", "unseen": "Unseen DEMAND noises"}
 RTF_REPEATS = 3  # timed runs after one warm-up; the median is reported
-CFG_KEYS = ("num_spectrograms", "rtf_seconds")
 TIMING_KEYS = ("rtf", "seconds", "bench")  # measured speed: in metrics/evaluate.json and MLflow, not in reports/
 PROTOCOL = "whole utterance, one RMS normalisation per utterance (as MP-SENet's inference)"
 VARIANTS = ("dense", "pruned")
@@ -82,7 +82,7 @@ BENCH_LOGGED = ("rtf", "peak_rss_mib", "gmac_per_s_audio", "params_nonzero")  # 
 
 
 def evaluate(
-    params: dict[str, Any],
+    params: Params | dict[str, Any],
     *,
     prepared_dir: Path = Path("data/prepared"),
     unseen_dir: Path = Path("data/unseen"),
@@ -102,20 +102,20 @@ def evaluate(
     (effifusion bench --model: RTF, peak memory, MACs, non-zero parameters). ``track`` logs the metrics and
     the report files (under ``evaluation/``) into the MLflow run that wrote ``torch_model`` (found by the
     checkpoint's md5: the train run for dense, the prune run for pruned). DataError names a missing
-    manifest or model and the stage that produces it; ConfigError a bad ``evaluate`` setting.
+    manifest or model and the stage that produces it; ConfigError a bad setting (``params`` may be the
+    checked-and-typed Params or params.yaml's mapping, checked here).
     """
     start = time.perf_counter()
-    cfg = _check_cfg(params.get("evaluate"), params.get("runtime"))
-    sr = int(params["audio"]["sample_rate"])
-    if sr != SAMPLE_RATE:
-        raise ConfigError(f"audio.sample_rate: {sr} Hz, but wide-band PESQ scores {SAMPLE_RATE} Hz audio")
+    params = as_settings(params)
+    cfg, sr = params.evaluate, params.audio.sample_rate  # the schema holds it at wide-band PESQ's 16 kHz
+    device, workers = params.runtime.evaluate_device, params.runtime.evaluate_workers
     torch_model, onnx_model = Path(torch_model), Path(onnx_model)
     _require_file(torch_model, f"{variant} model checkpoint", "train" if variant == "dense" else "prune")
     _require_file(onnx_model, "ONNX model", "export")
     if track:  # fail now, not after the work, if the tracking store cannot be reached
         from effifusion.tracking.runs import setup
 
-        setup(params["mlflow"]["experiment"])
+        setup(params.mlflow.experiment)
     items = load_items(Path(prepared_dir), Path(unseen_dir))
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
@@ -123,17 +123,17 @@ def evaluate(
     # a diffusion model samples as exported (export.sampler may override the checkpoint's settings): the
     # PyTorch model takes the ONNX card's sampler, so both rows score the same sampler
     sampler = _exported_sampler(onnx_model)
-    models = {"pytorch": (str(torch_model), cfg["device"], sampler), "onnx": (str(onnx_model), "cpu", None)}
-    rtf_signal = _rtf_signal(items[0]["noisy"], float(cfg["rtf_seconds"]), sr)
+    models = {"pytorch": (str(torch_model), device, sampler), "onnx": (str(onnx_model), "cpu", None)}
+    rtf_signal = _rtf_signal(items[0]["noisy"], cfg.rtf_seconds, sr)
     t0 = time.perf_counter()
-    clipped, rtf = enhance_all(items, models, enhanced_dir, cfg["workers"], rtf_signal, sr)
+    clipped, rtf = enhance_all(items, models, enhanced_dir, workers, rtf_signal, sr)
     enhance_s = time.perf_counter() - t0
-    rows = score_all(items, enhanced_dir, cfg["workers"], clipped)
+    rows = score_all(items, enhanced_dir, workers, clipped)
     score_s = time.perf_counter() - t0 - enhance_s
 
     metrics = {"protocol": PROTOCOL, "conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
-    device = cfg["device"] if cfg["device"] == "cpu" else f"{cfg['device']} (ONNX: cpu)"
-    metrics["rtf"] = {**rtf, "input_seconds": float(cfg["rtf_seconds"]), "threads": 1, "device": device}
+    shown = device if device == "cpu" else f"{device} (ONNX: cpu)"
+    metrics["rtf"] = {**rtf, "input_seconds": cfg.rtf_seconds, "threads": 1, "device": shown}
     metrics["model"] = _model_summary(torch_model, onnx_model)
     metrics["variant"] = variant
     if bench:
@@ -142,42 +142,15 @@ def evaluate(
                           "total": round(time.perf_counter() - start, 2)}
 
     with atomic_dir(out_dir) as tmp:
-        write_reports(tmp, rows, metrics, items, enhanced_dir, int(cfg["num_spectrograms"]), sr)
+        write_reports(tmp, rows, metrics, items, enhanced_dir, cfg.num_spectrograms, sr)
     files.write_json(Path(metrics_path), metrics)
     if track:
-        _log_to_mlflow(params, torch_model, metrics, out_dir)
+        _log_to_mlflow(params.raw, torch_model, metrics, out_dir)
     return metrics
 
 
 # ---------------------------------------------------------------------------------------------
 # inputs
-
-
-def _check_cfg(cfg: Any, runtime: Any) -> dict[str, Any]:
-    """params["evaluate"] plus the runtime's worker count and device as ``workers`` / ``device``."""
-    if not isinstance(cfg, dict):
-        raise ConfigError("params.yaml: section evaluate is missing or not a mapping")
-    if not isinstance(runtime, dict) or not {"evaluate_workers", "evaluate_device"} <= set(runtime):
-        raise ConfigError("params.yaml: runtime.evaluate_workers and runtime.evaluate_device are needed")
-    for key in CFG_KEYS:
-        if key not in cfg:
-            raise ConfigError(f"params.yaml: evaluate.{key} is missing (needed: {', '.join(CFG_KEYS)})")
-    cfg = {**cfg, "workers": runtime["evaluate_workers"], "device": runtime["evaluate_device"]}
-    workers, n_spec, seconds = cfg["workers"], cfg["num_spectrograms"], cfg["rtf_seconds"]
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"runtime.evaluate_workers: {workers!r} is not valid (a positive integer)")
-    if not isinstance(n_spec, int) or isinstance(n_spec, bool) or n_spec < 0:
-        raise ConfigError(f"evaluate.num_spectrograms: {n_spec!r} is not valid (an integer >= 0)")
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.1 <= seconds <= 600:
-        raise ConfigError(f"evaluate.rtf_seconds: {seconds!r} is not valid (seconds between 0.1 and 600)")
-    device = cfg["device"]
-    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise ConfigError(f"runtime.evaluate_device: {device!r} is not valid (auto | cpu | cuda)")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {**cfg, "device": device}
 
 
 def _require_file(path: Path, what: str, stage: str) -> None:
@@ -604,11 +577,11 @@ def same_weights(a: Path, b: Path) -> bool:
     return Path(a).is_file() and Path(b).is_file() and model_md5(a) == model_md5(b)
 
 
-def combine_variants(dense: dict[str, Any], pruned: dict[str, Any], prune_cfg: dict[str, Any]) -> dict[str, Any]:
+def combine_variants(dense: dict[str, Any], pruned: dict[str, Any], prune: PruneConfig) -> dict[str, Any]:
     """metrics/evaluate.json: one entry per variant (each the evaluate() result of its models), the pruning
     that made the pruned one, and the pruned-minus-dense differences of the PyTorch means."""
     out: dict[str, Any] = {"protocol": PROTOCOL, "conventions": dict(CONVENTIONS_NOTE),
-                           "prune": {"method": prune_cfg["method"], "amount": prune_cfg["amount"]}}
+                           "prune": {"method": prune.method, "amount": prune.amount}}
     for name, m in (("dense", dense), ("pruned", pruned)):
         out[name] = {k: v for k, v in m.items() if k not in ("protocol", "conventions")}
     for set_name in SETS:

@@ -157,12 +157,12 @@ def prepare(out_dir: Path, preset: str, backends: tuple[str, ...] = ("onnx", "py
         save_checkpoint(ckpt, model)
     onnx_path = None
     if "onnx" in backends:
+        from effifusion.core.settings import AudioConfig, ExportConfig
         from effifusion.inference.export import export_onnx
 
         export = params.get("export") if isinstance(params.get("export"), dict) else {}
-        cfg = {"opset": export.get("opset", 18), "parity_lengths_s": [PARITY_S],
-               "parity_tolerance": export.get("parity_tolerance", 1e-4)}
-        report = export_onnx(ckpt, out_dir / "onnx", cfg, {"sample_rate": model.sample_rate})
+        cfg = ExportConfig(export.get("opset", 18), (PARITY_S,), float(export.get("parity_tolerance", 1e-4)))
+        report = export_onnx(ckpt, out_dir / "onnx", cfg, AudioConfig(model.sample_rate))
         onnx_path = Path(report["onnx_file"])
     return Prepared(name, model, ckpt, onnx_path)
 
@@ -370,7 +370,7 @@ def card_gmacs(card: dict[str, Any], pieces: list[int], sample_rate: int
         from effifusion.models.registry import build_model
     except ImportError:
         return None, None, ("unknown: the card has no gmac_per_second, and counting its config needs PyTorch "
-                            "(pip install effifusion[pipeline])")
+                            "(pip install \".[pipeline]\" in a clone)")
     try:
         model = build_model({**cfg, "arch": cfg.get("arch", arch)}, sample_rate)
         if isinstance(card.get("sampler"), dict) and model.runtime == "diffusion":

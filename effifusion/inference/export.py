@@ -25,6 +25,7 @@ import torch
 
 from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig, as_settings
 from effifusion.dsp.signals import parity_signal  # noqa: F401 (re-exported)
 from effifusion.dsp.stft import dft_transforms
 from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
@@ -56,26 +57,6 @@ MEMORY_MB_PER_S: float | None = None
 
 # ---------------------------------------------------------------------------------------------
 # Export
-
-
-def _check_export_cfg(export_cfg: Any) -> tuple[int, list[float], float]:
-    if not isinstance(export_cfg, dict):
-        raise ConfigError(f"params.yaml export: expected a mapping, got {type(export_cfg).__name__}")
-    for key in ("opset", "parity_lengths_s", "parity_tolerance"):
-        if key not in export_cfg:
-            raise ConfigError(f"params.yaml export.{key}: missing setting")
-    opset = export_cfg["opset"]
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
-        raise ConfigError(f"params.yaml export.opset: {opset!r} is not valid (an integer >= {MIN_OPSET})")
-    lengths = export_cfg["parity_lengths_s"]
-    if (not isinstance(lengths, list) or not lengths
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in lengths)):
-        raise ConfigError(f"params.yaml export.parity_lengths_s: {lengths!r} is not valid "
-                          "(a non-empty list of positive durations in seconds)")
-    tol = export_cfg["parity_tolerance"]
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0:
-        raise ConfigError(f"params.yaml export.parity_tolerance: {tol!r} is not valid (a positive number)")
-    return opset, [float(s) for s in lengths], float(tol)
 
 
 def export_graph(model: EnhancementModel, opset: int) -> Any:
@@ -183,32 +164,32 @@ def polar_rounding_effect(model: EnhancementModel, seconds: float, sample_rate: 
     return float((a - b).abs().max())
 
 
-def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio_cfg: dict[str, Any]) -> None:
-    if "sample_rate" in audio_cfg and model.sample_rate != audio_cfg["sample_rate"]:
+def _check_sample_rate(checkpoint: Path, model: EnhancementModel, audio: AudioConfig) -> None:
+    if model.sample_rate != audio.sample_rate:
         raise ConfigError(f"{checkpoint}: trained at {model.sample_rate} Hz, but params.yaml has audio.sample_rate = "
-                          f"{audio_cfg['sample_rate']!r} (retrain or restore it)")
+                          f"{audio.sample_rate!r} (retrain or restore it)")
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict, name: str = ONNX_FILE,
+def export_onnx(checkpoint: Path, out_dir: Path, export: ExportConfig, audio: AudioConfig, name: str = ONNX_FILE,
                 val_items: Callable[[], list] | None = None) -> dict[str, Any]:
     """Export the model at ``checkpoint`` to ``out_dir/name`` (pruned.onnx); return the report.
 
     Pruning masks are folded into plain weights by ``load_checkpoint``, so each weight is stored once.
     The graph is checked (onnx.checker, full) and run in ONNX Runtime against the model's ``enhance``
-    at each of ``export_cfg["parity_lengths_s"]`` before it replaces any previous file; a difference
+    at each of ``export.parity_lengths_s`` before it replaces any previous file; a difference
     above ``parity_tolerance`` raises ExportError with the numbers. ``out_dir/<name>.export.json`` gets the report.
     """
     import onnx
 
     from effifusion.core.files import write_json
 
-    opset, lengths_s, tolerance = _check_export_cfg(export_cfg)
+    opset, lengths_s, tolerance = export.opset, export.parity_lengths_s, export.parity_tolerance
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     start = time.perf_counter()
     model, _ = load_checkpoint(checkpoint)
-    _check_sample_rate(checkpoint, model, audio_cfg)
+    _check_sample_rate(checkpoint, model, audio)
     sample_rate = model.sample_rate
-    overrides = export_cfg.get("sampler") or {}
+    overrides = export.sampler
     if overrides and model.runtime != "diffusion":
         raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
                           "sgmse and gp_sgmse do): leave it empty ({})")
@@ -216,8 +197,6 @@ def export_onnx(checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: di
         from effifusion.inference.fusion_fit import final_fusion_for_export
         from effifusion.inference.diffusion_export import export_diffusion
 
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"params.yaml export.sampler: {overrides!r} is not a mapping of sampler settings")
         try:
             model.with_sampler(**overrides)  # the exported card carries the settings evaluate then uses
         except ConfigError as exc:
@@ -320,11 +299,12 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def export_key(checkpoint: Path, export_cfg: dict[str, Any]) -> dict[str, Any]:
-    """What an export is a function of: the checkpoint's bytes, the export settings and the code."""
+def export_key(checkpoint: Path, export: ExportConfig) -> dict[str, Any]:
+    """What an export is a function of: the checkpoint's bytes, the export settings (as params.yaml wrote
+    them) and the code."""
     from effifusion.tracking.runs import model_md5
 
-    return {"source_md5": model_md5(checkpoint), "export": export_cfg, "exporter": EXPORTER,
+    return {"source_md5": model_md5(checkpoint), "export": export.to_dict(), "exporter": EXPORTER,
             "code": _code_hash()}
 
 
@@ -341,24 +321,27 @@ def _read_report(path: Path) -> dict[str, Any] | None:
     return report if isinstance(report, dict) else None
 
 
-def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: dict, audio_cfg: dict,
-                   val_items: Callable[[], list] | None = None) -> tuple[dict[str, Any], str]:
+def export_variant(variant: str, checkpoint: Path, out_dir: Path, export: ExportConfig | dict[str, Any],
+                   audio: AudioConfig | dict[str, Any], val_items: Callable[[], list] | None = None
+                   ) -> tuple[dict[str, Any], str]:
     """Export ``checkpoint`` as ``out_dir/<variant>.onnx`` unless an export of the same key is there.
 
     Returns (report, how): "exported", "reused" (the file already there has the same weights, settings and
     code: a pruning sweep point does not export the dense model again) or "copied" (the other variant's
-    single-file export of the same weights: ``prune.method: none``).
+    single-file export of the same weights: ``prune.method: none``). ``export`` and ``audio`` may be the
+    sections' mappings (checked and typed here).
     """
     import shutil
 
     from effifusion.core.files import write_json
     from effifusion.inference.fusion_fit import ValidationLoader
 
+    export, audio = as_settings(export, ExportConfig), as_settings(audio, AudioConfig)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint}: {variant} model checkpoint not found")
     name = variant_file(variant)
-    key = export_key(checkpoint, export_cfg)
+    key = export_key(checkpoint, export)
     if isinstance(val_items, ValidationLoader):  # gp_sgmse's final fusion is fitted on them (export_onnx)
         key["validation"] = val_items.key()
     report_path = out_dir / report_file(name)
@@ -379,7 +362,7 @@ def export_variant(variant: str, checkpoint: Path, out_dir: Path, export_cfg: di
             write_json(report_path, report)
             return report, "copied"
     start = time.perf_counter()
-    report = export_onnx(checkpoint, out_dir, export_cfg, audio_cfg, name=name, val_items=val_items)
+    report = export_onnx(checkpoint, out_dir, export, audio, name=name, val_items=val_items)
     report = {k: v for k, v in report.items() if k != "export_seconds"}
     report = {**report, "variant": variant, "checkpoint": str(checkpoint), "key": key}
     write_json(report_path, report)  # no timing in the output: a rerun writes the same bytes

@@ -30,7 +30,7 @@ def _muse() -> tuple[str, Callable[[Path], Any], str, str]:
 PRETRAINED: dict[str, Callable[[], tuple[str, Callable[[Path], Any], str, str]]] = {"muse": _muse}
 # the export check of an imported model: inputs shorter than one MUSE segment and two segments long; the
 # zero-padded 0.5 s input differs by 1.02e-4 between ONNX Runtime and PyTorch (measured), hence 2e-4
-PARITY_LENGTHS_S = [0.5, 3.0]
+PARITY_LENGTHS_S = (0.5, 3.0)
 PARITY_TOLERANCE = 2e-4
 
 
@@ -58,6 +58,9 @@ def upstream_file(name: str, cfg: dict[str, Any], out_dir: Path, source: str | N
 def install(name: str, out_dir: str | Path, params: dict[str, Any], source: str | None = None,
             progress: bool = True) -> dict[str, Any]:
     """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report."""
+    from dataclasses import replace
+
+    from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
     from effifusion.inference.export import export_onnx
     from effifusion.models.registry import save_checkpoint
 
@@ -75,8 +78,11 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any], source: str 
                                               "licence": "MIT (see LICENSE beside this file)"})
     with atomic_path(out / "LICENSE") as tmp:
         tmp.write_text(licence)
-    export_cfg = {**params["export"], "parity_lengths_s": PARITY_LENGTHS_S, "parity_tolerance": PARITY_TOLERANCE}
-    report = export_onnx(checkpoint, out, export_cfg, params.get("audio", {}), name=f"{name}.onnx")
+    # params.yaml's export settings (checked here: the command reads the file unchecked), this import's parity
+    export = replace(parse_section(ExportConfig, params["export"]), parity_lengths_s=PARITY_LENGTHS_S,
+                     parity_tolerance=PARITY_TOLERANCE)
+    audio = parse_section(AudioConfig, params["audio"]) if "audio" in params else AudioConfig(model.sample_rate)
+    report = export_onnx(checkpoint, out, export, audio, name=f"{name}.onnx")
     summary = {"name": name, "checkpoint": str(checkpoint), "onnx": str(out / f"{name}.onnx"),
                "licence": str(out / "LICENSE"), "source": str(upstream), "upstream": where,
                "params_total": report["params_total"], "parity_max_abs": report["onnx_parity_max_abs"],

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from effifusion.core.files import write_csv, write_json
+from effifusion.core.settings import PruneConfig
 from effifusion.training.pruning import DynamicPruner, qualified_names, select_prunable
 
 
@@ -61,19 +62,19 @@ class PruningCallback(Callback):
     ``plots_dir/sparsity.csv``.
     """
 
-    def __init__(self, prune_cfg: dict[str, Any]):
+    def __init__(self, prune: PruneConfig):
         super().__init__()
-        self.cfg = dict(prune_cfg)
+        self.cfg = prune
         self.pruner: DynamicPruner | None = None
         self.rows: list[dict[str, Any]] = []
 
     def on_model(self, model: nn.Module, total_steps: int) -> None:
-        if float(self.cfg["amount"]) <= 0:
+        cfg = self.cfg
+        if cfg.amount <= 0:
             return
-        targets = select_prunable(model, list(self.cfg["layers"]))
-        self.pruner = DynamicPruner(targets, float(self.cfg["amount"]), total_steps, float(self.cfg["ramp_fraction"]),
-                                    int(self.cfg["prune_every_steps"]), str(self.cfg["scope"]),
-                                    names=qualified_names(model, targets))
+        targets = select_prunable(model, list(cfg.layers))
+        self.pruner = DynamicPruner(targets, cfg.amount, total_steps, cfg.ramp_fraction, cfg.prune_every_steps,
+                                    cfg.scope, names=qualified_names(model, targets))
 
     def on_step_end(self, step: int) -> dict[str, float] | None:
         if self.pruner is None:
@@ -98,7 +99,7 @@ class PruningCallback(Callback):
         return {"conv_sparsity": sparsity["overall"]}
 
     def config(self) -> dict[str, Any]:
-        return {"prune": self.cfg}
+        return {"prune": self.cfg.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruner": self.pruner.state_dict() if self.pruner else None, "rows": self.rows}

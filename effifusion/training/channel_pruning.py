@@ -55,6 +55,7 @@ from torch import nn
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import write_csv, write_json
+from effifusion.core.settings import PruneConfig
 from effifusion.models import widths as width_record
 from effifusion.models.attention import head_dims, narrow_inner_widths
 from effifusion.models.cost import frames_for
@@ -430,13 +431,10 @@ def lowest(scores: torch.Tensor, k: int) -> list[int]:
 def prune_channels(model: nn.Module, layers: list[str], amount: float, scope: str) -> dict[str, Any]:
     """Remove channels from ``model`` in place; return the plan and what it removed.
 
+    ``amount`` in [0, 1) and ``scope`` global | layer, as params.yaml's schema holds them (core/params.py).
     The model is pruned on the CPU (tracing runs its CPU code paths) and moved back. Its new layer
     widths are recorded in ``model.pruned_widths`` for save_checkpoint.
     """
-    if not 0.0 <= amount < 1.0:
-        raise ConfigError(f"params.yaml prune.amount: {amount} must be in [0, 1)")
-    if scope not in ("global", "layer"):
-        raise ConfigError(f"params.yaml prune.scope: {scope!r} must be 'global' or 'layer'")
     arch = getattr(model, "arch", type(model).__name__)
     check_arch(arch)
     prunable = select_prunable(model, layers)
@@ -494,18 +492,17 @@ class ChannelPruningCallback(Callback):
     and ``plots_dir/sparsity.csv`` (one row: the fraction removed at step 0).
     """
 
-    def __init__(self, prune_cfg: dict[str, Any]):
+    def __init__(self, prune: PruneConfig):
         super().__init__()
-        self.cfg = dict(prune_cfg)
+        self.cfg = prune
         self.report: dict[str, Any] | None = None
         self.widths: dict[str, Any] | None = None
 
     def on_model(self, model: nn.Module, total_steps: int) -> None:
         check_arch(getattr(model, "arch", type(model).__name__))
-        if float(self.cfg["amount"]) <= 0:
+        if self.cfg.amount <= 0:
             return
-        self.report = prune_channels(model, list(self.cfg["layers"]), float(self.cfg["amount"]),
-                                     str(self.cfg["scope"]))
+        self.report = prune_channels(model, list(self.cfg.layers), self.cfg.amount, self.cfg.scope)
         self.widths = getattr(model, width_record.WIDTHS_KEY, None)
 
     def on_finish(self, model: nn.Module, out_dir: Path, plots_dir: Path) -> dict[str, Any]:
@@ -520,7 +517,7 @@ class ChannelPruningCallback(Callback):
         return {k: self.report[k] for k in keys}
 
     def config(self) -> dict[str, Any]:
-        return {"prune": self.cfg}
+        return {"prune": self.cfg.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"widths": self.widths}
@@ -534,4 +531,4 @@ class ChannelPruningCallback(Callback):
         if self.report is None:
             return []
         fraction = self.report["prunable_removed_fraction"]
-        return [{"step": 0, "sparsity": fraction, "target": self.cfg["amount"]}]
+        return [{"step": 0, "sparsity": fraction, "target": self.cfg.amount}]

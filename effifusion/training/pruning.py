@@ -51,8 +51,6 @@ def select_prunable(model: nn.Module, patterns: list[str]) -> PrunableParams:
     select among conv modules only. In a transformer most weights are linear: the reading of EffiFusion-GAN
     with 1.75 M dense parameters reaches 1.08 M non-zero only with them (presets/paper-1.75m.yaml).
     """
-    if isinstance(patterns, str) or not patterns:
-        raise ConfigError(f"params.yaml prune.layers: expected a non-empty list of regexes, got {patterns!r}")
     regexes = []
     for p in patterns:
         if p in (ALL_CONV, ALL_LINEAR):
@@ -116,7 +114,9 @@ class DynamicPruner:
     total_steps − 1. It prunes every ``every_steps`` steps during the ramp and once more when the
     ramp ends (at the latest at the last step, so even ramp_fraction = 1 finishes exactly at
     ``final_amount``). ``scope="global"`` ranks all selected weights together
-    (one L1 threshold), ``"layer"`` prunes each tensor to the target on its own.
+    (one L1 threshold), ``"layer"`` prunes each tensor to the target on its own. The settings arrive
+    as params.yaml's schema checks them (core/params.py: amount in [0, 1), ramp_fraction in [0, 1],
+    every_steps >= 1, scope global | layer).
     """
 
     def __init__(
@@ -132,16 +132,8 @@ class DynamicPruner:
     ) -> None:
         if not params:
             raise ConfigError("pruning: no parameters selected (see params.yaml prune.layers)")
-        if not 0.0 <= final_amount < 1.0:
-            raise ConfigError(f"params.yaml prune.amount: {final_amount} must be in [0, 1)")
-        if not 0.0 <= ramp_fraction <= 1.0:
-            raise ConfigError(f"params.yaml prune.ramp_fraction: {ramp_fraction} must be in [0, 1]")
-        if int(every_steps) < 1:
-            raise ConfigError(f"params.yaml prune.prune_every_steps: {every_steps} must be >= 1")
         if int(total_steps) < 1:
             raise ConfigError(f"pruning: total_steps must be >= 1, got {total_steps} (no training steps?)")
-        if scope not in ("global", "layer"):
-            raise ConfigError(f"params.yaml prune.scope: {scope!r} must be 'global' or 'layer'")
         if names is not None and len(names) != len(params):
             raise ValueError(f"DynamicPruner: {len(names)} names for {len(params)} parameters")
         self.params = list(params)

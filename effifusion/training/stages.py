@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from effifusion.core.files import atomic_dir, write_csv, write_json
+from effifusion.core.settings import Params, PruneConfig, as_settings
 from effifusion.training.callbacks import Callback, PruningCallback
 from effifusion.training.trainer import MODEL_FILE, Schedule, fit
 
@@ -24,23 +25,26 @@ def train_dense(params: dict[str, Any], **paths_and_options: Any) -> dict[str, A
     return fit(params, "train", Schedule.from_config(params["train"]), **paths_and_options)
 
 
-def pruning_callback(prune_cfg: dict[str, Any]) -> Callback:
+def pruning_callback(prune: PruneConfig) -> Callback:
     """The callback that prunes by ``prune.method`` (l1_unstructured; channel: training/channel_pruning.py)."""
-    if prune_cfg["method"] == "channel":
+    if prune.method == "channel":
         from effifusion.training.channel_pruning import ChannelPruningCallback
 
-        return ChannelPruningCallback(prune_cfg)
-    return PruningCallback(prune_cfg)
+        return ChannelPruningCallback(prune)
+    return PruningCallback(prune)
 
 
-def prune_finetune(params: dict[str, Any], init_dir: Path, *, out_dir: Path, metrics_path: Path, plots_dir: Path,
-                   **paths_and_options: Any) -> dict[str, Any]:
+def prune_finetune(params: Params | dict[str, Any], init_dir: Path, *, out_dir: Path, metrics_path: Path,
+                   plots_dir: Path, **paths_and_options: Any) -> dict[str, Any]:
     """The prune stage: from the dense checkpoint in ``init_dir`` on the ``prune`` schedule, pruning on;
-    ``prune.method: none`` copies the dense model instead (no fine-tune, no MLflow run)."""
-    if params["prune"]["method"] == PASS_THROUGH:
+    ``prune.method: none`` copies the dense model instead (no fine-tune, no MLflow run). ``params``: the
+    typed Params, or params.yaml's mapping (checked here)."""
+    params = as_settings(params)
+    prune = params.prune
+    if prune.method == PASS_THROUGH:
         return pass_through(init_dir, out_dir=out_dir, metrics_path=metrics_path, plots_dir=plots_dir)
-    return fit(params, "prune", Schedule.from_config(params["prune"]), init_dir=init_dir,
-               callbacks=[pruning_callback(params["prune"])], out_dir=out_dir, metrics_path=metrics_path,
+    return fit(params.raw, "prune", Schedule(prune.epochs, prune.max_steps_per_epoch, prune.lr), init_dir=init_dir,
+               callbacks=[pruning_callback(prune)], out_dir=out_dir, metrics_path=metrics_path,
                plots_dir=plots_dir, **paths_and_options)
 
 

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from helpers import ROOT, fixtures_or_skip
 from effifusion.evaluation import evaluate as ev
 from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError, DataError
+from effifusion.core.settings import parse_params
 from effifusion.inference.export import export_onnx
 from effifusion.metrics.quality import METRICS, score_pair
 from effifusion.data.mixing import snr_tag
@@ -99,8 +101,9 @@ def build_world(root: Path, voicebank: Path) -> dict:
 
 def _export(torch_model: Path, onnx_model: Path) -> None:
     params = _params()
-    export_cfg = {**params["export"], "parity_lengths_s": [0.5]}  # one length: parity is test_export's job
-    export_onnx(torch_model, onnx_model.parent, export_cfg, params["audio"], name=onnx_model.name)
+    settings = parse_params(params)
+    export = replace(settings.export, parity_lengths_s=(0.5,))  # one length: parity is test_export's job
+    export_onnx(torch_model, onnx_model.parent, export, settings.audio, name=onnx_model.name)
     assert onnx_model.is_file()
 
 
@@ -377,7 +380,8 @@ def test_dense_and_pruned_side_by_side(evaluated, tmp_path) -> None:
     dense = ev.evaluate(params, **{**kwargs, "variant": "dense", "torch_model": dense_ckpt, "onnx_model": dense_onnx,
                                    "out_dir": tmp_path / "reports" / "evaluate_dense"})
     assert dense["variant"] == "dense" and (tmp_path / "reports" / "evaluate_dense" / "summary_dense.md").is_file()
-    combined = ev.combine_variants(dense, evaluated["metrics"], {"method": "l1_unstructured", "amount": 0.3})
+    prune = replace(parse_params(params).prune, method="l1_unstructured", amount=0.3)
+    combined = ev.combine_variants(dense, evaluated["metrics"], prune)
     assert {"dense", "pruned", "prune", "pruned_minus_dense"} <= set(combined)
     for s in ("test", "unseen"):
         assert combined["dense"][s]["noisy"] == combined["pruned"][s]["noisy"]  # the same inputs

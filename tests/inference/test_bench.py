@@ -123,6 +123,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import torch
     from helpers import tiny_params
 
+    from effifusion.core.settings import AudioConfig, ExportConfig
     from effifusion.inference.export import export_onnx
     from effifusion.models.registry import build_model, save_checkpoint
 
@@ -130,8 +131,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.manual_seed(0)
     model = build_model(tiny_params()["model"], 16000).eval()
     save_checkpoint(tmp / "generator.pt", model)
-    cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-4}
-    report = export_onnx(tmp / "generator.pt", tmp / "onnx", cfg, {"sample_rate": 16000})
+    report = export_onnx(tmp / "generator.pt", tmp / "onnx", ExportConfig(18, (0.5,), 1e-4), AudioConfig(16000))
     return {"onnx": Path(report["onnx_file"]), "params_total": sum(p.numel() for p in model.parameters())}
 
 

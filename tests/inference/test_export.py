@@ -7,6 +7,7 @@ weight_orig / weight_mask pairs) is exported once per module; the tests read tha
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import yaml
 from torch.nn.utils import prune
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
 from effifusion.inference.export import (
     INPUT_NAME, ONNX_FILE, OUTPUT_NAME, REPORT_FILE, ExportError, export_onnx,
     log_to_mlflow, onnx_session, parity_signal,
@@ -26,10 +28,10 @@ from effifusion.dsp.stft import dft_transforms
 from effifusion.models.cost import conv_modules
 from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
-AUDIO = {"sample_rate": 16000}
+AUDIO = AudioConfig(16000)
 # 4,000 and 16,000 samples are multiples of the hop; 16,001 puts the last frame on the reflection
 # point (N % hop == 1, a real-spectrum frame); 19,753 is neither.
-EXPORT_CFG = {"opset": 18, "parity_lengths_s": [0.25, 1.0000625, 1.2345625], "parity_tolerance": 1e-4}
+EXPORT_CFG = ExportConfig(opset=18, parity_lengths_s=(0.25, 1.0000625, 1.2345625), parity_tolerance=1e-4)
 
 
 def tiny_cfg() -> dict:
@@ -203,7 +205,7 @@ def test_parity_failure_raises_with_numbers_and_keeps_old_file(exported: dict, t
     (out / ONNX_FILE).write_bytes(b"previous export")
     with pytest.raises(ExportError, match=r"differs from the model's enhance\(\) by up to .*0\.25: "):
         export_onnx(exported["ckpt"], out,
-                    {**EXPORT_CFG, "parity_lengths_s": [0.25], "parity_tolerance": 1e-12}, AUDIO)
+                    replace(EXPORT_CFG, parity_lengths_s=(0.25,), parity_tolerance=1e-12), AUDIO)
     assert (out / ONNX_FILE).read_bytes() == b"previous export"
     assert sorted(p.name for p in out.iterdir()) == [ONNX_FILE]
 
@@ -213,14 +215,14 @@ def test_parity_failure_raises_with_numbers_and_keeps_old_file(exported: dict, t
     ({"parity_lengths_s": []}, "export.parity_lengths_s"),
     ({"parity_tolerance": 0}, "export.parity_tolerance"),
 ])
-def test_bad_export_settings_are_config_errors(exported: dict, tmp_path: Path, cfg: dict, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        export_onnx(exported["ckpt"], tmp_path, {**EXPORT_CFG, **cfg}, AUDIO)
+def test_bad_export_settings_are_config_errors(cfg: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):  # the schema's check (core/params.py), before any export
+        parse_section(ExportConfig, {**EXPORT_CFG.to_dict(), **cfg})
 
 
 def test_sample_rate_must_match_the_checkpoint(exported: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"trained at 16000 Hz, but params.yaml has audio.sample_rate = 8000"):
-        export_onnx(exported["ckpt"], tmp_path, EXPORT_CFG, {"sample_rate": 8000})
+        export_onnx(exported["ckpt"], tmp_path, EXPORT_CFG, AudioConfig(8000))
 
 
 def test_missing_checkpoint_is_config_error(tmp_path: Path) -> None:
@@ -252,3 +254,28 @@ def test_log_to_mlflow(exported: dict, tmp_path: Path) -> None:
     x = parity_signal(3000, 16000)[None]
     out = loaded.predict({INPUT_NAME: x})[OUTPUT_NAME]
     np.testing.assert_allclose(out, reference(exported["generator"], x), atol=1e-4, rtol=0)
+
+
+def test_export_variant_takes_section_mappings_and_keys_on_the_files_values(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import effifusion.inference.export as export_mod
+
+    calls = []
+
+    def fake_export(checkpoint, out_dir, export, audio, name, val_items):
+        calls.append((export, audio))
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_bytes(b"graph")
+        return {"onnx_file": str(out_dir / name)}
+
+    monkeypatch.setattr(export_mod, "export_onnx", fake_export)
+    ckpt = tmp_path / "generator.pt"
+    ckpt.write_bytes(b"weights")
+    section = {"opset": 18, "parity_lengths_s": [1, 0.5], "parity_tolerance": 0.0001, "sampler": {}}
+    report, how = export_mod.export_variant("pruned", ckpt, tmp_path / "onnx", section, {"sample_rate": 16000})
+    assert how == "exported" and calls[0] == (ExportConfig(18, (1.0, 0.5), 1e-4), AUDIO)
+    assert report["key"]["export"] == section  # as params.yaml wrote it
+    typed = parse_section(ExportConfig, section)
+    assert export_mod.export_variant("pruned", ckpt, tmp_path / "onnx", typed, AUDIO)[1] == "reused"
+    with pytest.raises(ConfigError, match="export.opset"):
+        export_mod.export_variant("pruned", ckpt, tmp_path / "onnx", {**section, "opset": 11}, AUDIO)

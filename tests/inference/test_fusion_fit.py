@@ -9,6 +9,7 @@ import torch
 from helpers import make_prepared, synthetic_speech, write_manifest, write_pair
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig
 from effifusion.inference.fusion_fit import (FusionParts, ValidationLoader, final_fusion_for_export, fit_final_fusion,
                                              least_squares)
 from effifusion.diffusion.sampler import fuse, settings_with
@@ -167,8 +168,8 @@ def test_the_exporter_fits_unless_export_sampler_sets_the_weights(tmp_path, monk
     seen = {}
     monkeypatch.setattr(diffusion_export, "export_diffusion",  # what would be written: the model's settings
                         lambda model, *args: seen.update(sampler=model.sampler, fusion=args[-1]) or {})
-    cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-3, "sampler": overrides}
-    export_onnx(tmp_path / "m.pt", tmp_path / "onnx", cfg, {"sample_rate": 16000}, name="m.onnx",
+    cfg = ExportConfig(opset=18, parity_lengths_s=(0.5,), parity_tolerance=1e-3, sampler=overrides)
+    export_onnx(tmp_path / "m.pt", tmp_path / "onnx", cfg, AudioConfig(16000), name="m.onnx",
                 val_items=ValidationLoader(prepared, 2, 0))
     on_card = seen["sampler"].config()
     weights = (on_card["fusion_alpha"], on_card["fusion_beta"])
@@ -189,8 +190,8 @@ def test_the_fitted_weights_round_trip_through_the_onnx_card(tmp_path):
 
     prepared = make_prepared(tmp_path / "prepared", n_train=2, n_val=2, seconds=0.6)
     save_checkpoint(tmp_path / "m.pt", tiny())
-    cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-3, "sampler": {}}
-    report = export_onnx(tmp_path / "m.pt", tmp_path / "onnx", cfg, {"sample_rate": 16000}, name="m.onnx",
+    cfg = ExportConfig(opset=18, parity_lengths_s=(0.5,), parity_tolerance=1e-3)
+    report = export_onnx(tmp_path / "m.pt", tmp_path / "onnx", cfg, AudioConfig(16000), name="m.onnx",
                          val_items=ValidationLoader(prepared, 2, 0))
     fusion = report["final_fusion"]
     card = {p.key: p.value for p in onnx.load(str(tmp_path / "onnx" / "m.onnx")).metadata_props}

@@ -11,6 +11,7 @@ from helpers import make_prepared, tiny_params
 from torch import nn
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.inference.export import export_onnx
 from effifusion.models import registry
@@ -88,8 +89,8 @@ def test_checkpoint_reloads_without_params(toy_registered, tmp_path):
 def test_export_with_parity(toy_registered, tmp_path):
     torch.manual_seed(0)
     registry.save_checkpoint(tmp_path / "toy.pt", registry.build_model(TOY_CFG, 16000))
-    report = export_onnx(tmp_path / "toy.pt", tmp_path / "onnx", {"opset": 18, "parity_lengths_s": [0.3, 1.0001],
-                                                                   "parity_tolerance": 1e-4}, {"sample_rate": 16000})
+    report = export_onnx(tmp_path / "toy.pt", tmp_path / "onnx", ExportConfig(18, (0.3, 1.0001), 1e-4),
+                         AudioConfig(16000))
     assert report["onnx_parity_max_abs"] <= 1e-4
 
 

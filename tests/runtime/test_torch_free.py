@@ -1,4 +1,4 @@
-"""Enhancing needs no torch: `pip install effifusion` (no extras) gives `effifusion enhance` and the
+"""Enhancing needs no torch: `pip install .` (no extras) gives `effifusion enhance` and the
 Python API on numpy, soundfile, onnxruntime and tqdm alone.
 
 The cheap tests run the enhance path in a subprocess of this environment with the pipeline's
@@ -101,7 +101,7 @@ def test_enhance_runs_with_the_pipeline_packages_unimportable(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert '"arch": "identity"' in out.stdout and out.stdout.strip().endswith("exit 2")
     err = out.stderr.strip().splitlines()
-    assert err == ["effifusion enhance: error: generator.pt: checkpoints need `pip install effifusion[pipeline]` "
+    assert err == ["effifusion enhance: error: generator.pt: checkpoints need `pip install \".[pipeline]\" in a clone` "
                    "(PyTorch); the exported .onnx model needs only the plain install"]
     y, sr = sf.read(tmp_path / "out" / "in.wav", dtype="float32")
     assert sr == 44100 and y.shape == x.shape
@@ -168,6 +168,7 @@ def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
     import yaml
 
     from effifusion.inference.backends import load_enhancer
+    from effifusion.core.settings import AudioConfig, ExportConfig
     from effifusion.inference.export import export_onnx
     from effifusion.models.registry import build_model, save_checkpoint
 
@@ -175,8 +176,7 @@ def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
     cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["model"], "channels": 4, "num_tsblocks": 1}
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "generator.pt", build_model(cfg, 16000).eval())
-    export_cfg = {"opset": 18, "parity_lengths_s": [0.5], "parity_tolerance": 1e-4}
-    export_onnx(tmp_path / "generator.pt", tmp_path / "onnx", export_cfg, {"sample_rate": 16000})
+    export_onnx(tmp_path / "generator.pt", tmp_path / "onnx", ExportConfig(18, (0.5,), 1e-4), AudioConfig(16000))
     model = tmp_path / "onnx" / "pruned.onnx"
     fixture = tmp_path / "noisy.wav"
     sf.write(fixture, parity_signal(3 * 22050, 22050, seed=5), 22050)

@@ -4,17 +4,20 @@ selection only at the final sparsity, and writes its sparsity files at the end."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import PruneConfig, parse_section
 from effifusion.training.callbacks import PruningCallback
 from effifusion.training.tasks import TASKS, task_class
 
-PRUNE = {"amount": 0.5, "layers": ["all-conv"], "scope": "global", "epochs": 1, "max_steps_per_epoch": 0,
-         "ramp_fraction": 0.5, "prune_every_steps": 1, "lr": 1e-3}
+PRUNE_SECTION = {"method": "l1_unstructured", "amount": 0.5, "layers": ["all-conv"], "scope": "global", "epochs": 1,
+                 "max_steps_per_epoch": 0, "ramp_fraction": 0.5, "prune_every_steps": 1, "lr": 1e-3}
+PRUNE = parse_section(PruneConfig, PRUNE_SECTION)
 
 
 def test_pruning_callback_schedule_selection_and_files(tmp_path):
@@ -48,12 +51,12 @@ def test_pruning_callback_state_round_trip():
     b.on_model(model, total_steps=4)
     b.load_state_dict(a.state_dict())
     assert b.history() == a.history() and b.pruner.target == a.pruner.target
-    assert a.config() == {"prune": PRUNE}  # part of the resume identity
+    assert a.config() == {"prune": PRUNE_SECTION}  # part of the resume identity: as params.yaml wrote it
 
 
 def test_zero_amount_prunes_nothing(tmp_path):
     model = nn.Sequential(nn.Conv1d(2, 4, 3))
-    cb = PruningCallback({**PRUNE, "amount": 0.0})
+    cb = PruningCallback(replace(PRUNE, amount=0.0))
     cb.on_model(model, total_steps=4)
     assert cb.on_step_end(0) is None and cb.selectable()
     assert cb.on_finish(model, tmp_path, tmp_path) == {"conv_sparsity": 0.0}

@@ -9,6 +9,7 @@ import copy
 import json
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from helpers import make_prepared, tiny_params
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig, PruneConfig, parse_params
 from effifusion.inference.export import export_onnx, onnx_session, parity_signal
 from effifusion.models.attention import head_dims, narrow_inner_widths, scan_attention, self_attention
 from effifusion.models.cost import frames_for
@@ -29,7 +31,12 @@ from effifusion.training.stages import prune_finetune, train_dense
 
 AMOUNT = 0.5
 WITH_ATTENTION = ["all-conv", "all-linear"]  # selects the attention's in-projection: its inner widths go
-EXPORT_CFG = {"opset": 18, "parity_lengths_s": [0.25, 1.0000625], "parity_tolerance": 1e-4}
+def _prune(**changes) -> PruneConfig:
+    """prune.method channel with ``changes``, as the prune stage passes it to the callback."""
+    return replace(parse_params(tiny_params(prune__method="channel")).prune, scope="global", **changes)
+
+
+EXPORT_CFG = ExportConfig(opset=18, parity_lengths_s=(0.25, 1.0000625), parity_tolerance=1e-4)
 
 
 def tiny_model(seed: int = 0, heads: int = 1):
@@ -294,7 +301,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     save_checkpoint(tmp / "attention.pt", model)
     out = {}
     for name in ("dense", "pruned", "attention"):
-        report = export_onnx(tmp / f"{name}.pt", tmp / "onnx", EXPORT_CFG, {"sample_rate": 16000},
+        report = export_onnx(tmp / f"{name}.pt", tmp / "onnx", EXPORT_CFG, AudioConfig(16000),
                              name=f"{name}.onnx")
         path = Path(report["onnx_file"])
         card = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
@@ -440,7 +447,7 @@ class _Named(torch.nn.Module):
 
 @pytest.mark.parametrize("arch", ["muse", "imse", "saf", "sgmse", "gp_sgmse"])
 def test_other_architectures_are_refused_in_one_line(arch: str) -> None:
-    cb = ChannelPruningCallback({"amount": 0.3, "layers": ["all-conv"], "scope": "global"})
+    cb = ChannelPruningCallback(_prune(amount=0.3, layers=("all-conv",)))
     with pytest.raises(ConfigError) as err:
         cb.on_model(_Named(arch), total_steps=4)
     text = str(err.value)
@@ -450,7 +457,6 @@ def test_other_architectures_are_refused_in_one_line(arch: str) -> None:
 @pytest.mark.parametrize("layers,amount,scope,setting", [
     (["all-conv"], 0.95, "global", "prune.amount"),    # more than the prunable channels hold
     (["mask_conv", "real_conv"], 0.3, "global", "prune.layers"),  # only fixed widths selected
-    (["all-conv"], 0.3, "each", "prune.scope"),
     (["no_such_layer"], 0.3, "global", "prune.layers"),
 ])
 def test_bad_settings_are_one_line_config_errors(layers, amount, scope, setting) -> None:
@@ -461,12 +467,12 @@ def test_bad_settings_are_one_line_config_errors(layers, amount, scope, setting)
 
 @pytest.mark.parametrize("layers", [["all-conv"], WITH_ATTENTION])
 def test_resume_refuses_other_widths(layers: list[str]) -> None:
-    cfg = {"amount": 0.3, "layers": layers, "scope": "global"}
+    cfg = _prune(amount=0.3, layers=tuple(layers))
     a, b = ChannelPruningCallback(cfg), ChannelPruningCallback(cfg)
     a.on_model(tiny_model(), 4)
     b.on_model(tiny_model(), 4)
     b.load_state_dict(a.state_dict())  # the same dense weights prune the same way
-    other = ChannelPruningCallback({**cfg, "amount": 0.5})
+    other = ChannelPruningCallback(replace(cfg, amount=0.5))
     other.on_model(tiny_model(), 4)
     with pytest.raises(ConfigError, match="other layer widths"):
         other.load_state_dict(a.state_dict())

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import parse_params
 from effifusion.training.pruning import (
     DynamicPruner,
     count_nonzero,
@@ -12,6 +13,7 @@ from effifusion.training.pruning import (
     qualified_names,
     select_prunable,
 )
+from helpers import tiny_params
 
 
 class Tiny(nn.Module):
@@ -68,8 +70,8 @@ def test_select_prunable_patterns():
         select_prunable(model, ["head"])  # Linear is not a conv
     with pytest.raises(ConfigError, match="not a valid regex"):
         select_prunable(model, ["conv("])
-    with pytest.raises(ConfigError, match="non-empty list"):
-        select_prunable(model, [])
+    with pytest.raises(ConfigError, match=r"prune.layers: \[\] match no convolution module"):
+        select_prunable(model, [])  # params.yaml's schema refuses an empty list before
 
 
 def test_cubic_schedule_endpoints_and_shape():
@@ -228,14 +230,11 @@ def test_pruner_state_refuses_other_settings():
         fewer.load_state_dict(state)
 
 
-def test_pruner_settings_validated():
-    params = select_prunable(_model(), ["all-conv"])
-    with pytest.raises(ConfigError, match="prune.amount"):
-        DynamicPruner(params, 1.0, 10, 0.5, 1)
-    with pytest.raises(ConfigError, match="prune.scope"):
-        DynamicPruner(params, 0.3, 10, 0.5, 1, scope="module")
-    with pytest.raises(ConfigError, match="prune_every_steps"):
-        DynamicPruner(params, 0.3, 10, 0.5, 0)
+@pytest.mark.parametrize("key,value", [("amount", 1.0), ("scope", "module"), ("prune_every_steps", 0),
+                                       ("ramp_fraction", 1.5), ("layers", [])])
+def test_pruner_settings_are_checked_by_the_schema(key, value):
+    with pytest.raises(ConfigError, match=f"params.yaml prune.{key}: "):
+        parse_params(tiny_params(**{f"prune__{key}": value}))
 
 
 def test_count_nonzero_dense_model():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import tiny_params
 
+from effifusion.core.settings import parse_params
 from effifusion.models.registry import build_model, save_checkpoint
 from effifusion.training import stages
 from effifusion.training.callbacks import PruningCallback
@@ -43,7 +44,7 @@ def test_method_none_copies_the_dense_model_without_training(tmp_path, monkeypat
 
 def test_method_selects_the_callback(tmp_path) -> None:
     params = tiny_params()
-    assert isinstance(stages.pruning_callback(params["prune"]), PruningCallback)
+    assert isinstance(stages.pruning_callback(parse_params(params).prune), PruningCallback)
 
 
 def test_method_none_names_an_unusable_dense_model(tmp_path) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from effifusion.core.config import read_params
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AudioConfig, ExportConfig
 from effifusion.inference.export import INPUT_NAME, ONNX_FILE, export_onnx, onnx_session, parity_signal
 from effifusion.models import registry
 from effifusion.models.saf import MODEL
@@ -115,8 +116,8 @@ def test_macs_count_every_conv_and_grow_linearly(demo):
 
 def test_onnx_export_parity(demo, tmp_path):
     registry.save_checkpoint(tmp_path / "saf.pt", demo)
-    report = export_onnx(tmp_path / "saf.pt", tmp_path / "onnx", {"opset": 18, "parity_lengths_s": [0.25, 1.2345625],
-                                                                  "parity_tolerance": 1e-4}, {"sample_rate": 16000})
+    report = export_onnx(tmp_path / "saf.pt", tmp_path / "onnx", ExportConfig(18, (0.25, 1.2345625), 1e-4),
+                         AudioConfig(16000))
     assert report["onnx_parity_max_abs"] <= 1e-4
     session = onnx_session(tmp_path / "onnx" / ONNX_FILE)
     x = np.stack([parity_signal(n, 16000, seed=3) for n in (123, 123)])  # batch 2, shorter than n_fft
