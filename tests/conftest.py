@@ -1,0 +1,55 @@
+"""Session-wide fixtures: the expensive artefacts many tests read, built once per test session.
+
+Each is built the way the pipeline builds it (the same stage functions, the same exporter) and lives in a
+session temporary folder. Tests treat them as read-only: a test that needs to change one copies it first
+(shutil.copytree), so no test sees another's leftovers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import make_prepared, tiny_params
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_prepared()`` once per session: a data/prepared of 8 train, 2 val and 2 test pairs."""
+    return make_prepared(tmp_path_factory.mktemp("tiny_corpus") / "prepared")
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``tiny_params(train__epochs=1)`` trained once on ``tiny_corpus`` by the train stage (4 steps):
+    {"root", "model_dir" (root/models_train: generator.pt, discriminator.pt), "resume_dir" (root/ckpt:
+    its finished train.pt), "metrics"}. Copy ``root`` (shutil.copytree) before training on from it."""
+    from effifusion.training.stages import train_dense
+
+    root = tmp_path_factory.mktemp("tiny_dense")
+    metrics = train_dense(tiny_params(train__epochs=1), prepared_dir=tiny_corpus,
+                          out_dir=root / "models_train", metrics_path=root / "train.json",
+                          plots_dir=root / "plots_train", resume_dir=root / "ckpt", track=False)
+    assert metrics["steps"] == 4 and not metrics.get("interrupted")
+    return {"root": root, "model_dir": root / "models_train", "resume_dir": root / "ckpt", "metrics": metrics}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny effifusion-GAN of ``tiny_params()`` (C = 8, one TS-Conformer block), seed 0, untrained, saved
+    and exported once (parity at 0.25 s and 1.0000625 s): {"ckpt", "onnx", "report", "params_total"}."""
+    import torch
+
+    from effifusion.core.settings import AudioConfig, ExportConfig
+    from effifusion.inference.export import export_onnx
+    from effifusion.models.registry import build_model, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("tiny_export")
+    torch.manual_seed(0)
+    model = build_model(tiny_params()["model"], 16000).eval()
+    save_checkpoint(tmp / "generator.pt", model)
+    report = export_onnx(tmp / "generator.pt", tmp / "onnx", ExportConfig(18, (0.25, 1.0000625), 1e-4),
+                         AudioConfig(16000))
+    return {"ckpt": tmp / "generator.pt", "onnx": Path(report["onnx_file"]), "report": report,
+            "params_total": sum(p.numel() for p in model.parameters())}
