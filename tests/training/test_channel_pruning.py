@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from helpers import make_prepared, tiny_params
+from helpers import tiny_params
 from effifusion.core.errors import ConfigError
 from effifusion.core.settings import AudioConfig, ExportConfig, PruneConfig, parse_params
 from effifusion.inference.export import export_onnx, onnx_session, parity_signal
@@ -27,7 +27,7 @@ from effifusion.models.effifusion_gan.generator import DenseBlock
 from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 from effifusion.training.channel_pruning import ChannelPruningCallback, prune_channels
 from effifusion.training.pruning import select_prunable
-from effifusion.training.stages import prune_finetune, train_dense
+from effifusion.training.stages import prune_finetune
 
 AMOUNT = 0.5
 WITH_ATTENTION = ["all-conv", "all-linear"]  # selects the attention's in-projection: its inner widths go
@@ -288,25 +288,30 @@ def graph_macs(path: Path, samples: int = 16000) -> int:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def exports(tmp_path_factory: pytest.TempPathFactory, tiny_export: dict) -> dict:
     """The tiny model exported dense and channel-pruned (50 %; "attention": its inner widths too):
-    {"dense"|"pruned"|"attention": (report, card, model, path)}."""
+    {"dense"|"pruned"|"attention": (report, card, model, path)}. The dense export is the session's
+    tiny_export (tests/conftest.py: tiny_model(), exported at EXPORT_CFG's lengths)."""
     tmp = tmp_path_factory.mktemp("channel_export")
     model = tiny_model()
-    save_checkpoint(tmp / "dense.pt", model)
+    dense, _ = load_checkpoint(tiny_export["ckpt"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values()))
     prune_channels(model, ["all-conv"], AMOUNT, "global")
     save_checkpoint(tmp / "pruned.pt", model)
     model = tiny_model()
     prune_channels(model, WITH_ATTENTION, AMOUNT, "global")
     save_checkpoint(tmp / "attention.pt", model)
-    out = {}
-    for name in ("dense", "pruned", "attention"):
+    out = {"dense": (tiny_export["report"], card_of(tiny_export["onnx"]), dense, tiny_export["onnx"])}
+    for name in ("pruned", "attention"):
         report = export_onnx(tmp / f"{name}.pt", tmp / "onnx", EXPORT_CFG, AudioConfig(16000),
                              name=f"{name}.onnx")
         path = Path(report["onnx_file"])
-        card = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        out[name] = (report, card, load_checkpoint(tmp / f"{name}.pt")[0], path)
+        out[name] = (report, card_of(path), load_checkpoint(tmp / f"{name}.pt")[0], path)
     return out
+
+
+def card_of(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def test_pruned_export_is_smaller_and_counts_fewer_macs(exports: dict) -> None:
@@ -478,19 +483,18 @@ def test_resume_refuses_other_widths(layers: list[str]) -> None:
         other.load_state_dict(a.state_dict())
 
 
-def test_interrupted_channel_prune_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    prepared = make_prepared(tmp_path / "prepared")
+def test_interrupted_channel_prune_run_resumes_to_the_same_weights(tmp_path: Path, tiny_corpus: Path,
+                                                                   tiny_dense: dict) -> None:
+    """From the session's dense model (tests/conftest.py: tiny_params(train__epochs=1) on make_prepared())."""
+    prepared = tiny_corpus
     params = tiny_params(prune__method="channel", prune__amount=0.3)
 
     def run(out: Path, **kw):
         paths = dict(prepared_dir=prepared, out_dir=out / "models_prune", metrics_path=out / "prune.json",
                      plots_dir=out / "plots_prune", resume_dir=out / "ckpt", track=False, **kw)
-        return prune_finetune(params, init_dir=tmp_path / "dense" / "models_train", **paths)
+        return prune_finetune(params, init_dir=tiny_dense["model_dir"], **paths)
 
-    dense = tmp_path / "dense"
-    train_dense(tiny_params(train__epochs=1), prepared_dir=prepared, out_dir=dense / "models_train",
-                metrics_path=dense / "train.json", plots_dir=dense / "plots_train", resume_dir=dense / "ckpt",
-                track=False)
+    dense = tiny_dense["root"]
     straight = run(tmp_path / "straight")
     assert run(tmp_path / "resumed", stop_after_steps=2)["interrupted"]
     resumed = run(tmp_path / "resumed")
