@@ -117,22 +117,8 @@ MODEL_KEYS = {"model", "arch", "backend", "threads", "seconds", "sample_rate", "
               "network_evaluations", "chunked", "piece_s", "platform"}
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny effifusion-GAN exported for real (the demo preset shrunk): {"onnx", "params_total"}."""
-    import torch
-    from helpers import tiny_params
-
-    from effifusion.core.settings import AudioConfig, ExportConfig
-    from effifusion.inference.export import export_onnx
-    from effifusion.models.registry import build_model, save_checkpoint
-
-    tmp = tmp_path_factory.mktemp("bench-model")
-    torch.manual_seed(0)
-    model = build_model(tiny_params()["model"], 16000).eval()
-    save_checkpoint(tmp / "generator.pt", model)
-    report = export_onnx(tmp / "generator.pt", tmp / "onnx", ExportConfig(18, (0.5,), 1e-4), AudioConfig(16000))
-    return {"onnx": Path(report["onnx_file"]), "params_total": sum(p.numel() for p in model.parameters())}
+# tiny_export (tests/conftest.py): a tiny effifusion-GAN (the demo preset shrunk) exported once per session
+# for real: {"onnx", "params_total", ...}
 
 
 def stand_in_diffusion(folder: Path) -> Path:
