@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_prepared, tiny_params
+from helpers import TINY_PARITY_LENGTHS_S, make_prepared, tiny_params
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +35,53 @@ def tiny_dense(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"root": root, "model_dir": root / "models_train", "resume_dir": root / "ckpt", "metrics": metrics}
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny effifusion-GAN of ``tiny_params()`` (C = 8, one TS-Conformer block), seed 0, untrained, saved
-    and exported once (parity at 0.25 s and 1.0000625 s): {"ckpt", "onnx", "report", "params_total"}."""
+def _tiny_generator():
+    """The tiny effifusion-GAN of ``tiny_params()`` (C = 8, one TS-Conformer block), seed 0, eval mode."""
     import torch
 
+    from effifusion.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_params()["model"], 16000).eval()
+
+
+def _export(ckpt: Path, out: Path) -> dict:
     from effifusion.core.settings import AudioConfig, ExportConfig
     from effifusion.inference.export import export_onnx
-    from effifusion.models.registry import build_model, save_checkpoint
+
+    return export_onnx(ckpt, out, ExportConfig(18, TINY_PARITY_LENGTHS_S, 1e-4), AudioConfig(16000))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny generator, untrained, saved and exported once (parity at TINY_PARITY_LENGTHS_S):
+    {"ckpt", "onnx" (onnx/pruned.onnx, beside its report pruned.export.json), "report", "params_total"}."""
+    from effifusion.models.registry import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("tiny_export")
-    torch.manual_seed(0)
-    model = build_model(tiny_params()["model"], 16000).eval()
+    model = _tiny_generator()
     save_checkpoint(tmp / "generator.pt", model)
-    report = export_onnx(tmp / "generator.pt", tmp / "onnx", ExportConfig(18, (0.25, 1.0000625), 1e-4),
-                         AudioConfig(16000))
+    report = _export(tmp / "generator.pt", tmp / "onnx")
     return {"ckpt": tmp / "generator.pt", "onnx": Path(report["onnx_file"]), "report": report,
             "params_total": sum(p.numel() for p in model.parameters())}
+
+
+@pytest.fixture(scope="session")
+def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny generator with 30 % of its conv weights zeroed (global L1, torch.nn.utils.prune: saved with
+    its weight_orig / weight_mask pairs), exported once (parity at TINY_PARITY_LENGTHS_S):
+    {"ckpt", "out" (the export's folder), "onnx", "report", "generator" (the checkpoint, loaded)}."""
+    from torch.nn.utils import prune
+
+    from effifusion.models.cost import conv_modules
+    from effifusion.models.registry import load_checkpoint, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("tiny_pruned_export")
+    model = _tiny_generator()
+    prune.global_unstructured([(m, "weight") for _, m in conv_modules(model)], prune.L1Unstructured, amount=0.3)
+    ckpt = tmp / "generator.pt"
+    save_checkpoint(ckpt, model)  # still holds weight_orig / weight_mask
+    report = _export(ckpt, tmp / "onnx")
+    generator, _ = load_checkpoint(ckpt)
+    return {"ckpt": ckpt, "out": tmp / "onnx", "onnx": Path(report["onnx_file"]), "report": report,
+            "generator": generator}

@@ -8,6 +8,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+# Parity lengths of the tiny exports shared by the session (tests/conftest.py): 4,000 and 16,000 samples
+# are multiples of the hop; 16,001 puts the last frame on the reflection point (N % hop == 1, a
+# real-spectrum frame); 19,753 is neither.
+TINY_PARITY_LENGTHS_S = (0.25, 1.0000625, 1.2345625)
 
 
 def fixtures_or_skip(*parts: str) -> Path:

@@ -17,17 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from helpers import ROOT, fixtures_or_skip
 from effifusion.evaluation import evaluate as ev
 from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError, DataError
 from effifusion.core.settings import parse_params
-from effifusion.inference.export import export_onnx
 from effifusion.metrics.quality import METRICS, score_pair
 from effifusion.data.mixing import snr_tag
-from effifusion.models.registry import build_model, save_checkpoint
 
 TEST_UTTS = ["p232_052", "p232_170", "p257_054", "p257_143"]  # the four shortest fixture pairs (2.1-2.5 s)
 UNSEEN = [("p257_143", "NPARK", 10.0), ("p232_170", "NPARK", 0.0), ("p232_052", "OHALLWAY", 10.0),
@@ -55,8 +52,9 @@ def _unseen_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sin(2 * np.pi * 120 * t) + 0.3 * rng.standard_normal(n) + clicks
 
 
-def build_world(root: Path, voicebank: Path) -> dict:
-    """data/prepared (test split + test.csv), data/unseen (noisy + unseen.csv), models/{pruned,onnx}."""
+def build_world(root: Path, voicebank: Path, pruned: dict) -> dict:
+    """data/prepared (test split + test.csv), data/unseen (noisy + unseen.csv), models/{pruned,onnx}: the
+    ``pruned`` model and its export are the session's tiny_pruned_export (tests/conftest.py)."""
     labels = {}
     with (voicebank.parent / "log_testset.csv").open() as f:
         for row in csv.DictReader(f):
@@ -89,22 +87,13 @@ def build_world(root: Path, voicebank: Path) -> dict:
     _write_csv(unseen / "unseen.csv", rows)
 
     params = _params()
-    torch.manual_seed(0)
-    generator = build_model(params["model"], 16000).eval()
     torch_model = root / "models" / "pruned" / "generator.pt"
-    save_checkpoint(torch_model, generator)
+    torch_model.parent.mkdir(parents=True)
+    shutil.copy(pruned["ckpt"], torch_model)
+    shutil.copytree(pruned["out"], root / "models" / "onnx")  # pruned.onnx and its report
     onnx_model = root / "models" / "onnx" / "pruned.onnx"
-    _export(torch_model, onnx_model)
     return {"params": params, "prepared": prepared, "unseen": unseen, "torch_model": torch_model,
             "onnx_model": onnx_model}
-
-
-def _export(torch_model: Path, onnx_model: Path) -> None:
-    params = _params()
-    settings = parse_params(params)
-    export = replace(settings.export, parity_lengths_s=(0.5,))  # one length: parity is test_export's job
-    export_onnx(torch_model, onnx_model.parent, export, settings.audio, name=onnx_model.name)
-    assert onnx_model.is_file()
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -121,7 +110,7 @@ def _kwargs(world: dict, root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_pruned_export):
     """The world, evaluated once with MLflow logging into a temporary SQLite store."""
     import mlflow
 
@@ -134,7 +123,7 @@ def evaluated(tmp_path_factory):
         mp.setenv("DVC_ROOT", str(root))  # store lock and artifacts inside the temporary world
         mp.delenv("DVC_EXP_NAME", raising=False)
         mp.chdir(root)
-        world = build_world(root, voicebank)
+        world = build_world(root, voicebank, tiny_pruned_export)
         with tracking.start_run("prune", world["params"]) as run:
             mlflow.log_metric("val/pesq", 1.0)
             tracking.tag_model(world["torch_model"])
@@ -366,14 +355,11 @@ def test_spectrogram_items_spread_over_sets_and_snrs() -> None:
     assert len(ev.pick_spectrogram_items(items, 50)) == 8
 
 
-def test_dense_and_pruned_side_by_side(evaluated, tmp_path) -> None:
-    """Two variants of different weights: each scored on its own, combined with one row per variant."""
+def test_dense_and_pruned_side_by_side(evaluated, tmp_path, tiny_export) -> None:
+    """Two variants of different weights: each scored on its own, combined with one row per variant. The
+    dense model: the session's tiny_export (tests/conftest.py), the world's model before its pruning."""
     params = evaluated["params"]
-    torch.manual_seed(1)  # other weights than the fixture's "pruned" model
-    dense_ckpt = tmp_path / "models" / "dense" / "generator.pt"
-    save_checkpoint(dense_ckpt, build_model(params["model"], 16000).eval())
-    dense_onnx = tmp_path / "models" / "onnx" / "dense.onnx"
-    _export(dense_ckpt, dense_onnx)
+    dense_ckpt, dense_onnx = tiny_export["ckpt"], tiny_export["onnx"]
     assert not ev.same_weights(dense_ckpt, evaluated["torch_model"])
     assert ev.same_weights(evaluated["torch_model"], evaluated["torch_model"])
     kwargs = {**_kwargs(evaluated, tmp_path), "track": False, "bench": False}

@@ -1,7 +1,8 @@
 """ONNX export: PyTorch/ONNX Runtime parity, dynamic axes, stored weights, report, errors, MLflow logging.
 
 One tiny pruned generator (C = 8, one TS-Conformer block, 30 % of conv weights zeroed, saved with its
-weight_orig / weight_mask pairs) is exported once per module; the tests read that export.
+weight_orig / weight_mask pairs) is exported once per session (tests/conftest.py: tiny_pruned_export);
+the tests read that export.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT
+from helpers import TINY_PARITY_LENGTHS_S, tiny_params
 import torch
-import yaml
-from torch.nn.utils import prune
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
@@ -25,33 +24,21 @@ from effifusion.inference.export import (
     log_to_mlflow, onnx_session, parity_signal,
 )
 from effifusion.dsp.stft import dft_transforms
-from effifusion.models.cost import conv_modules
-from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
 AUDIO = AudioConfig(16000)
-# 4,000 and 16,000 samples are multiples of the hop; 16,001 puts the last frame on the reflection
-# point (N % hop == 1, a real-spectrum frame); 19,753 is neither.
-EXPORT_CFG = ExportConfig(opset=18, parity_lengths_s=(0.25, 1.0000625, 1.2345625), parity_tolerance=1e-4)
+# (0.25, 1.0000625, 1.2345625) s: see helpers.TINY_PARITY_LENGTHS_S
+EXPORT_CFG = ExportConfig(opset=18, parity_lengths_s=TINY_PARITY_LENGTHS_S, parity_tolerance=1e-4)
 
 
 def tiny_cfg() -> dict:
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
-    return {**cfg, "channels": 8, "num_tsblocks": 1}
+    return tiny_params()["model"]  # C = 8, one TS-Conformer block: the model of tiny_pruned_export
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Export a pruned tiny generator once: {"ckpt", "out", "report", "generator"}."""
-    tmp = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg(), 16000).eval()
-    convs = [(m, "weight") for _, m in conv_modules(model)]
-    prune.global_unstructured(convs, prune.L1Unstructured, amount=0.3)
-    ckpt = tmp / "generator.pt"
-    save_checkpoint(ckpt, model)  # still holds weight_orig / weight_mask
-    report = export_onnx(ckpt, tmp / "onnx", EXPORT_CFG, AUDIO)
-    generator, _ = load_checkpoint(ckpt)
-    return {"ckpt": ckpt, "out": tmp / "onnx", "report": report, "generator": generator}
+def exported(tiny_pruned_export: dict) -> dict:
+    """The pruned tiny generator (tiny_cfg(), seed 0), exported at EXPORT_CFG once per session:
+    {"ckpt", "out", "report", "generator"}."""
+    return tiny_pruned_export
 
 
 def reference(generator, x: np.ndarray) -> np.ndarray:
