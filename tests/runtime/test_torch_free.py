@@ -160,24 +160,14 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_plain_pip_install_enhances_without_torch(tmp_path: Path) -> None:
+def test_plain_pip_install_enhances_without_torch(tmp_path: Path, tiny_export: dict) -> None:
     """A fresh venv, `pip install <copy of the repository>` with no extras (PyPI for numpy, soundfile,
     onnxruntime, tqdm): no torch, and its `effifusion enhance` enhances a fixture WAV with a tiny
     exported generator as this environment's ONNX Runtime does. About 1-2 minutes with a cold pip cache."""
-    import torch
-    import yaml
-
     from effifusion.inference.backends import load_enhancer
-    from effifusion.core.settings import AudioConfig, ExportConfig
-    from effifusion.inference.export import export_onnx
-    from effifusion.models.registry import build_model, save_checkpoint
 
-    # a tiny trained-shape model, exported for real
-    cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["model"], "channels": 4, "num_tsblocks": 1}
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "generator.pt", build_model(cfg, 16000).eval())
-    export_onnx(tmp_path / "generator.pt", tmp_path / "onnx", ExportConfig(18, (0.5,), 1e-4), AudioConfig(16000))
-    model = tmp_path / "onnx" / "pruned.onnx"
+    # a tiny trained-shape model, exported for real once per session (tests/conftest.py)
+    model = tiny_export["onnx"]
     fixture = tmp_path / "noisy.wav"
     sf.write(fixture, parity_signal(3 * 22050, 22050, seed=5), 22050)
 
