@@ -1,7 +1,6 @@
 """The final fusion's weights: least squares, fitted on validation only, on the model card, overridden."""
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -181,23 +180,6 @@ def test_the_exporter_fits_unless_export_sampler_sets_the_weights(tmp_path, monk
         assert seen["fusion"]["source"] == "fitted on validation" and len(set(weights[0])) > 1
 
 
-@pytest.mark.slow
-def test_the_fitted_weights_round_trip_through_the_onnx_card(tmp_path):
-    import onnx
-
-    from effifusion.inference.backends import load_enhancer
-    from effifusion.inference.export import export_onnx
-
-    prepared = make_prepared(tmp_path / "prepared", n_train=2, n_val=2, seconds=0.6)
-    save_checkpoint(tmp_path / "m.pt", tiny())
-    cfg = ExportConfig(opset=18, parity_lengths_s=(0.5,), parity_tolerance=1e-3)
-    report = export_onnx(tmp_path / "m.pt", tmp_path / "onnx", cfg, AudioConfig(16000), name="m.onnx",
-                         val_items=ValidationLoader(prepared, 2, 0))
-    fusion = report["final_fusion"]
-    card = {p.key: p.value for p in onnx.load(str(tmp_path / "onnx" / "m.onnx")).metadata_props}
-    sampler = json.loads(card["sampler"])
-    assert sampler["fusion_alpha"] == fusion["fusion_alpha"] and sampler["fusion_beta"] == fusion["fusion_beta"]
-    assert fusion["source"] == "fitted on validation" and "fusion_weight" not in sampler
-    assert report["sampler"] == sampler
-    assert report["onnx_parity_max_abs"] <= 1e-3  # parity of the sampler with the fitted weights
-    assert load_enhancer(tmp_path / "onnx" / "m.onnx").card["sampler"] == sampler  # the runtime reads them
+# The fitted weights' round trip through a real export (the report, the ONNX card, the sampler's parity with
+# them, the runtime reading them): tests/pipeline/test_architectures.py, gp-sgmse-demo, whose export stage
+# fits them on its validation items as `dvc repro` does (one diffusion export for both checks).

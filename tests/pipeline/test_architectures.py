@@ -12,6 +12,7 @@ from helpers import ROOT, make_prepared, tiny_params
 from effifusion.core.config import read_params
 from effifusion.evaluation.evaluate import evaluate
 from effifusion.inference.export import export_variant
+from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.models.registry import load_checkpoint
 from effifusion.training.stages import prune_finetune, train_dense
 
@@ -48,8 +49,9 @@ def test_one_pipeline_pass(preset, tmp_path):
         assert (tmp_path / "pruned" / "generator.pt").read_bytes() == (tmp_path / "dense" / "generator.pt").read_bytes()
     else:
         assert pruned["conv_sparsity"] == pytest.approx(params["prune"]["amount"], abs=0.02)
+    val_items = ValidationLoader(prepared, params["train"]["val_utterances"], params["seed"])  # as stages/export.py
     report, how = export_variant("pruned", tmp_path / "pruned" / "generator.pt", tmp_path / "onnx", params["export"],
-                                 params["audio"])
+                                 params["audio"], val_items)
     assert how == "exported" and report["onnx_parity_max_abs"] <= params["export"]["parity_tolerance"]
     metrics = evaluate(params, prepared_dir=prepared, unseen_dir=prepared,
                        torch_model=tmp_path / "pruned" / "generator.pt", onnx_model=tmp_path / "onnx" / "pruned.onnx",
@@ -64,16 +66,26 @@ def test_one_pipeline_pass(preset, tmp_path):
 
 
 def check_diffusion_export(folder, report):
-    """The diffusion export: two graphs, each network at parity, the torch-free sampler deterministic and
-    open to sampler overrides, a missing predictive graph one line."""
+    """The diffusion export: two graphs, each network at parity, the final fusion's weights fitted on the
+    validation items and carried by the card (the sampler's parity is with them), the torch-free sampler
+    deterministic and open to sampler overrides, a missing predictive graph one line."""
+    import json
+
     import numpy as np
+    import onnx
 
     from effifusion.core.errors import ConfigError
     from effifusion.inference.backends import load_enhancer
 
     assert max(report["network_parity_max_rel"].values()) < 1e-4
     assert sorted(p.name for p in folder.iterdir()) == ["pruned.export.json", "pruned.onnx", "pruned.predictive.onnx"]
+    fusion = report["final_fusion"]
+    sampler = json.loads({p.key: p.value for p in onnx.load(str(folder / "pruned.onnx")).metadata_props}["sampler"])
+    assert fusion["source"] == "fitted on validation" and "fusion_weight" not in sampler
+    assert (sampler["fusion_alpha"], sampler["fusion_beta"]) == (fusion["fusion_alpha"], fusion["fusion_beta"])
+    assert report["sampler"] == sampler
     enhancer = load_enhancer(folder / "pruned.onnx")
+    assert enhancer.card["sampler"] == sampler  # the runtime reads the fitted weights
     assert enhancer.card["runtime"] == "diffusion" and enhancer.card["sampler"]["steps"] == 3
     x = np.random.default_rng(2).standard_normal(7000).astype(np.float32) * 0.1
     y = enhancer.enhance(x)
