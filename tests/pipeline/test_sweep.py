@@ -52,13 +52,14 @@ def tiny_pipeline_params(params: dict) -> dict:
     params["corpus"]["demo"].update(train_speakers=["p226", "p239", "p287"], train_utterances_per_speaker=3,
                                     test_utterances_per_speaker=2, min_duration_s=1.0, max_duration_s=1.3,
                                     unseen_noise_duration_s=4.0)
-    params["mix_unseen"].update(snrs_db=[5.0, 0.0], utterances_per_condition=1)
+    params["mix_unseen"].update(noises=params["mix_unseen"]["noises"][:2], snrs_db=[5.0, 0.0],
+                                utterances_per_condition=1)  # 4 unseen mixtures: each evaluate scores 8 files
     params["model"].update(channels=8, num_tsblocks=1)
     params["discriminator"]["channels"] = 8
     params["train"].update(epochs=1, batch_size=1, val_every_steps=3, val_utterances=2)
     params["prune"].update(epochs=1, prune_every_steps=1)
     params["export"]["parity_lengths_s"] = [0.5, 1.1]
-    params["evaluate"].update(num_spectrograms=1, rtf_seconds=1.0)
+    params["evaluate"].update(num_spectrograms=1, rtf_seconds=0.5)
     params["runtime"].update(data_workers=1, checkpoint_every_steps=3, pesq_workers=0, device="cpu", evaluate_workers=1)
     params["mlflow"]["experiment"] = "sweep-test"
     return params
