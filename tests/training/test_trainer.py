@@ -273,6 +273,7 @@ def _demo_prepared(root: Path, n_train: int, n_val: int, snr_db: float) -> Path:
     return root
 
 
+@pytest.mark.slow  # a minute of training: `make test` runs it, `make test-fast` does not
 def test_short_training_run_enhances_held_out_speech(tmp_path):
     """The real train stage with the demo recipe at tiny size: validation PESQ (held-out speakers,
     whole utterances) ends above the noisy input's, not just a falling loss on one batch."""
