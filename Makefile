@@ -1,14 +1,15 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+ and git, offline but for PyPI):
 #   make repro   create .venv if missing, install, run the whole DVC pipeline
 #   make test    create .venv if missing, install, run the test suite
-# Both install effifusion[pipeline,dev] as pinned in requirements.lock. Enhancing alone needs only
-# `pip install effifusion` (numpy, soundfile, onnxruntime, tqdm: no torch).
+#   make lint    ruff (rules in pyproject.toml); .ci/run runs it before the tests
+# All install effifusion[pipeline,dev] as pinned in requirements.lock. Enhancing alone needs only
+# `pip install .` in a clone (numpy, soundfile, onnxruntime, tqdm: no torch).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test test-fast bench gpu-check lock clean-venv
+.PHONY: repro test test-fast lint bench gpu-check lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ test: $(STAMP)
 # runs everything.
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_train.py

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from effifusion.evaluation import metrics
 from effifusion.dsp.audio import read_wav
+from effifusion.evaluation import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,17 @@ import time
 
 import torch
 
-from benchlib import (ROOT, PesqPool, build_models, load_preset, make_step, peak_mib, reset_peak,
-                      reset_timings, synthetic_batch)
+from benchlib import (
+    ROOT,
+    PesqPool,
+    build_models,
+    load_preset,
+    make_step,
+    peak_mib,
+    reset_peak,
+    reset_timings,
+    synthetic_batch,
+)
 
 
 def bench(params: dict, device: torch.device, steps: int, batch_size: int, segment_s: float, pesq_workers: int,

@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import synthetic_speech  # noqa: E402
 from effifusion.core.config import load_params  # noqa: E402
-from effifusion.models.discriminator import build_discriminator  # noqa: E402
 from effifusion.dsp.stft import StftFrontEnd  # noqa: E402
+from effifusion.models.discriminator import build_discriminator  # noqa: E402
 from effifusion.models.registry import build_model  # noqa: E402
 from effifusion.training.pesq_pool import PesqPool  # noqa: E402
 from effifusion.training.tasks.metric_gan import GanStep  # noqa: E402
+from helpers import synthetic_speech  # noqa: E402
 
 __all__ = ["ROOT", "PesqPool", "GanStep", "load_preset", "synthetic_batch", "build_models", "make_step",
            "reset_timings", "reset_peak", "peak_mib"]

@@ -47,8 +47,8 @@ def items(manifest: Path) -> list[tuple[str, Path, Path]]:
 
 def main() -> None:
     from effifusion.dsp.audio import read_wav, write_wav
-    from effifusion.metrics.quality import score_files
     from effifusion.inference.backends import load_enhancer
+    from effifusion.metrics.quality import score_files
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -87,12 +87,14 @@ def main() -> None:
 
                 row["evaluations"] = SamplerSettings(**row["sampler"]).evaluations()
             results[name] = row
-            print(name, json.dumps({k: v for k, v in row.items() if k in ("test", "unseen", "evaluations")}), flush=True)
+            shown = {k: v for k, v in row.items() if k in ("test", "unseen", "evaluations")}
+            print(name, json.dumps(shown), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "modes.json").write_text(json.dumps({"model": args.model, "modes": results}, indent=2) + "\n")
-    lines = ["| output | network evaluations | test PESQ | test CSIG / CBAK / COVL (MATLAB) | test ESTOI | test SI-SDR (dB) "
-             "| unseen PESQ | unseen ESTOI | unseen SI-SDR (dB) | RTF (ONNX, 1 thread) |", "|" + "---|" * 10]
+    lines = ["| output | network evaluations | test PESQ | test CSIG / CBAK / COVL (MATLAB) | test ESTOI "
+             "| test SI-SDR (dB) | unseen PESQ | unseen ESTOI | unseen SI-SDR (dB) | RTF (ONNX, 1 thread) |",
+             "|" + "---|" * 10]
     for name, r in results.items():
         t, u = r["test"], r["unseen"]
         lines.append(f"| {name} | {r.get('evaluations', '—')} | {t['pesq']:.3f} | {t['csig']:.2f} / {t['cbak']:.2f} / "

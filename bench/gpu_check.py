@@ -41,8 +41,17 @@ from typing import Any
 
 import torch
 
-from benchlib import (ROOT, PesqPool, build_models, load_preset, make_step, peak_mib, reset_peak,
-                      reset_timings, synthetic_batch)
+from benchlib import (
+    ROOT,
+    PesqPool,
+    build_models,
+    load_preset,
+    make_step,
+    peak_mib,
+    reset_peak,
+    reset_timings,
+    synthetic_batch,
+)
 
 SKIP_LINE = "no CUDA device: gpu-check skipped"
 COLUMNS = ("config", "steps/s", "s/step", "PESQ wait %", "peak GiB", "notes")

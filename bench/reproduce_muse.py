@@ -40,8 +40,8 @@ def main() -> None:
     import torch
 
     from effifusion.metrics.quality import score_dirs
-    from effifusion.runtime.enhancer import onnx_enhancer
     from effifusion.models.muse.checkpoint import load_muse_checkpoint
+    from effifusion.runtime.enhancer import onnx_enhancer
 
     torch.set_num_threads(args.threads)
     fx = Path(args.fixtures) / "voicebank_test_16k"

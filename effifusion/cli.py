@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="*", help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     s.add_argument("-o", "--output", help="output folder (created; checked writable before any work)")
     s.add_argument("--model", default=DEFAULT_MODEL,
-                   help=".onnx export (plain install) or model checkpoint .pt (needs the pipeline install: pip install '.[pipeline]'); "
+                   help=".onnx export (plain install) or model checkpoint .pt (needs the pipeline install: "
+                        "pip install '.[pipeline]'); "
                         "default: the pipeline's pruned export (models/onnx/dense.onnx is the dense one)")
     s.add_argument("--atten-lim-db", type=float, default=None, metavar="DB",
                    help="remove at most DB dB of noise: out = enhanced + 10^(-DB/20)*(input - enhanced); "

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from effifusion.core.config import load_settings, run_stage
 from effifusion.core.files import write_json
-from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
+from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.tracking import runs as tracking
 
 

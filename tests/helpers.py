@@ -1,4 +1,7 @@
-"""Shared test helpers (imported as `helpers`: tests/ is on pytest's pythonpath): fixture paths, tiny configs, tiny corpora."""
+"""Shared test helpers (imported as `helpers`: tests/ is on pytest's pythonpath).
+
+Fixture paths, tiny configs, tiny corpora.
+"""
 
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def _is_num(v: Any) -> bool:
 
 
 def integer(lo: int | None = None) -> Rule:
-    return Rule(lambda v: _is_int(v) and (lo is None or v >= lo), "an integer" + (f" >= {lo}" if lo is not None else ""))
+    return Rule(lambda v: _is_int(v) and (lo is None or v >= lo),
+                "an integer" + (f" >= {lo}" if lo is not None else ""))
 
 
 def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Rule:
@@ -122,7 +123,8 @@ SCHEMA: dict[str, Any] = {
                     "filter_prob": number(0, 1)},
         "amp": one_of("none", "bf16"), "compile": BOOL,
     },
-    "prune": {"method": one_of("l1_unstructured", "channel", "none"), "amount": number(0, 1, hi_open=True), "layers": list_of(NONEMPTY_TEXT), "scope": one_of("global", "layer"),
+    "prune": {"method": one_of("l1_unstructured", "channel", "none"), "amount": number(0, 1, hi_open=True),
+              "layers": list_of(NONEMPTY_TEXT), "scope": one_of("global", "layer"),
               "epochs": integer(1), "max_steps_per_epoch": integer(0), "ramp_fraction": number(0, 1),
               "prune_every_steps": integer(1), "lr": number(0, lo_open=True)},
     "export": {"opset": integer(18), "parity_lengths_s": list_of(number(0, lo_open=True)),

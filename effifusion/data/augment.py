@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from effifusion.dsp.stft import rms_gain
 from effifusion.core.errors import ConfigError
 from effifusion.data.mixing import mix_at_snr, noise_excerpt
+from effifusion.dsp.stft import rms_gain
 
 AUGMENT_KEYS = ("enabled", "prob", "snr_db", "filter_prob")
 

@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from effifusion.core.errors import DataError
 from effifusion.dsp.audio import SAMPLE_RATE, read_wav
 from effifusion.dsp.stft import rms_gain
-from effifusion.core.errors import DataError
 
 MANIFEST_COLUMNS = ("utt", "speaker", "clean", "noisy", "noise", "snr_db", "num_samples")
 

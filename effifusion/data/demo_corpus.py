@@ -22,10 +22,10 @@ import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
-from effifusion.dsp.audio import write_wav
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_dir
 from effifusion.data.mixing import active_speech_level, item_seed, mix_at_snr
+from effifusion.dsp.audio import write_wav
 
 TRAIN_NOISES = [
     "kitchen", "meeting", "cafeteria", "restaurant", "station", "car", "metro", "traffic", "ssn", "babble",

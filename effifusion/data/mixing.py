@@ -19,10 +19,10 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import lfilter
 
-from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel, timing_report
+from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 
 # ITU-T P.56 method B constants.
 P56_TIME_CONSTANT_S = 0.03   # envelope smoothing

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from effifusion.dsp.audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
 from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel, timing_report
-
+from effifusion.dsp.audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 
 # split name -> (clean folder, noisy folder, log file) inside the raw corpus
 RAW_SPLITS = {
@@ -64,8 +63,8 @@ def read_noise_log(path: Path) -> dict[str, tuple[str, float]]:
 def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 16000, workers: int = 1) -> dict:
     """Check, resample and split the raw corpus into ``out_dir``; write report.json, return it with timings.
 
-    ``cfg`` is params["prepare"] (val_speakers, skip_bad_files); ``workers`` processes do the work. Output per the layout
-    contract: ``{train,val,test}/{clean,noisy}/<utt>.wav`` at ``sample_rate``, manifests
+    ``cfg`` is params["prepare"] (val_speakers, skip_bad_files); ``workers`` processes do the work. Output per the
+    layout contract: ``{train,val,test}/{clean,noisy}/<utt>.wav`` at ``sample_rate``, manifests
     ``{train,val,test}.csv`` with paths relative to ``out_dir``, and ``report.json``. Built in a
     temporary folder and renamed into place. report.json is a function of the raw files and the
     settings only (a rerun writes the same bytes, so later stages stay up to date); the returned

@@ -19,8 +19,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from effifusion.data.download import extract_zip, fetch, md5sum, replace_path
 from effifusion.core.errors import ConfigError, DataError, DownloadError
+from effifusion.data.download import extract_zip, fetch, md5sum, replace_path
 
 
 @dataclass(frozen=True)

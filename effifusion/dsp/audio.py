@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from effifusion.core.files import atomic_path
 from effifusion.core.errors import AudioError
+from effifusion.core.files import atomic_path
 from effifusion.dsp.resampler import sinc_resample
 
 SAMPLE_RATE = 16_000

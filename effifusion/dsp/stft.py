@@ -6,9 +6,9 @@ normalisation, the shortest input it accepts), so the trainer, the enhancer and 
 hold STFT settings of their own.
 
 ONNX has no ISTFT operator and an exported ``torch.istft`` does not load in ONNX Runtime, so while
-a graph is being exported (``dft_transforms()``) the same transforms run on DFT bases instead: the STFT is a strided conv1d
-with windowed cos/sin kernels over the reflect-padded signal; the inverse is a conv_transpose1d with
-the windowed inverse-DFT kernels (irfft and overlap-add in one op), divided by the overlap-added
+a graph is being exported (``dft_transforms()``) the same transforms run on DFT bases instead: the
+STFT is a strided conv1d with windowed cos/sin kernels over the reflect-padded signal; the inverse is
+a conv_transpose1d with the windowed inverse-DFT kernels (irfft and overlap-add in one op), divided by the overlap-added
 squared window and centre-trimmed. The bases are computed inside the graph from integer ranges, so
 the file holds only the model's weights. Both paths agree to float rounding (export parity ≤ 1e-4).
 """

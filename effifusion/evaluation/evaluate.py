@@ -39,15 +39,15 @@ import numpy as np
 from tqdm import tqdm
 
 from effifusion.core import files
+from effifusion.core.errors import AudioError, DataError
+from effifusion.core.files import atomic_dir
+from effifusion.core.parallel import single_thread_worker
+from effifusion.core.settings import Params, PruneConfig, as_settings
+from effifusion.data.datasets import read_manifest
+from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
+from effifusion.metrics.quality import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
 from effifusion.tracking import figures
 from effifusion.tracking.names import BENCH, RTF, in_section
-from effifusion.dsp.audio import SAMPLE_RATE, check_audio, read_wav, write_wav
-from effifusion.data.datasets import read_manifest
-from effifusion.core.errors import AudioError, DataError
-from effifusion.metrics.quality import COMPOSITES, CONVENTION_NOTES, METRICS, score_files
-from effifusion.core.files import atomic_dir
-from effifusion.core.settings import Params, PruneConfig, as_settings
-from effifusion.core.parallel import single_thread_worker
 
 SETS = ("test", "unseen")
 SYSTEMS = ("noisy", "pytorch", "onnx")  # "noisy" = the unprocessed input, the baseline row
@@ -119,7 +119,8 @@ def evaluate(
     items = load_items(Path(prepared_dir), Path(unseen_dir))
     enhanced_dir, out_dir = Path(enhanced_dir), Path(out_dir)
 
-    # ONNX Runtime runs on the CPU here (effifusion.inference.backends); runtime.evaluate_device applies to the checkpoint
+    # ONNX Runtime runs on the CPU here (effifusion.inference.backends); runtime.evaluate_device applies to
+    # the checkpoint
     # a diffusion model samples as exported (export.sampler may override the checkpoint's settings): the
     # PyTorch model takes the ONNX card's sampler, so both rows score the same sampler
     sampler = _exported_sampler(onnx_model)
@@ -238,8 +239,9 @@ def enhanced_path(enhanced_dir: Path, system: str, item: dict[str, Any]) -> Path
     return enhanced_dir / system / item["set"] / f"{item['utt']}.wav"
 
 
-def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str, dict[str, Any] | None]], enhanced_dir: Path,
-                workers: int, rtf_signal: np.ndarray, sr: int) -> tuple[dict[str, int], dict[str, float]]:
+def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str, dict[str, Any] | None]],
+                enhanced_dir: Path, workers: int, rtf_signal: np.ndarray,
+                sr: int) -> tuple[dict[str, int], dict[str, float]]:
     """Enhance every item with every model in ``workers`` processes, then time each model alone.
 
     Returns ({enhanced WAV path: clipped sample count}, {system: real-time factor}).

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from effifusion.core import files
+from effifusion.core.config import read_params, repo_root
+from effifusion.core.errors import DataError
 from effifusion.tracking import figures
 from effifusion.tracking import runs as tracking
 from effifusion.tracking.names import BENCH, EXPORT, RTF, SWEEP, TEST_PESQ, TRAIN, VAL_PESQ, in_section
-from effifusion.core.config import read_params, repo_root
-from effifusion.core.errors import DataError
 
 QUALITY = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "si_sir", "si_sar")  # MLflow names
 QUALITY_TITLES = {"si_sdr": "SI-SDR (dB)", "si_sir": "SI-SIR (dB)", "si_sar": "SI-SAR (dB)"}  # others: NAME
@@ -214,8 +214,8 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
     dense_run_id, runs = sweep_runs(experiment, dense_run_id)
     rows = sweep_rows(runs)
     best, excluded = select_best(rows)
-    columns = ["prune.method", "prune.layers", "prune.amount", "macs_removed", "params_nonzero", "gmac_per_s", "rtf_bench",
-               "peak_rss_mib", "onnx_zip_kib", SELECT_BY,
+    columns = ["prune.method", "prune.layers", "prune.amount", "macs_removed", "params_nonzero", "gmac_per_s",
+               "rtf_bench", "peak_rss_mib", "onnx_zip_kib", SELECT_BY,
                *[f"{s}_{q}" for s in SETS for q in QUALITY], "dvc_exp", "run"]
     files.write_csv(out_dir / "sweep.csv", rows, columns + ["run_id"])
     figures = plot_sweep(rows, out_dir)

@@ -22,8 +22,9 @@ def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | No
 
     ``threads`` sets ONNX Runtime's intra-op threads, or torch.set_num_threads for checkpoints
     (process-wide). ``sampler`` overrides a diffusion model's sampler settings key by key (steps,
-    mode, seed, ...; diffusion/sampler.py); a model without a sampler refuses it. A missing or unreadable model (random bytes, text, a .pt that is no checkpoint, an
-    ONNX graph that is no effifusion export) is a ConfigError naming the file and the problem.
+    mode, seed, ...; diffusion/sampler.py); a model without a sampler refuses it. A missing or
+    unreadable model (random bytes, text, a .pt that is no checkpoint, an ONNX graph that is no
+    effifusion export) is a ConfigError naming the file and the problem.
     """
     path = check_model_file(Path(model_path))
     if path.suffix.lower() in (".pt", ".pth"):

@@ -70,11 +70,11 @@ import os
 import platform
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import statistics
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -473,7 +473,8 @@ def describe(row: dict[str, Any]) -> str:
         f"real time   RTF {row['rtf']:.3f} ({row['compute_s']:.3f} s of compute for {row['seconds']:g} s "
         f"of audio{timing})",
         *([f"sampler     {row['network_evaluations']} network evaluations "
-           f"({row['compute_s'] / row['network_evaluations']:.3f} s each)"] if row.get("network_evaluations", 1) > 1 else []),
+           f"({row['compute_s'] / row['network_evaluations']:.3f} s each)"]
+          if row.get("network_evaluations", 1) > 1 else []),
         macs,
         f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "
         "loaded, before the run)",

@@ -106,7 +106,8 @@ def export_diffusion(model: Any, checkpoint: Path, out_dir: Path, name: str, ops
     score_path = out_dir / name
     pred_name = predictive_file(name) if model.has_predictive else ""
     pred_path = out_dir / pred_name if pred_name else None
-    protos = {score_path: _export(model.export_networks()["score"], (ex, ey, t), SCORE_INPUTS, SCORE_OUTPUT, mult, opset)}
+    score_net = model.export_networks()["score"]
+    protos = {score_path: _export(score_net, (ex, ey, t), SCORE_INPUTS, SCORE_OUTPUT, mult, opset)}
     if pred_path is not None:
         protos[pred_path] = _export(model.export_networks()["predictive"], (ex,), PREDICTIVE_INPUTS,
                                     PREDICTIVE_OUTPUT, mult, opset)

@@ -23,20 +23,30 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from effifusion.core.files import atomic_path
 from effifusion.core.errors import ConfigError
+from effifusion.core.files import atomic_path
 from effifusion.core.settings import AudioConfig, ExportConfig, as_settings
 from effifusion.dsp.signals import parity_signal  # noqa: F401 (re-exported)
 from effifusion.dsp.stft import dft_transforms
 from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
-    EXPORTER, MIN_OPSET, ExportError, finished, quiet_exporter, report_file, zip_size,
-)
-from effifusion.runtime.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
-    INPUT_NAME, NORMALISATION_TEXT, OUTPUT_NAME, SHAPE, onnx_session,
+    EXPORTER,
+    MIN_OPSET,
+    ExportError,
+    finished,
+    quiet_exporter,
+    report_file,
+    zip_size,
 )
 from effifusion.models.attention import scan_attention
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import load_checkpoint
+from effifusion.runtime.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
+    INPUT_NAME,
+    NORMALISATION_TEXT,
+    OUTPUT_NAME,
+    SHAPE,
+    onnx_session,
+)
 
 # One file scheme for every model variant: models/onnx/<variant>.onnx (a diffusion model's predictive network
 # beside it as <variant>.predictive.onnx) and its export report <variant>.export.json.
@@ -194,8 +204,8 @@ def export_onnx(checkpoint: Path, out_dir: Path, export: ExportConfig, audio: Au
         raise ConfigError(f"params.yaml export.sampler: {model.arch} has no sampler (only the diffusion models "
                           "sgmse and gp_sgmse do): leave it empty ({})")
     if model.exporter == "networks":  # a diffusion model: its networks, the sampler stays outside
-        from effifusion.inference.fusion_fit import final_fusion_for_export
         from effifusion.inference.diffusion_export import export_diffusion
+        from effifusion.inference.fusion_fit import final_fusion_for_export
 
         try:
             model.with_sampler(**overrides)  # the exported card carries the settings evaluate then uses

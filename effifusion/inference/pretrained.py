@@ -19,6 +19,7 @@ from typing import Any, Callable
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path, check_writable_dir, write_json
 
+
 # name -> (upstream file name, loader, licence text, where the file comes from)
 def _muse() -> tuple[str, Callable[[Path], Any], str, str]:
     from effifusion.models.muse.checkpoint import load_muse_checkpoint

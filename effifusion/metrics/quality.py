@@ -45,11 +45,11 @@ import numpy as np
 from scipy.signal import firls, resample_poly
 from scipy.signal.windows import kaiser
 
-from effifusion.dsp.audio import SILENCE_PEAK, read_wav
+from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError, say
 from effifusion.core.files import atomic_path, check_writable_dir
 from effifusion.core.parallel import single_thread_worker
+from effifusion.dsp.audio import SILENCE_PEAK, read_wav
 from effifusion.metrics.pesq import PESQ_SAMPLE_RATE, pesq_wb
-from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError, say
 
 METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr", "si_sir", "si_sar")
 NOISY_METRICS = ("si_sir", "si_sar")  # need the noisy input too (interference = noisy - clean)

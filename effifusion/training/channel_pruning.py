@@ -86,7 +86,10 @@ class ArchCouplings:
 def effifusion_gan_couplings(model: nn.Module) -> ArchCouplings:
     """effifusion_gan: traced in the dense blocks' concatenating form (eval mode sums slices instead)."""
     from effifusion.models.effifusion_gan.generator import (
-        AttentionModule, ConvModule, DenseBlock, FeedForward,
+        AttentionModule,
+        ConvModule,
+        DenseBlock,
+        FeedForward,
     )
 
     def example(m: nn.Module) -> tuple[torch.Tensor, ...]:

@@ -41,7 +41,13 @@ from effifusion.core.files import atomic_path, write_csv, write_json
 from effifusion.data.augment import DynamicMixDataset, check_augment_cfg
 from effifusion.data.datasets import PairDataset, make_loader, validation_items
 from effifusion.models.base import EnhancementModel
-from effifusion.models.registry import build_model, check_model_config, check_objective, read_checkpoint, save_checkpoint
+from effifusion.models.registry import (
+    build_model,
+    check_model_config,
+    check_objective,
+    read_checkpoint,
+    save_checkpoint,
+)
 from effifusion.training.callbacks import Callback
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.pruning import count_nonzero
@@ -357,7 +363,8 @@ class Trainer:
             try:
                 ckpt = torch.load(path, map_location=self.device, weights_only=False)
                 if not isinstance(ckpt, dict) or not RESUME_KEYS <= set(ckpt):
-                    raise ValueError(f"not a resume checkpoint (keys {sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__})")
+                    found = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+                    raise ValueError(f"not a resume checkpoint (keys {found})")
             except Exception as exc:  # unpickling, zip, EOF and key errors all mean: unusable
                 if self.dist.is_main:
                     aside = path.with_name(path.name + ".corrupt")
@@ -480,8 +487,8 @@ class Trainer:
         with self.task.averaged():  # an EMA's weights for diffusion models: scored and, if best, kept
             val_pesq, val_out = validate(self.model, self.val_items, self.device, self.pesq)
             if selectable and math.isfinite(val_pesq) and val_pesq > state.best_val:
-                state.best = BestModel(step=state.step, val=val_pesq,
-                                       weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                state.best = BestModel(step=state.step, val=val_pesq, weights=weights,
                                        task=self.task.snapshot(),
                                        # the examples logged at the end: no second validation pass
                                        outputs={u: val_out[u] for u, _, _ in self.val_items[:3]})
@@ -557,7 +564,8 @@ class Trainer:
             **self.task.metrics(),
             "train_seconds": round(state.elapsed_s, 2),
             "steps_per_s": round(state.step / max(state.elapsed_s, 1e-9), 3),
-            **({"ddp_world_size": self.dist.world_size, "ddp_max_param_diff": ddp_diff} if ddp_diff is not None else {}),
+            **({"ddp_world_size": self.dist.world_size, "ddp_max_param_diff": ddp_diff}
+               if ddp_diff is not None else {}),
             **{k: v for k, v in last.items() if k.startswith(("g_", "d_"))},
         }
         write_json(metrics_path, metrics)

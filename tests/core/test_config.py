@@ -9,10 +9,10 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT
-from effifusion.tracking import runs as tracking
 from effifusion.cli import main as cli_main
 from effifusion.core.config import ConfigError, apply_preset, flatten, load_params, params_hash
+from effifusion.tracking import runs as tracking
+from helpers import ROOT
 
 
 def test_presets_and_params_have_the_same_keys():

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import yaml
-from helpers import ROOT
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.params import OBJECTIVE_SECTIONS, check_params
+from helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import yaml
-from helpers import ROOT
 
 from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError
 from effifusion.core.params import check_params
 from effifusion.models.registry import check_model_config
+from helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -46,7 +46,8 @@ def test_the_shipped_params_and_presets_pass():
     ("audio.sample_rate", 22050, "audio.sample_rate: 22050 is not valid (16000: wide-band PESQ"),
     ("train.betas", [0.8], r"train.betas: \[0.8\] is not valid \(a list of 2 item"),
     ("train.augment.prob", 1.5, r"train.augment.prob: 1.5 is not valid \(a number in \[0, 1\]\)"),
-    ("train.objective", "diffusion", "train.objective: 'diffusion' is not valid (one of metric_gan, predictive, score_matching)"),
+    ("train.objective", "diffusion",
+     "train.objective: 'diffusion' is not valid (one of metric_gan, predictive, score_matching)"),
     ("runtime.device", "gpu", "runtime.device: 'gpu' is not valid (one of auto, cpu, cuda)"),
     ("train.lr", float("nan"), "train.lr: nan is not valid"),
 ])
@@ -73,7 +74,8 @@ def test_missing_renamed_and_unknown_keys():
 @pytest.mark.parametrize("dotted, value, message", [
     ("prune.amount", -0.1, "params.yaml prune.amount: -0.1 is not valid (a number in [0, 1))"),
     ("model.channels", 0, "model.channels: 0 is not valid (a positive integer)"),
-    ("model.arch", "mpsenet", "model.arch: 'mpsenet' is not a known architecture (known: effifusion_gan, muse, imse, saf, sgmse, gp_sgmse)"),
+    ("model.arch", "mpsenet",
+     "model.arch: 'mpsenet' is not a known architecture (known: effifusion_gan, muse, imse, saf, sgmse, gp_sgmse)"),
 ])
 def test_the_train_stage_fails_on_a_bad_value_before_touching_data(tmp_path, dotted, value, message):
     """No data/ exists here: the error is about the setting, not about a missing dataset."""

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import yaml
-from helpers import ROOT
 
 from effifusion.cli import main as cli_main
 from effifusion.core import config
@@ -25,6 +24,7 @@ from effifusion.core.config import (
     read_params,
 )
 from effifusion.core.params import check_params
+from helpers import ROOT
 
 PRESETS = sorted(p.stem for p in (ROOT / "presets").glob("*.yaml") if p.stem != "base")
 

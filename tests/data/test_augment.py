@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import make_prepared, tiny_params
 from scipy.signal import correlate
 
 from effifusion.core.config import read_params
@@ -15,6 +14,7 @@ from effifusion.core.errors import ConfigError
 from effifusion.data.augment import DynamicMixDataset, check_augment_cfg, seeded_global_rngs
 from effifusion.data.datasets import PairDataset, make_loader
 from effifusion.data.mixing import measured_snr_db
+from helpers import make_prepared, tiny_params
 
 CFG = {"enabled": True, "prob": 1.0, "snr_db": [-5.0, 20.0], "filter_prob": 0.5}
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from effifusion.dsp.audio import write_wav
-from effifusion.data.datasets import MANIFEST_COLUMNS, PairDataset, make_loader, read_manifest
 from effifusion.core.errors import AudioError, DataError
+from effifusion.data.datasets import MANIFEST_COLUMNS, PairDataset, make_loader, read_manifest
+from effifusion.dsp.audio import write_wav
 
 SR = 16000
 LENGTHS = [3000, 1200, 2500, 800, 4000, 1800, 2200]  # two shorter than the 1000+ segment used below

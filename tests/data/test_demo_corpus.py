@@ -12,13 +12,20 @@ import soundfile as sf
 from pesq import pesq
 from scipy.signal import welch
 
-from effifusion.dsp.audio import resample
-from effifusion.data.demo_corpus import (
-    NOISE_GENERATORS, TEST_NOISES, TEST_SNRS, TRAIN_NOISES, TRAIN_SNRS, UNSEEN_ENVS, generate_demo_corpus,
-    make_noise, make_talkers,
-)
 from effifusion.core.errors import ConfigError
+from effifusion.data.demo_corpus import (
+    NOISE_GENERATORS,
+    TEST_NOISES,
+    TEST_SNRS,
+    TRAIN_NOISES,
+    TRAIN_SNRS,
+    UNSEEN_ENVS,
+    generate_demo_corpus,
+    make_noise,
+    make_talkers,
+)
 from effifusion.data.mixing import active_speech_level, measured_snr_db
+from effifusion.dsp.audio import resample
 
 TINY = {
     "sample_rate": 48000,

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import ROOT
 import soundfile as sf
+import yaml
 
+from effifusion.core.errors import DataError, DownloadError
 from effifusion.data import voicebank
 from effifusion.data.download import extract_zip, fetch, md5sum
-from effifusion.core.errors import DataError, DownloadError
 from effifusion.data.voicebank import CorpusFile, fetch_voicebank_demand
+from helpers import ROOT
 
 FAST = {"retries": 3, "timeout_s": 5, "backoff_s": 0.01, "progress": False}
 

@@ -9,13 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import fixtures_or_skip
-from effifusion.dsp.audio import read_wav, write_wav
-from effifusion.data.demo_corpus import make_speaker, synth_speech
 from effifusion.core.errors import ConfigError, DataError
+from effifusion.data.demo_corpus import make_speaker, synth_speech
 from effifusion.data.mixing import (
-    active_speech_level, measured_snr_db, mix_at_snr, mix_unseen, noise_excerpt, power_db, snr_tag,
+    active_speech_level,
+    measured_snr_db,
+    mix_at_snr,
+    mix_unseen,
+    noise_excerpt,
+    power_db,
+    snr_tag,
 )
+from effifusion.dsp.audio import read_wav, write_wav
+from helpers import fixtures_or_skip
 
 SR = 16000
 

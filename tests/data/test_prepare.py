@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from effifusion.dsp.audio import RESAMPLING, read_wav, resample
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.data.prepare import prepare_corpus, read_noise_log
+from effifusion.dsp.audio import RESAMPLING, read_wav, resample
 
 SR_RAW = 48000
 CFG = {"val_speakers": ["p002"], "skip_bad_files": False}

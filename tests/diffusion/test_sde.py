@@ -15,7 +15,8 @@ def test_mean_and_variance_solve_the_moment_odes():
     sde = OuveSde()
     x0, y = 0.3, -0.8
     # dm/dt = θ(y − m), dv/dt = −2θv + g(t)², m(0) = x0, v(0) = 0
-    rhs = lambda t, s: [sde.theta * (y - s[0]), -2 * sde.theta * s[1] + sde.diffusion(t) ** 2]
+    def rhs(t, s):
+        return [sde.theta * (y - s[0]), -2 * sde.theta * s[1] + sde.diffusion(t) ** 2]
     ts = [0.03, 0.2, 0.5, 0.9, 1.0]
     sol = solve_ivp(rhs, (0, 1), [x0, 0.0], t_eval=ts, rtol=1e-10, atol=1e-12)
     for i, t in enumerate(ts):

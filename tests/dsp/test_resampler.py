@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
 
 from effifusion.dsp.audio import RESAMPLING, resample
 from effifusion.dsp.resampler import sinc_kernel, sinc_resample
 from effifusion.inference.export import parity_signal
+from helpers import ROOT
 
 RATE_PAIRS = [(44100, 16000), (48000, 16000), (8000, 16000), (16000, 44100), (16000, 48000),
               (22050, 16000), (11025, 16000), (44100, 48000), (32000, 16000), (16000, 8000)]

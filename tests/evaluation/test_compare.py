@@ -188,8 +188,8 @@ def test_nested_model_params_are_unflattened():
     """A diffusion model's nested sections (model.sampler.steps) rebuild from MLflow's flat params."""
     from types import SimpleNamespace
 
-    from effifusion.evaluation.compare import analytic_gmac_per_s, build_from_params, model_config
     from effifusion.core.config import flatten
+    from effifusion.evaluation.compare import analytic_gmac_per_s, build_from_params, model_config
     from effifusion.models.sgmse.model import gp_sgmse_config
 
     cfg = {**gp_sgmse_config(), "nf": 8, "ch_mult": [1, 2, 2], "attn_resolutions": [64]}

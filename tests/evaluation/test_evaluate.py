@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import ROOT, fixtures_or_skip
-from effifusion.evaluation import evaluate as ev
 from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError, DataError
 from effifusion.core.settings import parse_params
-from effifusion.metrics.quality import METRICS, score_pair
 from effifusion.data.mixing import snr_tag
+from effifusion.evaluation import evaluate as ev
+from effifusion.metrics.quality import METRICS, score_pair
+from helpers import ROOT, fixtures_or_skip
 
 TEST_UTTS = ["p232_052", "p232_170", "p257_054", "p257_143"]  # the four shortest fixture pairs (2.1-2.5 s)
 UNSEEN = [("p257_143", "NPARK", 10.0), ("p232_170", "NPARK", 0.0), ("p232_052", "OHALLWAY", 10.0),

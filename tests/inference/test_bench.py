@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
 
 from effifusion.cli import main
 from effifusion.core.errors import ConfigError
 from effifusion.inference.bench import BenchError, run_child
+from helpers import ROOT
 
 KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
-        "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations", "chunked",
-        "piece_s", "platform"}
+        "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations",
+        "chunked", "piece_s", "platform"}
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "onnx"])

@@ -14,16 +14,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import TINY_PARITY_LENGTHS_S, tiny_params
 import torch
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
-from effifusion.inference.export import (
-    INPUT_NAME, ONNX_FILE, OUTPUT_NAME, REPORT_FILE, ExportError, export_onnx,
-    log_to_mlflow, onnx_session, parity_signal,
-)
 from effifusion.dsp.stft import dft_transforms
+from effifusion.inference.export import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    REPORT_FILE,
+    ExportError,
+    export_onnx,
+    log_to_mlflow,
+    onnx_session,
+    parity_signal,
+)
+from helpers import TINY_PARITY_LENGTHS_S, tiny_params
 
 AUDIO = AudioConfig(16000)
 # (0.25, 1.0000625, 1.2345625) s: see helpers.TINY_PARITY_LENGTHS_S

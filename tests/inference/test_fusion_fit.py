@@ -5,15 +5,20 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import make_prepared, synthetic_speech, write_manifest, write_pair
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.settings import AudioConfig, ExportConfig
-from effifusion.inference.fusion_fit import (FusionParts, ValidationLoader, final_fusion_for_export, fit_final_fusion,
-                                             least_squares)
 from effifusion.diffusion.sampler import fuse, settings_with
+from effifusion.inference.fusion_fit import (
+    FusionParts,
+    ValidationLoader,
+    final_fusion_for_export,
+    fit_final_fusion,
+    least_squares,
+)
 from effifusion.models.registry import build_model, save_checkpoint
 from effifusion.models.sgmse.model import gp_sgmse_config
+from helpers import make_prepared, synthetic_speech, write_manifest, write_pair
 
 
 def tiny(**sampler):

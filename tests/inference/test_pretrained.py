@@ -17,14 +17,14 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from helpers import ROOT, fixtures_or_skip
 
 from effifusion.core.errors import ConfigError
-from effifusion.metrics.pesq import pesq_wb
 from effifusion.inference.backends import load_enhancer
 from effifusion.inference.pretrained import install
+from effifusion.metrics.pesq import pesq_wb
 from effifusion.models.muse.checkpoint import load_muse_checkpoint
 from effifusion.models.registry import load_checkpoint
+from helpers import ROOT, fixtures_or_skip
 
 UTTS = ["p232_170", "p257_054"]  # the two shortest fixtures (2.1 s, 2.6 s: one and two segments)
 LICENSE_MD5 = "fbe9e2468cd7c2ff61aefe588a25f436"

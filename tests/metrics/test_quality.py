@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 from scipy.linalg import solve_toeplitz
 
-from effifusion.metrics import quality as metrics
-from effifusion.metrics.pesq import pesq_or_nan
 from effifusion.cli import main
 from effifusion.core.errors import AudioError, ConfigError, DataError
+from effifusion.metrics import quality as metrics
+from effifusion.metrics.pesq import pesq_or_nan
 from helpers import fixtures_or_skip
 
 TSV_COLUMNS = {  # the fixtures have no ESTOI or SI-SDR: those are checked against pystoi and the formula

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import make_prepared, tiny_params
 from torch import nn
 
 from effifusion.core.errors import ConfigError
@@ -18,6 +17,7 @@ from effifusion.models import registry
 from effifusion.models.base import EnhancementModel, check_keys
 from effifusion.models.cost import conv_chain_macs
 from effifusion.training.stages import train_dense
+from helpers import make_prepared, tiny_params
 
 
 class ToyMasker(EnhancementModel):
@@ -101,7 +101,8 @@ def test_trainer_runs_the_new_architecture(toy_registered, tmp_path, objective):
     prepared = make_prepared(tmp_path / "prepared", n_train=4, n_val=2)
     m = train_dense(params, prepared_dir=prepared, out_dir=tmp_path / "m", metrics_path=tmp_path / "m.json",
                     plots_dir=tmp_path / "p", resume_dir=tmp_path / "ck", track=False)
-    assert m["steps"] == 2 and m["params_total"] == sum(p.numel() for p in ToyMasker(4, StftFrontEnd(), 16000).parameters())
+    toy = ToyMasker(4, StftFrontEnd(), 16000)
+    assert m["steps"] == 2 and m["params_total"] == sum(p.numel() for p in toy.parameters())
     loaded, _ = registry.load_checkpoint(tmp_path / "m" / "generator.pt")
     assert isinstance(loaded, ToyMasker)
     assert ("d_loss" in m) == (objective == "metric_gan")

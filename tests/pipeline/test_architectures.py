@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import ROOT, make_prepared, tiny_params
 
 from effifusion.core.config import read_params
 from effifusion.evaluation.evaluate import evaluate
@@ -15,6 +14,7 @@ from effifusion.inference.export import export_variant
 from effifusion.inference.fusion_fit import ValidationLoader
 from effifusion.models.registry import load_checkpoint
 from effifusion.training.stages import prune_finetune, train_dense
+from helpers import ROOT, make_prepared, tiny_params
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -1,12 +1,12 @@
 """The whole pipeline and a queued pruning sweep, as a user runs them, in a scratch git + DVC repo.
 
 `dvc repro` runs all eight stages on a tiny demo config (prune.amount 0.3); `dvc exp run --queue
--S prune.amount=0.5` plus `dvc queue start` adds a second sweep point in DVC's temporary copies. Checked: the queued experiment
-logs into the repository's own MLflow store (not a temporary copy's), tagged with its DVC experiment
+-S prune.amount=0.5` plus `dvc queue start` adds a second sweep point in DVC's temporary copies. Checked: the queued
+experiment logs into the repository's own MLflow store (not a temporary copy's), tagged with its DVC experiment
 name and with the measured sparsity of its ratio; the dense training ran once for both points; and
 `effifusion report` builds a report holding both. Before the sweep, `dvc push` to a local remote and
-`dvc pull` in a fresh clone give a workspace in which every stage is up to date (nothing to recompute). (One queued point keeps the test within CI's
-time; the queue runs any number the same way.)
+`dvc pull` in a fresh clone give a workspace in which every stage is up to date (nothing to recompute).
+(One queued point keeps the test within CI's time; the queue runs any number the same way.)
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
 
 from effifusion.core.config import read_params
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -16,22 +16,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT
 import soundfile as sf
 import torch
 import yaml
 from onnx import TensorProto, helper
 
-from effifusion.dsp.audio import resample
 from effifusion.cli import main as cli_main
+from effifusion.core.errors import ConfigError
+from effifusion.dsp.audio import resample
 from effifusion.dsp.streaming import ChunkedStream, StreamResampler
 from effifusion.inference.backends import load_enhancer
+from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
+from effifusion.models.registry import build_model, save_checkpoint
 from effifusion.runtime.enhancer import Enhancer
 from effifusion.runtime.files import enhance_file, enhance_paths
 from effifusion.runtime.processing import EnhanceOptions
-from effifusion.core.errors import ConfigError
-from effifusion.inference.export import INPUT_NAME, OUTPUT_NAME, parity_signal
-from effifusion.models.registry import build_model, save_checkpoint
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +224,8 @@ def test_stereo_44k_round_trip_with_generator(tiny_pt: Path, tmp_path: Path) -> 
     assert np.all(np.isfinite(y)) and np.abs(y).max() > 1e-3
     # each channel is enhanced on its own: channel 2 alone, as a mono file, gives the same samples
     sf.write(tmp_path / "right.wav", sf.read(src, dtype="int16")[0][:, 1], sr)
-    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=str(tiny_pt), load=load_enhancer,
-                            chunk_s=1.0)
+    (mono,) = enhance_paths([str(tmp_path / "right.wav")], str(tmp_path / "out"), model=str(tiny_pt),
+                            load=load_enhancer, chunk_s=1.0)
     np.testing.assert_allclose(sf.read(mono, dtype="float32")[0], y[:, 1], atol=1.5 / 32768, rtol=0)
 
 

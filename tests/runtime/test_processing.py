@@ -18,8 +18,8 @@ from effifusion.cli import main as cli_main
 from effifusion.core.errors import ConfigError
 from effifusion.dsp.audio import resample
 from effifusion.inference.backends import load_enhancer
-from effifusion.runtime.enhancer import Enhancer
 from effifusion.inference.export import parity_signal
+from effifusion.runtime.enhancer import Enhancer
 from effifusion.runtime.onnx_model import INPUT_NAME, OUTPUT_NAME
 from effifusion.runtime.processing import EnhanceOptions
 

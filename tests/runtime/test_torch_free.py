@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 import pytest
 import soundfile as sf
-from helpers import ROOT
 from onnx import TensorProto, helper
 
 from effifusion.inference.export import parity_signal
 from effifusion.runtime.onnx_model import INPUT_NAME, OUTPUT_NAME
+from helpers import ROOT
 
 # The pipeline extra's packages: none may be imported on the enhance path.
 PIPELINE_MODULES = ("torch", "torchaudio", "yaml", "scipy", "onnx", "onnxscript", "mlflow", "dvc",
@@ -141,7 +141,7 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
     blocked, deterministically, and takes --sampler overrides."""
     diffusion_onnx(tmp_path)
     sf.write(tmp_path / "in.wav", parity_signal(16000, 16000, seed=3), 16000)
-    out = run_python(f"""
+    out = run_python("""
         import numpy as np, soundfile as sf
         from effifusion.cli import main
         from effifusion.inference import load_enhancer
@@ -149,7 +149,7 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
         e = load_enhancer("d.onnx")
         a, b = e.enhance(x), e.enhance(x)
         assert a.shape == x.shape and np.array_equal(a, b) and not np.allclose(a, x)
-        p = load_enhancer("d.onnx", sampler={{"mode": "predictive"}}).enhance(x)
+        p = load_enhancer("d.onnx", sampler={"mode": "predictive"}).enhance(x)
         assert not np.allclose(p, a)
         assert main(["enhance", "in.wav", "-o", "out", "--model", "d.onnx", "--sampler", "mode=predictive", "-q"]) == 0
         assert np.allclose(sf.read("out/in.wav", dtype="float32")[0], p, atol=1 / 32768)

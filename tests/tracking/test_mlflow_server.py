@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import make_prepared, tiny_params
 from effifusion.tracking import runs as tracking
 from effifusion.training.stages import train_dense
+from helpers import make_prepared, tiny_params
 
 DIR_MD5 = "5f2b0c3e9a4d4e6f8a1b2c3d4e5f6a7b.dir"  # what dvc.lock says data/prepared is
 

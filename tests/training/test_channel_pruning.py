@@ -17,7 +17,6 @@ import onnx
 import pytest
 import torch
 
-from helpers import tiny_params
 from effifusion.core.errors import ConfigError
 from effifusion.core.settings import AudioConfig, ExportConfig, PruneConfig, parse_params
 from effifusion.inference.export import export_onnx, onnx_session, parity_signal
@@ -28,6 +27,7 @@ from effifusion.models.registry import build_model, load_checkpoint, save_checkp
 from effifusion.training.channel_pruning import ChannelPruningCallback, prune_channels
 from effifusion.training.pruning import select_prunable
 from effifusion.training.stages import prune_finetune
+from helpers import tiny_params
 
 AMOUNT = 0.5
 WITH_ATTENTION = ["all-conv", "all-linear"]  # selects the attention's in-projection: its inner widths go

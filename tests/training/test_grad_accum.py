@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, make_prepared, synthetic_speech, tiny_params
 from effifusion.core.errors import ConfigError
 from effifusion.models.registry import build_model, load_checkpoint
 from effifusion.models.sgmse.model import sgmse_config
 from effifusion.training.stages import train_dense
 from effifusion.training.tasks import task_class
 from effifusion.training.tasks.base import accum_steps, make_optimizer, micro_slices
+from helpers import ROOT, make_prepared, synthetic_speech, tiny_params
 
 BATCH, SAMPLES = 4, 8000
 

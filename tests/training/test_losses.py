@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from effifusion.dsp.stft import StftFrontEnd
 from effifusion.core.errors import ConfigError
+from effifusion.dsp.stft import StftFrontEnd
 from effifusion.training.losses import (
     LOSS_TERMS,
     anti_wrapping,

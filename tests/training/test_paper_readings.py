@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import ROOT
 from effifusion.core.config import flatten, load_params
 from effifusion.models.registry import build_model
 from effifusion.training.pruning import DynamicPruner, count_nonzero, select_prunable
+from helpers import ROOT
 
 
 def _prune_fresh(params: dict) -> tuple[int, int, int, int]:

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_params
 
 from effifusion.core.settings import parse_params
 from effifusion.models.registry import build_model, save_checkpoint
 from effifusion.training import stages
 from effifusion.training.callbacks import PruningCallback
+from helpers import tiny_params
 
 
 def _dense(tmp_path, params):

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, tiny_params, write_manifest, write_pair
 from effifusion.models.discriminator import build_discriminator
 from effifusion.models.registry import build_model, load_checkpoint
+from effifusion.tracking import runs as tracking
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.stages import prune_finetune, train_dense
 from effifusion.training.tasks.metric_gan import GanStep
-from effifusion.tracking import runs as tracking
+from helpers import ROOT, tiny_params, write_manifest, write_pair
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,13 @@ from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_n
 from effifusion.models.blocks import DenseBlock, LearnableSigmoid2d
 from effifusion.models.cost import traced_macs
 from effifusion.models.muse.blocks import (
-    MET_WINDOWS, DeformableEmbedding, Downsample, MetBlock, PathFusion, TaylorAttention, Upsample,
+    MET_WINDOWS,
+    DeformableEmbedding,
+    Downsample,
+    MetBlock,
+    PathFusion,
+    TaylorAttention,
+    Upsample,
 )
 
 ARCH_KEYS = ("segment_samples", "channels", "dense_depth", "heads", "blocks", "ffn_expansion", "beta",
@@ -224,7 +230,8 @@ def check_config(cfg: Any, arch: str = "muse") -> dict[str, Any]:
     require("model", "arch", m["arch"], m["arch"] == arch, f"{arch!r} for this class")
     bins = m["n_fft"] // 2 + 1
     require("model", "n_fft", m["n_fft"], bins % 8 == 0,
-            "n_fft // 2 + 1 frequency bins must be a multiple of 8: the encoder halves them, the U-Net halves twice more")
+            "n_fft // 2 + 1 frequency bins must be a multiple of 8: "
+            "the encoder halves them, the U-Net halves twice more")
     seg = m["segment_samples"]
     require("model", "segment_samples", seg, is_int(seg) and (seg == 0 or seg >= m["n_fft"]),
             f"0 (whole utterances) or a segment length >= n_fft = {m['n_fft']}")

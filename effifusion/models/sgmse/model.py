@@ -231,7 +231,8 @@ def check_config(cfg: Any, arch: str) -> dict[str, Any]:
     StftFrontEnd.from_config(m)
     require("model", "arch", m["arch"], m["arch"] == arch, f"{arch!r} for this class")
     levels = m["ch_mult"]
-    require("model", "ch_mult", levels, isinstance(levels, list) and levels and all(is_int(v) and v >= 1 for v in levels),
+    require("model", "ch_mult", levels,
+            isinstance(levels, list) and levels and all(is_int(v) and v >= 1 for v in levels),
             "a non-empty list of positive integers")
     bins = m["n_fft"] // 2 + 1
     require("model", "n_fft", m["n_fft"], bins % 2 ** (len(levels) - 1) == 0,

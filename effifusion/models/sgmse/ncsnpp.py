@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from effifusion.models.sgmse.layers import (
-    AttnBlock, FourierEmbedding, ResBlock, conv, fir_down, fir_up, group_norm, linear,
+    AttnBlock,
+    FourierEmbedding,
+    ResBlock,
+    conv,
+    fir_down,
+    fir_up,
+    group_norm,
+    linear,
 )
 
 IN_CHANNELS = 4  # Re/Im of x_t, Re/Im of y
@@ -52,7 +59,8 @@ class Encoder(nn.Module):
                 self.skip_channels.append(ch)
                 res //= 2
             self.levels.append(level)
-        self.mid0, self.mid_attn, self.mid1 = ResBlock(ch, temb_dim=temb_dim), AttnBlock(ch), ResBlock(ch, temb_dim=temb_dim)
+        self.mid0, self.mid_attn = ResBlock(ch, temb_dim=temb_dim), AttnBlock(ch)
+        self.mid1 = ResBlock(ch, temb_dim=temb_dim)
         self.out_channels = ch
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:

@@ -37,9 +37,20 @@ from effifusion.models.base import EnhancementModel
 from effifusion.models.discriminator import build_discriminator
 from effifusion.training.losses import discriminator_loss, pesq_to_target
 from effifusion.training.pesq_pool import PesqPool
-from effifusion.training.tasks.base import (Spectra, Task, Wrap, accum_steps, apply_step, check_finite,
-                                             forward_spectra, make_optimizer, mean_losses, micro_slices,
-                                             snapshot_weights, sync_grads)
+from effifusion.training.tasks.base import (
+    Spectra,
+    Task,
+    Wrap,
+    accum_steps,
+    apply_step,
+    check_finite,
+    forward_spectra,
+    make_optimizer,
+    mean_losses,
+    micro_slices,
+    snapshot_weights,
+    sync_grads,
+)
 
 DISCRIMINATOR_FILE = "discriminator.pt"
 
@@ -225,7 +236,8 @@ class MetricGanTask(Task):
         pending = self.gan.pending  # the discriminator's next fake micro-batches: part of an exact resume
         return {
             "discriminator": self.discriminator.state_dict(), "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
             "pending": None if pending is None else [
                 {"clean_mag": p.clean_mag.cpu(), "est_mag": p.est_mag.cpu(), "scores": p.scores.result()}
                 for p in pending],

@@ -13,9 +13,18 @@ from typing import Any
 import torch
 
 from effifusion.models.base import EnhancementModel
-from effifusion.training.tasks.base import (Task, Wrap, accum_steps, apply_step, check_finite,
-                                             forward_spectra, make_optimizer, mean_losses, micro_slices,
-                                             sync_grads)
+from effifusion.training.tasks.base import (
+    Task,
+    Wrap,
+    accum_steps,
+    apply_step,
+    check_finite,
+    forward_spectra,
+    make_optimizer,
+    mean_losses,
+    micro_slices,
+    sync_grads,
+)
 
 
 class PredictiveTask(Task):

@@ -28,8 +28,17 @@ import torch
 from effifusion.core.errors import ConfigError
 from effifusion.models.base import EnhancementModel
 from effifusion.training.ema import Ema
-from effifusion.training.tasks.base import (Task, Wrap, accum_steps, apply_step, check_finite, make_optimizer,
-                                             mean_losses, micro_slices, sync_grads)
+from effifusion.training.tasks.base import (
+    Task,
+    Wrap,
+    accum_steps,
+    apply_step,
+    check_finite,
+    make_optimizer,
+    mean_losses,
+    micro_slices,
+    sync_grads,
+)
 
 
 def half_squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

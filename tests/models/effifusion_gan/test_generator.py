@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import ROOT
 from torch import nn
 from torch.nn.utils import prune
 
@@ -24,6 +23,7 @@ from effifusion.models.effifusion_gan.generator import (
     paper_config,
 )
 from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
+from helpers import ROOT
 
 FRONT = StftFrontEnd(n_fft=400, hop_length=100, win_length=400, compress_factor=0.3)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
 from torch import nn
 
 from effifusion.core.config import read_params
@@ -15,6 +14,7 @@ from effifusion.inference.export import INPUT_NAME, ONNX_FILE, export_onnx, onnx
 from effifusion.models import registry
 from effifusion.models.saf import MODEL
 from effifusion.models.saf.model import LocalFrequencyAttention, demo_config, paper_config
+from helpers import ROOT
 
 PAPER_PARAMS = 580_000  # [ABS] 0.58 M
 
@@ -154,10 +154,9 @@ def test_checkpoint_round_trip(demo, tmp_path):
 
 def test_trainer_runs_saf_and_names_the_run(tmp_path):
     """One epoch of the metric-GAN objective on a tiny SAF (the shared trainer, losses and checkpoint)."""
-    from helpers import make_prepared, tiny_params
-
     from effifusion.tracking.runs import run_name
     from effifusion.training.stages import train_dense
+    from helpers import make_prepared, tiny_params
 
     params = tiny_params(train__epochs=1)
     params["model"] = {**demo_config(), "channels": 8, "num_saf_blocks": 1, "tcn_layers": 2, "tcn_hidden": 8}
