@@ -148,6 +148,15 @@ def _compare(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from effifusion.tracking.ui import ui
+
+    code = ui(host=args.host, port=args.port, experiment=args.experiment, print_url_only=args.print_url_only,
+              params_path=args.params)
+    if code:
+        sys.exit(code)
+
+
 def version() -> str:
     """The installed distribution's version (package metadata); the source tree's when not installed."""
     from importlib import metadata
@@ -279,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run `effifusion bench` (ONNX, 1 thread) on each row's model and log the results")
     s.add_argument("--seconds", default="2", metavar="S", help="input length of --bench in s (default 2)")
     s.set_defaults(func=_compare)
+
+    s = sub.add_parser("ui", help="MLflow's UI on the project's store (or the tracking server's URL), with the URL "
+                                  "that opens on this project's runs")
+    s.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: all)")
+    s.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    s.add_argument("--experiment", default=None, help="MLflow experiment (default: params.yaml's)")
+    s.add_argument("--params", default=None, help="params file naming the experiment (default: params.yaml)")
+    s.add_argument("--print-url-only", action="store_true", help="print the URL and exit; start nothing")
+    s.set_defaults(func=_ui)
     return p
 
 
