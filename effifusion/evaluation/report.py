@@ -4,7 +4,8 @@ A sweep is the dense model's train run (the 0 % point, scored once by the evalua
 the `prune` runs that fine-tuned it (tag ``dense_run_id``), one per ``prune.method`` and
 ``prune.amount`` (the latest run wins when a point was run twice). The report is written
 as Markdown + CSV + PNG and logged to MLflow as a run of its own (stage ``report``); with
-``register`` the selected run's ONNX model goes to the model registry.
+``register`` the selected run's model goes to the model registry as an MLflow pyfunc that enhances
+audio (tracking/serving.py), which ``mlflow models serve`` serves.
 
 Model selection never sees the test set: the selected run is the one with the highest validation
 PESQ (MLflow metric ``val/pesq``, whose latest value the training stage logs at the end of the run:
@@ -271,16 +272,65 @@ def sweep_report(out_dir: str | Path = "reports/sweep", experiment: str | None =
 
 
 def register_best(run_id: str, name: str = REGISTERED_MODEL) -> dict[str, Any]:
-    """Register the ONNX model logged by the export stage in run ``run_id`` as a new version of ``name``."""
+    """Register the model of run ``run_id`` as a new version of ``name``: the MLflow pyfunc that enhances
+    audio (tracking/serving.py: the torch-free Enhancer around the run's ONNX export), which
+    ``mlflow models serve -m models:/NAME/VERSION`` serves.
+
+    The pyfunc is logged to the run from the ONNX model the export stage logged there (``onnx``; a
+    diffusion model's predictive graph from the run's ``export/`` artifacts), once: a run that already
+    has it (``enhancer``) is registered again as it is.
+    """
     import mlflow
+
+    from effifusion.tracking import serving
 
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
     models = mlflow.search_logged_models(experiment_ids=[experiment_id],
                                          filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    models = [m for m in models if m.name == "onnx"]  # the name export.log_to_mlflow gives it
-    if not models:
-        raise DataError(f"run {run_id} has no logged ONNX model (did the export stage run?)")
-    version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+    enhancers = [m for m in models if m.name == serving.LOGGED_NAME]
+    if enhancers:
+        model_uri = f"models:/{enhancers[0].model_id}"
+    else:
+        onnx = [m for m in models if m.name == "onnx"]  # the name export.log_to_mlflow gives it
+        if not onnx:
+            raise DataError(f"run {run_id} has no logged ONNX model (did the export stage run?)")
+        model_uri = _log_enhancer_from_onnx(run_id, onnx[0])
+    version = mlflow.register_model(model_uri, name)
     client.set_model_version_tag(name, version.version, "source_run_id", run_id)
+    client.update_model_version(name, version.version, description=(
+        "Speech enhancement (effifusion Enhancer, ONNX Runtime, no torch). Serve: mlflow models serve -m "
+        f"models:/{name}/{version.version} --env-manager local; POST /invocations "
+        '{"inputs": {"audio": [...], "sample_rate": 16000}} or {"inputs": {"wav_base64": "..."}} '
+        "(docs/serving.md)"))
     return {"name": name, "version": int(version.version)}
+
+
+def _log_enhancer_from_onnx(run_id: str, onnx_model: Any) -> str:
+    """Log the serving pyfunc to run ``run_id`` around its logged ONNX model; its ``models:/`` URI."""
+    import tempfile
+
+    import mlflow
+
+    from effifusion.runtime.onnx_model import onnx_session
+    from effifusion.tracking import serving
+
+    with tempfile.TemporaryDirectory(prefix="effifusion-register-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=onnx_model.artifact_location, dst_path=tmp))
+        graphs = sorted(local.rglob("*.onnx"))
+        if len(graphs) != 1:
+            raise DataError(f"run {run_id}: its logged ONNX model holds {len(graphs)} .onnx files, expected 1")
+        files = [graphs[0]]
+        predictive = onnx_session(graphs[0], 1).get_modelmeta().custom_metadata_map.get("predictive_file")
+        if predictive:  # a diffusion model: its predictive graph was logged beside export.json
+            try:
+                got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"export/{predictive}",
+                                                          dst_path=str(Path(tmp) / "extra"))
+            except mlflow.exceptions.MlflowException:
+                raise DataError(f"run {run_id}: its predictive network export/{predictive} was not logged (rerun "
+                                "the export stage: dvc repro -f export)") from None
+            files.append(graphs[0].with_name(predictive))
+            Path(got).replace(files[-1])
+        with mlflow.start_run(run_id=run_id):
+            info = serving.log_enhancer(files)
+    return info.model_uri

@@ -265,7 +265,8 @@ def export_onnx(checkpoint: Path, out_dir: Path, export: ExportConfig, audio: Au
 
 def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
     """Log the ONNX model (with signature and input example) and the export metrics (export/onnx_bytes,
-    export/onnx_zip_bytes, export/onnx_parity_max_abs) to the active run."""
+    export/onnx_zip_bytes, export/onnx_parity_max_abs) to the active run; a diffusion model's other graph
+    goes beside export/export.json (``effifusion report --register`` builds the served model from both)."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -288,6 +289,8 @@ def log_to_mlflow(onnx_path: Path, report: dict[str, Any]) -> None:
     logged = ("onnx_bytes", "onnx_zip_bytes", "onnx_parity_max_abs")
     mlflow.log_metrics(in_section(EXPORT, {k: report[k] for k in logged}))
     mlflow.log_dict(report, "export/export.json")
+    for extra in _onnx_files(report)[1:]:  # a diffusion model's predictive graph: the served model needs it
+        mlflow.log_artifact(str(Path(onnx_path).with_name(Path(extra).name)), "export")
 
 
 # ---------------------------------------------------------------------------------------------

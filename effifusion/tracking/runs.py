@@ -14,10 +14,11 @@ its store's paths rewritten to the new location (else it would write into the or
 stage killed with SIGKILL cannot close its run; runs record host and pid, and the next set-up
 marks RUNNING runs whose process is gone as KILLED.
 
-MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment's
-``mlflow.experimentKind`` tag says otherwise; ``custom_model_development`` (shown as "Machine
-learning") opens it on its runs. The tag is set when the experiment is created, and added to an
-existing experiment that has no kind yet (one chosen by hand is left alone).
+The experiment's ``mlflow.experimentKind`` tag says it is model training (``custom_model_development``,
+shown as "Machine learning"). The tag is set when the experiment is created, and added to an existing
+experiment that has no kind yet (one chosen by hand is left alone). It does not choose the page MLflow
+3's UI opens on: that is the UI's workflow type, a browser setting that defaults to GenAI; the URL
+``effifusion ui`` prints (tracking/ui.py) carries ``?workflowType=machine_learning`` and opens on the runs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from effifusion.core.files import pid_alive
 
 MODEL_TAG = "model_md5"  # md5 of the checkpoint a run wrote: later stages find the run by it
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI (values: genai_development, ...)
-EXPERIMENT_KIND = "custom_model_development"  # model training: the UI opens on the runs
+EXPERIMENT_KIND = "custom_model_development"  # model training ("Machine learning" in the UI)
 PROBE_TIMEOUT_S = 5.0
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
