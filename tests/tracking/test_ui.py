@@ -35,6 +35,10 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)  # restored afterwards
+    # setup() makes the experiment active (a global and MLFLOW_EXPERIMENT_ID): undone after the test
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "unset")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     return uri
 
 
