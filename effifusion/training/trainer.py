@@ -418,8 +418,10 @@ class Trainer:
             result: dict[str, Any] = {"interrupted": False, "step": self.state.step}
             if self.dist.is_main:
                 result = self._finish(out_dir, metrics_path, plots_dir, run, ddp_diff)
-        if self.dist.world_size > 1:
-            torch_dist.barrier()
+        if self.dist.world_size > 1:  # every rank returns rank 0's metrics (a stage script prints them)
+            shared = [result]
+            torch_dist.broadcast_object_list(shared, src=0)
+            result = shared[0]
         return result
 
     def _loop(self, stop_after_steps: int | None, stop_after_s: float | None) -> bool:
