@@ -134,10 +134,15 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _pretrained(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from effifusion.core.config import read_params
     from effifusion.inference.pretrained import install
 
-    summary = install(args.name, args.out, read_params(args.params), source=args.source, progress=not args.quiet)
+    # without --params: ./params.yaml in a clone, else (a wheel) the published checkpoints' built-in table
+    path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    params = read_params(path) if path is not None else None
+    summary = install(args.name, args.out, params, source=args.source, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
 
 
@@ -196,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="output folder (NAME.pt, NAME.onnx, LICENSE, NAME.json)")
     s.add_argument("--source", default=None,
                    help="a local copy of the upstream file (or its folder) instead of downloading it")
-    s.add_argument("--params", default="params.yaml", help="params file with pretrained.NAME.url / md5")
+    s.add_argument("--params", default=None, help="params file with pretrained.NAME.url / md5 (default: "
+                                                  "./params.yaml if there is one, else the built-in table)")
     s.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
     s.set_defaults(func=_pretrained)
 

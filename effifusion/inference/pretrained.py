@@ -3,7 +3,9 @@ that architecture, written as a checkpoint and an ONNX model that `effifusion en
 
 The upstream file comes from ``pretrained.<name>.url`` in params.yaml through the dataset's download
 code (resumable, retried, md5-verified against ``pretrained.<name>.md5``), or from a local copy
-(``--source``: the file, or a folder holding it), verified the same way. DIR receives:
+(``--source``: the file, or a folder holding it), verified the same way. Without a params file (an
+install from a wheel, outside a clone) the built-in ``PUBLISHED`` table and ``DEFAULT_OPSET`` apply: the
+same values as presets/base.yaml (a test keeps them equal). DIR receives:
 
 - ``<name>.pt``: the checkpoint (this project's format; ``extra`` names the source and its md5);
 - ``<name>.onnx``: the export, checked against the checkpoint (parity per ``export`` settings);
@@ -29,6 +31,11 @@ def _muse() -> tuple[str, Callable[[Path], Any], str, str]:
 
 
 PRETRAINED: dict[str, Callable[[], tuple[str, Callable[[Path], Any], str, str]]] = {"muse": _muse}
+# params.yaml's `pretrained` section and export opset as presets/base.yaml gives them: used without a params file
+PUBLISHED = {"muse": {"url": "https://raw.githubusercontent.com/huaidanquede/MUSE-Speech-Enhancement/"
+                             "38dfcb1ef545572fdc2e5c8aadefab9959ab9b6f/paper_result/g_best",
+                      "md5": "8fd0ec3d594235c2cde51f60a87de8ed"}}
+DEFAULT_OPSET = 18
 # the export check of an imported model: inputs shorter than one MUSE segment and two segments long; the
 # zero-padded 0.5 s input differs by 1.02e-4 between ONNX Runtime and PyTorch (measured), hence 2e-4
 PARITY_LENGTHS_S = (0.5, 3.0)
@@ -56,15 +63,22 @@ def upstream_file(name: str, cfg: dict[str, Any], out_dir: Path, source: str | N
     return fetch(cfg["url"], out_dir / file_name, md5=md5, progress=progress)
 
 
-def install(name: str, out_dir: str | Path, params: dict[str, Any], source: str | None = None,
+def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, source: str | None = None,
             progress: bool = True) -> dict[str, Any]:
-    """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report."""
+    """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report.
+
+    ``params``: params.yaml's mapping (its ``pretrained``, ``export`` and ``audio`` sections), or None for
+    the built-in ``PUBLISHED`` table and the default export settings."""
     from dataclasses import replace
 
     from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
     from effifusion.inference.export import export_onnx
     from effifusion.models.registry import save_checkpoint
 
+    if params is None:
+        export = {"opset": DEFAULT_OPSET, "parity_lengths_s": list(PARITY_LENGTHS_S),
+                  "parity_tolerance": PARITY_TOLERANCE}
+        params = {"pretrained": PUBLISHED, "export": export}
     if name not in PRETRAINED:
         raise ConfigError(f"pretrained model {name!r} is not known (known: {', '.join(PRETRAINED)})")
     cfg = params.get("pretrained", {}).get(name)

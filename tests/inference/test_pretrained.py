@@ -18,9 +18,11 @@ import soundfile as sf
 import torch
 import yaml
 
+from effifusion.cli import main
+from effifusion.core.config import read_params
 from effifusion.core.errors import ConfigError
 from effifusion.inference.backends import load_enhancer
-from effifusion.inference.pretrained import install
+from effifusion.inference.pretrained import DEFAULT_OPSET, PUBLISHED, install
 from effifusion.metrics.pesq import pesq_wb
 from effifusion.models.muse.checkpoint import load_muse_checkpoint
 from effifusion.models.registry import load_checkpoint
@@ -79,6 +81,18 @@ def test_source_with_the_wrong_md5_is_refused(tmp_path):
         install("muse", tmp_path / "out", params, source=str(tmp_path))
     with pytest.raises(ConfigError, match="pretrained model 'nope' is not known"):
         install("nope", tmp_path / "out", params)
+
+
+def test_without_a_params_file_the_built_in_table_applies(tmp_path, monkeypatch, capsys):
+    """From a wheel there is no params.yaml: `effifusion pretrained` then checks against the built-in table,
+    which holds presets/base.yaml's values."""
+    base = read_params(ROOT / "presets" / "base.yaml")
+    assert PUBLISHED == base["pretrained"] and DEFAULT_OPSET == base["export"]["opset"]
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    (tmp_path / "g_best").write_bytes(b"x" * 100)
+    assert main(["pretrained", "muse", "-o", "out", "--source", "g_best"]) == 2
+    err = capsys.readouterr().err
+    assert f"is not the published muse checkpoint's {PUBLISHED['muse']['md5']}" in err, err
 
 
 @pytest.mark.slow
