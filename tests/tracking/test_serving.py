@@ -131,6 +131,72 @@ def test_instances_are_recordings():
         model.predict(None, {"audio": np.array([x, x]), "sample_rate": np.array([16000])})
 
 
+def _stand_in_diffusion(folder: Path) -> dict:
+    """A stand-in diffusion export (score = y - x, predictive 0.5 y, a diffusion model card) and its report."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    spec = ["batch", 2, 256, "frames"]
+    score = helper.make_graph(
+        [helper.make_node("Sub", ["y", "x"], ["score"])], "score",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, spec)])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    predictive = helper.make_graph(
+        [helper.make_node("Mul", ["y", "half"], ["estimate"])], "predictive",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, spec)],
+        [helper.make_tensor_value_info("estimate", TensorProto.FLOAT, spec)], initializer=[half])
+    sampler = {"mode": "joint", "steps": 3, "snr": 0.5, "corrector_steps": 1, "first_fusion": True, "start_step": 1,
+               "final_fusion": True, "fusion_weight": 0.5, "seed": 0}
+    card = {"arch": "gp_sgmse", "runtime": "diffusion", "sample_rate": "16000", "min_samples": "510",
+            "n_fft": "510", "hop_length": "128", "win_length": "510", "compress_factor": "0.5", "spec_scale": "0.15",
+            "time_multiple": "4", "predictive_file": "d.predictive.onnx",
+            "sde": json.dumps({"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5, "t_eps": 0.03}),
+            "sampler": json.dumps(sampler)}
+    for graph, name, props in ((score, "d.onnx", card), (predictive, "d.predictive.onnx", {})):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        if props:
+            helper.set_model_props(model, props)
+        onnx.save(model, str(folder / name))
+    files = [str(folder / "d.onnx"), str(folder / "d.predictive.onnx")]
+    return {"onnx_file": files[0], "onnx_files": files, "onnx_bytes": 1, "onnx_zip_bytes": 1,
+            "onnx_parity_max_abs": 0.0}
+
+
+def test_a_diffusion_model_is_registered_with_its_predictive_graph(tmp_path, monkeypatch):
+    """report --register's path for a diffusion export: the predictive graph the export logged beside
+    export.json goes into the pyfunc, which answers as the Enhancer on the files does."""
+    import mlflow
+
+    from effifusion.core.errors import DataError
+    from effifusion.evaluation.report import REGISTERED_MODEL, register_best
+    from effifusion.inference.export import log_to_mlflow
+
+    report = _stand_in_diffusion(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading the model puts its code folder first
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        exp = mlflow.create_experiment("diffusion", artifact_location=(tmp_path / "art").as_uri())
+        with mlflow.start_run(experiment_id=exp) as run:
+            log_to_mlflow(Path(report["onnx_file"]), report)
+        with mlflow.start_run(experiment_id=exp) as bare:  # an export from before the predictive graph was logged
+            log_to_mlflow(Path(report["onnx_file"]), {**report, "onnx_files": report["onnx_files"][:1]})
+        with pytest.raises(DataError, match="predictive network export/d.predictive.onnx was not logged"):
+            register_best(bare.info.run_id)
+        registered = register_best(run.info.run_id)
+        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{registered['version']}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    x = synthetic_speech(0.4, 7, 24000)
+    got = model.predict({"audio": x, "sample_rate": 24000})
+    want = Enhancer.from_file(report["onnx_file"]).enhance(x, 24000)
+    assert got["sample_rate"] == 24000 and not np.allclose(want, x)
+    np.testing.assert_array_equal(got["audio"], want)
+
+
 # ---------------------------------------------------------------------------------------------
 # A real server
 
