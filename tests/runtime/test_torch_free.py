@@ -1,9 +1,10 @@
-"""Enhancing needs no torch: `pip install .` (no extras) gives `effifusion enhance` and the
+"""Enhancing needs no torch: `pip install .` or the wheel (no extras) gives `effifusion enhance` and the
 Python API on numpy, soundfile, onnxruntime and tqdm alone.
 
 The cheap tests run the enhance path in a subprocess of this environment with the pipeline's
-packages made unimportable; the slow one installs the package into a fresh venv (pip, PyPI) and
-enhances a file with a tiny model exported here (this environment has torch)."""
+packages made unimportable; the slow one builds the sdist and wheel, installs the wheel into a fresh
+venv (pip, PyPI) and enhances a file with a tiny model exported here (this environment has torch), then
+installs the same tree from a git URL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -159,11 +161,21 @@ def test_the_diffusion_sampler_runs_without_torch(tmp_path: Path) -> None:
     assert out.stdout.strip().endswith("ok")
 
 
+def run_cli(bin_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed `effifusion` entry point of a fresh venv."""
+    return subprocess.run([str(bin_dir / "effifusion"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=clean_env())
+
+
 @pytest.mark.slow
-def test_plain_pip_install_enhances_without_torch(tmp_path: Path, tiny_export: dict) -> None:
-    """A fresh venv, `pip install <copy of the repository>` with no extras (PyPI for numpy, soundfile,
-    onnxruntime, tqdm): no torch, and its `effifusion enhance` enhances a fixture WAV with a tiny
-    exported generator as this environment's ONNX Runtime does. About 1-2 minutes with a cold pip cache."""
+def test_wheel_installs_and_enhances_without_torch(tmp_path: Path, tiny_export: dict) -> None:
+    """README's installs in a fresh venv: `python -m build` makes an sdist and a wheel (the wheel from the
+    sdist); `pip install` of the wheel, no extras (PyPI for numpy, soundfile, onnxruntime, tqdm), has no
+    torch, and its `effifusion enhance` enhances a fixture WAV with a tiny exported generator as this
+    environment's ONNX Runtime does; `enhance --info`, `bench --model` and `--version` run. Then `pip install
+    "effifusion @ git+file://..."` of the same tree (pip builds it in an isolated env: setuptools from PyPI)
+    replaces it. About 1-2 minutes with a cold pip cache."""
+    from effifusion import __version__
     from effifusion.inference.backends import load_enhancer
 
     # a tiny trained-shape model, exported for real once per session (tests/conftest.py)
@@ -171,20 +183,37 @@ def test_plain_pip_install_enhances_without_torch(tmp_path: Path, tiny_export: d
     fixture = tmp_path / "noisy.wav"
     sf.write(fixture, parity_signal(3 * 22050, 22050, seed=5), 22050)
 
-    # the package as a user gets it: pyproject, README and the package, no build leftovers
+    # the package as a clone holds it: pyproject, README and the package, no build leftovers; a git repository
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "effifusion", src / "effifusion", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "src"]):
+        subprocess.run([*git, *args], cwd=src, check=True, capture_output=True, timeout=60)
+
+    # python -m build (this environment's setuptools: no download) -> dist/: one sdist, one wheel
+    dist = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert sorted(p.name for p in dist.iterdir()) == [f"effifusion-{__version__}-py3-none-any.whl",
+                                                      f"effifusion-{__version__}.tar.gz"]
+    wheel = dist / f"effifusion-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert {n.split("/")[0] for n in names} == {"effifusion", f"effifusion-{__version__}.dist-info"}
+    assert "effifusion/inference/pretrained.py" in names and "effifusion/cli.py" in names
+
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
-    pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          str(src)], capture_output=True, text=True, timeout=900, env=clean_env())
-    assert pip.returncode == 0, pip.stderr[-3000:]
-
     python = str(bin_dir / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    installed = subprocess.run([*pip, str(wheel)], capture_output=True, text=True, timeout=900, env=clean_env())
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
     probe = run_python("""
         import importlib.util, json
         from importlib import metadata
@@ -197,17 +226,28 @@ def test_plain_pip_install_enhances_without_torch(tmp_path: Path, tiny_export: d
     assert not set(found["packages"]) & {"torch", "torchaudio", "scipy", "pyyaml", "onnx", "mlflow", "dvc"}
     assert {"effifusion", "numpy", "soundfile", "onnxruntime", "tqdm"} <= set(found["packages"])
 
-    cli = subprocess.run([str(bin_dir / "effifusion"), "enhance", str(fixture), "-o", str(tmp_path / "out"),
-                          "--model", str(model), "-q"], capture_output=True, text=True, timeout=300,
-                         env=clean_env())
+    cli = run_cli(bin_dir, "enhance", str(fixture), "-o", str(tmp_path / "out"), "--model", str(model), "-q")
     assert cli.returncode == 0 and cli.stderr == "", cli.stderr
     y, sr = sf.read(tmp_path / "out" / "noisy.wav", dtype="float32")
     x, _ = sf.read(fixture, dtype="float32")
     assert sr == 22050 and y.shape == x.shape
     expected = load_enhancer(model).enhance(x, sr)  # this environment (its onnxruntime may differ)
     np.testing.assert_allclose(y, expected, atol=1e-3, rtol=0)
-    version = subprocess.run([str(bin_dir / "effifusion"), "--version"], capture_output=True, text=True,
-                             env=clean_env())
-    from effifusion import __version__
+    info = run_cli(bin_dir, "enhance", "--model", str(model), "--info")
+    assert info.returncode == 0 and json.loads(info.stdout)["arch"] == "effifusion_gan", info.stderr
+    bench = run_cli(bin_dir, "bench", "--model", str(model), "--seconds", "0.5", "--repeats", "1", "--json")
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert json.loads(bench.stdout.strip().splitlines()[-1])["rtf"] > 0
+    assert run_cli(bin_dir, "--version").stdout.strip() == f"effifusion {__version__}"
 
-    assert version.stdout.strip() == f"effifusion {__version__}"
+    # from git, without a clone: the same package (pip builds the committed tree; the venv's pip 23 wants a
+    # host in a file: URL)
+    from_git = subprocess.run([*pip, "--no-deps", "--force-reinstall", f"effifusion @ git+file://localhost{src}"],
+                              capture_output=True, text=True, timeout=600, env=clean_env())
+    assert from_git.returncode == 0, from_git.stderr[-3000:]
+    record = run_python("""
+        from importlib import metadata
+        print(metadata.distribution("effifusion").read_text("direct_url.json"))
+    """, tmp_path, python=python)
+    assert json.loads(record.stdout)["vcs_info"]["vcs"] == "git", record.stdout
+    assert run_cli(bin_dir, "--version").stdout.strip() == f"effifusion {__version__}"
