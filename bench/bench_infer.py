@@ -2,7 +2,7 @@
 
     python bench/bench_infer.py                          # the model of params.yaml, random weights
     python bench/bench_infer.py --params presets/paper.yaml
-    python bench/bench_infer.py --checkpoint models/pruned/generator.pt --quick
+    python bench/bench_infer.py --checkpoint models/pruned/model.pt --quick
     python bench/bench_infer.py --lengths 1 30 --threads 1 --backends onnx
 
 A table over `effifusion bench`'s measurement (effifusion/inference/bench.py: ``prepare`` once,

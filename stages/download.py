@@ -7,26 +7,24 @@ Both write the same layout, so later stages cannot tell them apart.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from effifusion.core.config import load_params, run_stage
+from effifusion.core.config import load_params, run_stage, stage_paths
 from effifusion.core.errors import ConfigError
 
-RAW_DIR = Path("data/raw")
 CORPORA = ("demo", "voicebank_demand")
 
 
 def main() -> None:
+    paths = stage_paths("out", "downloads")
     params = load_params()
     name = params["corpus"]["name"]
     if name == "demo":
         from effifusion.data.demo_corpus import generate_demo_corpus
 
-        generate_demo_corpus(RAW_DIR, params["corpus"]["demo"], seed=params["seed"])
+        generate_demo_corpus(paths["out"], params["corpus"]["demo"], seed=params["seed"])
     elif name == "voicebank_demand":
         from effifusion.data.voicebank import fetch_voicebank_demand
 
-        fetch_voicebank_demand(RAW_DIR, params["download"])
+        fetch_voicebank_demand(paths["out"], params["download"], paths["downloads"])
     else:
         raise ConfigError(f"params.yaml corpus.name = {name!r}: expected one of {', '.join(CORPORA)}")
 

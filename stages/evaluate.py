@@ -1,35 +1,36 @@
 """Stage `evaluate`: the pruned model and its ONNX export, then dense and pruned side by side.
 
-The dense result comes from the evaluate_dense stage (metrics/evaluate_dense.json). With
-prune.method none the pruned model is the dense one (same bytes): its scores are reused, not recomputed.
-Writes metrics/evaluate.json (one entry per variant) and reports/evaluate/summary.md (one row per variant).
+The dense result comes from the evaluate_dense stage (its metrics file). With prune.method none the
+pruned model is the dense one (same bytes): its scores are reused, not recomputed. Writes the metrics
+file (one entry per variant) and summary.md in the report folder (one row per variant).
 """
 
 import json
-from pathlib import Path
 
-from effifusion.core.config import load_settings, run_stage
+from effifusion.core.config import load_settings, run_stage, stage_paths
 from effifusion.core.errors import DataError
 from effifusion.core.files import write_json, write_text
 from effifusion.evaluation.evaluate import combine_variants, evaluate, same_weights, variants_markdown
-
-DENSE_METRICS = Path("metrics/evaluate_dense.json")
+from effifusion.models.registry import model_file
 
 
 def main() -> None:
+    paths = stage_paths("dense", "pruned", "onnx", "prepared", "unseen", "dense_metrics", "out", "metrics",
+                        "enhanced")
     params = load_settings()
-    if not DENSE_METRICS.is_file():
-        raise DataError(f"{DENSE_METRICS}: dense results not found (run `dvc repro evaluate_dense`)")
-    dense = json.loads(DENSE_METRICS.read_text())
-    out_dir, metrics_path = Path("reports/evaluate"), Path("metrics/evaluate.json")
-    if same_weights(Path("models/pruned/generator.pt"), Path("models/dense/generator.pt")):
+    if not paths["dense_metrics"].is_file():
+        raise DataError(f"{paths['dense_metrics']}: dense results not found (run `dvc repro evaluate_dense`)")
+    dense = json.loads(paths["dense_metrics"].read_text())
+    out_dir, metrics_path = paths["out"], paths["metrics"]
+    pruned_model = model_file(paths["pruned"])
+    if same_weights(pruned_model, model_file(paths["dense"])):
         pruned = {**dense, "variant": "pruned", "same_as": "dense"}
-        write_json(out_dir / "pruned_same_as_dense.json", {"reason": "prune.method none: models/pruned is a "
-                                                           "copy of models/dense; see reports/evaluate_dense"})
+        write_json(out_dir / "pruned_same_as_dense.json", {"reason": f"prune.method none: {paths['pruned']} is a "
+                                                           f"copy of {paths['dense']}; see the evaluate_dense report"})
     else:
-        pruned = evaluate(params, variant="pruned", torch_model=Path("models/pruned/generator.pt"),
-                          onnx_model=Path("models/onnx/pruned.onnx"), out_dir=out_dir, metrics_path=metrics_path,
-                          enhanced_dir=Path("data/enhanced/pruned"))
+        pruned = evaluate(params, variant="pruned", torch_model=pruned_model, onnx_model=paths["onnx"],
+                          prepared_dir=paths["prepared"], unseen_dir=paths["unseen"], out_dir=out_dir,
+                          metrics_path=metrics_path, enhanced_dir=paths["enhanced"])
     metrics = combine_variants(dense, pruned, params.prune)
     write_json(metrics_path, metrics)
     write_text(out_dir / "summary.md", variants_markdown(metrics))

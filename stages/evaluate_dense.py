@@ -4,16 +4,16 @@ Its own stage, so it runs once per dense model: pruning sweep points reuse its r
 never write into the train run at the same time. Metrics go to the train run in MLflow.
 """
 
-from pathlib import Path
-
-from effifusion.core.config import load_settings, run_stage
+from effifusion.core.config import load_settings, run_stage, stage_paths
 from effifusion.evaluation.evaluate import evaluate
+from effifusion.models.registry import model_file
 
 
 def main() -> None:
-    m = evaluate(load_settings(), variant="dense", torch_model=Path("models/dense/generator.pt"),
-                 onnx_model=Path("models/onnx/dense.onnx"), out_dir=Path("reports/evaluate_dense"),
-                 metrics_path=Path("metrics/evaluate_dense.json"), enhanced_dir=Path("data/enhanced/dense"))
+    paths = stage_paths("model", "onnx", "prepared", "unseen", "out", "metrics", "enhanced")
+    m = evaluate(load_settings(), variant="dense", torch_model=model_file(paths["model"]), onnx_model=paths["onnx"],
+                 prepared_dir=paths["prepared"], unseen_dir=paths["unseen"], out_dir=paths["out"],
+                 metrics_path=paths["metrics"], enhanced_dir=paths["enhanced"])
     test, unseen = m["test"], m["unseen"]
     print(f"evaluate dense: test PESQ {test['noisy']['pesq']:.2f} -> {test['pytorch']['pesq']:.2f} "
           f"(ONNX {test['onnx']['pesq']:.2f}, {test['n']} files), unseen PESQ {unseen['noisy']['pesq']:.2f} -> "

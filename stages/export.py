@@ -1,4 +1,4 @@
-"""Stage `export`: models/{dense,pruned}/generator.pt -> models/onnx/{dense,pruned}.onnx (parity-checked).
+"""Stage `export`: models/{dense,pruned}/model.pt -> models/onnx/{dense,pruned}.onnx (parity-checked).
 
 The dense export is redone only when its weights, the export settings or the code change (its report
 records them), so a pruning sweep point exports only the pruned model. Each fresh export is logged to
@@ -7,21 +7,23 @@ the MLflow run that trained its weights: dense to the train run, pruned to the p
 
 from pathlib import Path
 
-from effifusion.core.config import load_settings, run_stage
+from effifusion.core.config import load_settings, run_stage, stage_paths
 from effifusion.core.files import write_json
 from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
 from effifusion.inference.fusion_fit import ValidationLoader
+from effifusion.models.registry import model_file
 from effifusion.tracking import runs as tracking
 
 
 def main() -> None:
+    paths = stage_paths(*VARIANTS, "prepared", "out", "metrics")
     params = load_settings()
-    out_dir = Path("models/onnx")
+    out_dir = paths["out"]
     reports = {}
     # gp_sgmse: the final fusion is fitted on the utterances training validates on (never the test set)
-    val_items = ValidationLoader(Path("data/prepared"), params.train.val_utterances, params.seed)
+    val_items = ValidationLoader(paths["prepared"], params.train.val_utterances, params.seed)
     for variant in VARIANTS:
-        checkpoint = Path(f"models/{variant}/generator.pt")
+        checkpoint = model_file(paths[variant])
         report, how = export_variant(variant, checkpoint, out_dir, params.export, params.audio, val_items)
         reports[variant] = {**report, "how": how}
         if how == "exported":
@@ -34,7 +36,7 @@ def main() -> None:
     stale = remove_stale(out_dir, list(reports.values()))
     if stale:
         print(f"export: removed stale files from {out_dir}: {', '.join(stale)}")
-    write_json(Path("metrics/export.json"), reports)
+    write_json(paths["metrics"], reports)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
 """Stage `mix_unseen`: the prepared test utterances mixed with unseen DEMAND noises -> data/unseen."""
 
-from pathlib import Path
 
-from effifusion.core.config import load_params, run_stage
+from effifusion.core.config import load_params, run_stage, stage_paths
 from effifusion.core.files import write_json
 from effifusion.data.mixing import mix_unseen
 
 
 def main() -> None:
+    paths = stage_paths("prepared", "raw", "out", "metrics")
     params = load_params()
-    report = mix_unseen(Path("data/prepared"), Path("data/raw"), Path("data/unseen"), params["mix_unseen"],
+    report = mix_unseen(paths["prepared"], paths["raw"], paths["out"], params["mix_unseen"],
                         seed=params["seed"], sample_rate=params["audio"]["sample_rate"],
                         workers=params["runtime"]["data_workers"])
     snr, timing = report["measured_snr_db"], report["timing"]
-    write_json(Path("metrics/mix_unseen.json"), {"files": report["counts"]["files"],
+    write_json(paths["metrics"], {"files": report["counts"]["files"],
                                                  "snr_error_max_abs_db": snr["error_max_abs_db"], **timing})
     print(f"mix_unseen: {report['counts']['files']} mixtures ({report['counts']['noises']} noises x "
           f"{report['counts']['snrs']} SNRs), SNR error max {snr['error_max_abs_db']:.3f} dB, "

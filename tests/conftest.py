@@ -23,7 +23,7 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dense(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``tiny_params(train__epochs=1)`` trained once on ``tiny_corpus`` by the train stage (4 steps):
-    {"root", "model_dir" (root/models_train: generator.pt, discriminator.pt), "resume_dir" (root/ckpt:
+    {"root", "model_dir" (root/models_train: model.pt, discriminator.pt), "resume_dir" (root/ckpt:
     its finished train.pt), "metrics"}. Copy ``root`` (shutil.copytree) before training on from it."""
     from effifusion.training.stages import train_dense
 
@@ -60,9 +60,9 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     tmp = tmp_path_factory.mktemp("tiny_export")
     model = _tiny_generator()
-    save_checkpoint(tmp / "generator.pt", model)
-    report = _export(tmp / "generator.pt", tmp / "onnx")
-    return {"ckpt": tmp / "generator.pt", "onnx": Path(report["onnx_file"]), "report": report,
+    save_checkpoint(tmp / "model.pt", model)
+    report = _export(tmp / "model.pt", tmp / "onnx")
+    return {"ckpt": tmp / "model.pt", "onnx": Path(report["onnx_file"]), "report": report,
             "params_total": sum(p.numel() for p in model.parameters())}
 
 
@@ -79,7 +79,7 @@ def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("tiny_pruned_export")
     model = _tiny_generator()
     prune.global_unstructured([(m, "weight") for _, m in conv_modules(model)], prune.L1Unstructured, amount=0.3)
-    ckpt = tmp / "generator.pt"
+    ckpt = tmp / "model.pt"
     save_checkpoint(ckpt, model)  # still holds weight_orig / weight_mask
     report = _export(ckpt, tmp / "onnx")
     generator, _ = load_checkpoint(ckpt)

@@ -492,6 +492,19 @@ def _resolve(path: Path, folder: Path, seen: tuple[Path, ...]) -> tuple[dict[str
     return merged, tail
 
 
+def stage_paths(*names: str) -> dict[str, Path]:
+    """The stage's paths, given on its command line in dvc.yaml (the one place they are written).
+
+    ``stage_paths("prepared", "out")`` reads ``--prepared DIR --out DIR``; all are required.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a DVC stage: its paths come from dvc.yaml's cmd")
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True)
+    return vars(parser.parse_args())
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user-fixable error becomes one line on stderr and exit 2.
 

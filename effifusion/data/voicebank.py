@@ -258,8 +258,7 @@ def _validate(staging: Path, raw_dir: Path, files: tuple[CorpusFile, ...]) -> di
     return counts
 
 
-def fetch_voicebank_demand(raw_dir: Path, download_cfg: dict,
-                           downloads_dir: Path = Path("data/downloads")) -> dict:
+def fetch_voicebank_demand(raw_dir: Path, download_cfg: dict, downloads_dir: Path) -> dict:
     """Build ``raw_dir`` from the VoiceBank+DEMAND zips and the unseen DEMAND environments.
 
     Each zip comes from ``download_cfg["local_copy"]`` when that folder holds it (md5-checked) or

@@ -82,7 +82,7 @@ from typing import Any
 
 from effifusion.core.errors import ConfigError, EffiFusionError
 
-BACKENDS = {"onnx": "effifusion.onnx", "pytorch": "generator.pt"}  # --backend -> model file it runs
+BACKENDS = {"onnx": "model.onnx", "pytorch": "model.pt"}  # --backend -> model file it runs
 SEED = 0  # random weights: cost does not depend on them
 WARMUP_S = 0.5
 PARITY_S = 0.5  # export check length (the pipeline's export checks several; speed matters here)

@@ -13,6 +13,7 @@ import importlib
 import os
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,25 @@ ARCHITECTURES: dict[str, str | type[EnhancementModel]] = {  # name -> package ex
     "gp_sgmse": "effifusion.models.gp_sgmse",
 }
 CHECKPOINT_KEYS = ("arch", "config", "sample_rate", "weights")
+MODEL_FILE = "model.pt"  # a trained model's checkpoint in its folder (models/dense, models/pruned)
+LEGACY_MODEL_FILE = "generator.pt"  # the same file's name before every architecture shared one contract
+_warned: set[Path] = set()
+
+
+def model_file(folder: str | os.PathLike) -> Path:
+    """The checkpoint in a model folder: ``model.pt``, or an older folder's ``generator.pt``.
+
+    The old name still loads, with one deprecation line per folder on stderr.
+    """
+    folder = Path(folder)
+    current, legacy = folder / MODEL_FILE, folder / LEGACY_MODEL_FILE
+    if not current.exists() and legacy.is_file():
+        if legacy not in _warned:
+            _warned.add(legacy)
+            print(f"effifusion: {legacy}: deprecated checkpoint name, loaded; rename it to {MODEL_FILE}",
+                  file=sys.stderr)
+        return legacy
+    return current
 
 
 def model_class(arch: Any) -> type[EnhancementModel]:

@@ -24,19 +24,23 @@ def pyplot():
 
 
 def training_figures(hist: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
-                     sparsity: Sequence[dict[str, Any]], out_dir: Path, stage: str) -> list[Path]:
-    """Loss curves, validation PESQ and (when pruning) sparsity against step, as PNGs."""
+                     sparsity: Sequence[dict[str, Any]], out_dir: Path, stage: str,
+                     totals: Sequence[str] = ()) -> list[Path]:
+    """Loss curves, validation PESQ and (when pruning) sparsity against step, as PNGs.
+
+    ``hist`` rows hold step, epoch, lr and the task's losses; ``totals`` go in the right-hand panel.
+    """
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     if hist:
         steps = [r["step"] for r in hist]
-        keys = [k for k in hist[0] if k.startswith(("g_", "d_"))]
+        keys = [k for k in hist[0] if k not in ("step", "epoch", "lr")]
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for k in keys:
-            (axes[1] if k in ("g_total", "d_loss", "g_metric") else axes[0]).plot(
+            (axes[1] if k in totals else axes[0]).plot(
                 steps, [r[k] for r in hist], label=k, lw=1)
-        for ax, title in zip(axes, ("generator loss terms", "totals")):
+        for ax, title in zip(axes, ("loss terms", "totals")):
             ax.set_xlabel("step")
             ax.set_title(f"{stage}: {title}")
             ax.legend(fontsize=7)

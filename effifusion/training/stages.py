@@ -15,7 +15,7 @@ from typing import Any
 from effifusion.core.files import atomic_dir, write_csv, write_json
 from effifusion.core.settings import Params, PruneConfig, as_settings
 from effifusion.training.callbacks import Callback, PruningCallback
-from effifusion.training.trainer import MODEL_FILE, Schedule, fit
+from effifusion.training.trainer import Schedule, fit
 
 PASS_THROUGH = "none"
 
@@ -51,15 +51,16 @@ def prune_finetune(params: Params | dict[str, Any], init_dir: Path, *, out_dir: 
 def pass_through(init_dir: Path, *, out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict[str, Any]:
     """``out_dir`` = a byte copy of ``init_dir`` (same md5: export and evaluate find the train run and reuse
     the dense export and scores); metrics say that nothing was pruned or trained."""
-    from effifusion.models.registry import load_checkpoint
+    from effifusion.models.registry import MODEL_FILE, load_checkpoint, model_file
     from effifusion.training.pruning import count_nonzero
 
     init_dir, out_dir = Path(init_dir), Path(out_dir)
-    model, extra = load_checkpoint(init_dir / MODEL_FILE)  # a one-line error when the dense model is unusable
+    checkpoint = model_file(init_dir)
+    model, extra = load_checkpoint(checkpoint)  # a one-line error when the dense model is unusable
     with atomic_dir(out_dir) as tmp:
         for f in sorted(init_dir.iterdir()):
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+            if f.is_file():  # an old folder's generator.pt is written under the current name
+                shutil.copy2(f, tmp / (MODEL_FILE if f == checkpoint else f.name))
     nonzero, total = count_nonzero(model)
     metrics = {"method": PASS_THROUGH, "val_pesq": extra.get("val_pesq"), "best_step": 0, "steps": 0,
                "params_total": total, "params_nonzero": nonzero, "sparsity": 1.0 - nonzero / total,

@@ -42,9 +42,11 @@ from effifusion.data.augment import DynamicMixDataset, check_augment_cfg
 from effifusion.data.datasets import PairDataset, make_loader, validation_items
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import (
+    MODEL_FILE,
     build_model,
     check_model_config,
     check_objective,
+    model_file,
     read_checkpoint,
     save_checkpoint,
 )
@@ -55,7 +57,6 @@ from effifusion.training.tasks import task_class
 from effifusion.training.tasks.base import accum_steps
 
 PARAM_SECTIONS = ("seed", "audio", "model", "discriminator", "train")
-MODEL_FILE = "generator.pt"
 RESUME_KEYS = {"config_hash", "model", "task", "callbacks", "state", "rng"}  # what _save_resume writes
 
 
@@ -228,7 +229,7 @@ def fit(
     name: str,
     schedule: Schedule,
     *,
-    prepared_dir: Path = Path("data/prepared"),
+    prepared_dir: Path,
     out_dir: Path,
     metrics_path: Path,
     plots_dir: Path,
@@ -313,7 +314,7 @@ class Trainer:
         self.model = model = build_model(params["model"], self.sr).to(device)
         init_file = None
         if init_dir is not None:
-            init_file = init_dir / MODEL_FILE
+            init_file = model_file(init_dir)
             model.load_state_dict(read_checkpoint(init_file)["weights"])
         for cb in self.callbacks:
             cb.on_model(model, self.total_steps)
@@ -398,7 +399,7 @@ class Trainer:
             tags = {}
             if self.init_dir is not None:
                 tags["init_from"] = str(self.init_dir)
-                dense = tracking.find_model_run(self.init_dir / MODEL_FILE, self.params["mlflow"]["experiment"])
+                dense = tracking.find_model_run(model_file(self.init_dir), self.params["mlflow"]["experiment"])
                 if dense is not None:  # ties the runs of one sweep to their dense model
                     tags["dense_run_id"] = dense.info.run_id
             run_ctx = tracking.start_run(self.name, self.params, run_id=self.state.run_id, extra_tags=tags)
@@ -460,7 +461,7 @@ class Trainer:
                     state.history.append(row)
                     self.pending_log.append((step, {k: v for k, v in row.items() if k not in ("step", "epoch")}))
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_total", "d_loss")},
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in task.totals},
                                 refresh=False)
                 if dist.is_main and (state.step % val_every == 0 or state.step == self.total_steps):
                     self._validate(bar)
@@ -568,7 +569,7 @@ class Trainer:
             "steps_per_s": round(state.step / max(state.elapsed_s, 1e-9), 3),
             **({"ddp_world_size": self.dist.world_size, "ddp_max_param_diff": ddp_diff}
                if ddp_diff is not None else {}),
-            **{k: v for k, v in last.items() if k.startswith(("g_", "d_"))},
+            **{k: v for k, v in last.items() if k not in ("step", "epoch", "lr")},  # the task's losses
         }
         write_json(metrics_path, metrics)
         write_csv(plots_dir / "losses.csv", state.history)
@@ -588,7 +589,7 @@ class Trainer:
             extra_rows = [row for cb in self.callbacks for row in cb.history()]
             with tempfile.TemporaryDirectory() as tmp:
                 for f in figures.training_figures(state.history, state.val, extra_rows, Path(tmp) / "figures",
-                                                  self.name):
+                                                  self.name, totals=self.task.totals):
                     mlflow.log_artifact(str(f), "figures")
                 for f in figures.audio_examples(self.val_items[:3], outputs, self.sr, Path(tmp) / "examples"):
                     mlflow.log_artifact(str(f), "val_examples")

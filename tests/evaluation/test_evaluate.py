@@ -87,7 +87,7 @@ def build_world(root: Path, voicebank: Path, pruned: dict) -> dict:
     _write_csv(unseen / "unseen.csv", rows)
 
     params = _params()
-    torch_model = root / "models" / "pruned" / "generator.pt"
+    torch_model = root / "models" / "pruned" / "model.pt"
     torch_model.parent.mkdir(parents=True)
     shutil.copy(pruned["ckpt"], torch_model)
     shutil.copytree(pruned["out"], root / "models" / "onnx")  # pruned.onnx and its report
@@ -299,8 +299,8 @@ def test_missing_inputs_name_the_producing_stage(evaluated, tmp_path) -> None:
     kwargs = {**_kwargs(evaluated, tmp_path), "track": False}
     with pytest.raises(DataError, match=r"pruned\.onnx: ONNX model not found .*export"):
         ev.evaluate(evaluated["params"], **{**kwargs, "onnx_model": tmp_path / "pruned.onnx"})
-    with pytest.raises(DataError, match=r"generator\.pt: pruned model checkpoint not found .*prune"):
-        ev.evaluate(evaluated["params"], **{**kwargs, "torch_model": tmp_path / "generator.pt"})
+    with pytest.raises(DataError, match=r"model\.pt: pruned model checkpoint not found .*prune"):
+        ev.evaluate(evaluated["params"], **{**kwargs, "torch_model": tmp_path / "model.pt"})
     with pytest.raises(DataError, match=r"unseen\.csv: unseen manifest not found .*mix_unseen"):
         ev.evaluate(evaluated["params"], **{**kwargs, "unseen_dir": tmp_path / "unseen"})
     with pytest.raises(DataError, match=r"test\.csv: test manifest not found .*prepare"):

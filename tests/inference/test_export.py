@@ -263,7 +263,7 @@ def test_export_variant_takes_section_mappings_and_keys_on_the_files_values(tmp_
         return {"onnx_file": str(out_dir / name)}
 
     monkeypatch.setattr(export_mod, "export_onnx", fake_export)
-    ckpt = tmp_path / "generator.pt"
+    ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
     section = {"opset": 18, "parity_lengths_s": [1, 0.5], "parity_tolerance": 0.0001, "sampler": {}}
     report, how = export_mod.export_variant("pruned", ckpt, tmp_path / "onnx", section, {"sample_rate": 16000})

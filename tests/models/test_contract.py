@@ -103,7 +103,7 @@ def test_trainer_runs_the_new_architecture(toy_registered, tmp_path, objective):
                     plots_dir=tmp_path / "p", resume_dir=tmp_path / "ck", track=False)
     toy = ToyMasker(4, StftFrontEnd(), 16000)
     assert m["steps"] == 2 and m["params_total"] == sum(p.numel() for p in toy.parameters())
-    loaded, _ = registry.load_checkpoint(tmp_path / "m" / "generator.pt")
+    loaded, _ = registry.load_checkpoint(tmp_path / "m" / "model.pt")
     assert isinstance(loaded, ToyMasker)
     assert ("d_loss" in m) == (objective == "metric_gan")
 

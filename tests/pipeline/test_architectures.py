@@ -42,19 +42,19 @@ def test_one_pipeline_pass(preset, tmp_path):
                         plots_dir=tmp_path / "pd", **common)
     pruned = prune_finetune(params, tmp_path / "dense", out_dir=tmp_path / "pruned",
                             metrics_path=tmp_path / "pruned.json", plots_dir=tmp_path / "pp", **common)
-    model, _ = load_checkpoint(tmp_path / "pruned" / "generator.pt")
+    model, _ = load_checkpoint(tmp_path / "pruned" / "model.pt")
     assert model.arch == demo["model"]["arch"] and dense["steps"] >= 2
     if params["prune"]["method"] == "none":  # the peers' presets: their papers report unpruned models
         assert pruned["steps"] == 0 and pruned["conv_sparsity"] == 0.0
-        assert (tmp_path / "pruned" / "generator.pt").read_bytes() == (tmp_path / "dense" / "generator.pt").read_bytes()
+        assert (tmp_path / "pruned" / "model.pt").read_bytes() == (tmp_path / "dense" / "model.pt").read_bytes()
     else:
         assert pruned["conv_sparsity"] == pytest.approx(params["prune"]["amount"], abs=0.02)
     val_items = ValidationLoader(prepared, params["train"]["val_utterances"], params["seed"])  # as stages/export.py
-    report, how = export_variant("pruned", tmp_path / "pruned" / "generator.pt", tmp_path / "onnx", params["export"],
+    report, how = export_variant("pruned", tmp_path / "pruned" / "model.pt", tmp_path / "onnx", params["export"],
                                  params["audio"], val_items)
     assert how == "exported" and report["onnx_parity_max_abs"] <= params["export"]["parity_tolerance"]
     metrics = evaluate(params, prepared_dir=prepared, unseen_dir=prepared,
-                       torch_model=tmp_path / "pruned" / "generator.pt", onnx_model=tmp_path / "onnx" / "pruned.onnx",
+                       torch_model=tmp_path / "pruned" / "model.pt", onnx_model=tmp_path / "onnx" / "pruned.onnx",
                        out_dir=tmp_path / "report", metrics_path=tmp_path / "evaluate.json",
                        enhanced_dir=tmp_path / "enhanced", track=False, bench=False)
     for set_name in ("test", "unseen"):

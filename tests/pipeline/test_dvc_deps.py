@@ -66,7 +66,7 @@ def _covered(path: Path, deps: list[Path]) -> bool:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_declares_every_module_it_imports(stage):
     spec = STAGES[stage]
-    script = ROOT / spec["cmd"].split()[-1]
+    script = ROOT / spec["cmd"].split()[1]  # python stages/<stage>.py --path ...
     assert script.is_file(), f"{stage}: cmd {spec['cmd']!r} does not name a script"
     deps = [ROOT / d for d in spec["deps"]]
     assert ROOT / script.relative_to(ROOT) in deps, f"{stage}: its own script is not a dep"
@@ -81,6 +81,23 @@ def _produced() -> set[str]:
         for key in ("outs", "metrics", "plots"):
             paths |= {next(iter(o)) if isinstance(o, dict) else o for o in s.get(key, [])}
     return paths
+
+
+SCRATCH = ("data/downloads", "data/enhanced/")  # download cache and enhanced audio: neither a dep nor an out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_path_in_the_cmd_is_declared(stage):
+    """The paths a script gets from its cmd are the stage's declared deps and outputs (written once)."""
+    spec = STAGES[stage]
+    words = spec["cmd"].split()
+    given = [w for flag, w in zip(words, words[1:]) if flag.startswith("--")]
+    assert given, f"{stage}: the cmd gives the script no paths"
+    declared = [next(iter(o)) if isinstance(o, dict) else o
+                for key in ("deps", "outs", "metrics", "plots") for o in spec.get(key, [])]
+    undeclared = [p for p in given if not p.startswith(SCRATCH) and not any(  # inside a declared path, or
+        p == d or p.startswith(d + "/") or d.startswith(p + "/") for d in declared)]  # the folder of one
+    assert not undeclared, f"dvc.yaml stage {stage}: cmd paths not among its deps or outputs: {undeclared}"
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -54,7 +54,7 @@ def identity_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["model"], "channels": 8, "num_tsblocks": 1}
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "generator.pt"
+    path = tmp_path_factory.mktemp("model") / "model.pt"
     save_checkpoint(path, build_model(cfg, 16000).eval())
     return path
 

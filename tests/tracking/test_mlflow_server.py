@@ -100,7 +100,7 @@ def test_training_logs_to_a_tracking_server(server, tmp_path, monkeypatch):
                 metrics_path=repo / "metrics" / "train.json", plots_dir=repo / "plots", resume_dir=repo / "ck")
 
     client = mlflow.MlflowClient(server)
-    found = tracking.find_model_run(out / "generator.pt", tiny_params()["mlflow"]["experiment"])
+    found = tracking.find_model_run(out / "model.pt", tiny_params()["mlflow"]["experiment"])
     run = client.get_run(found.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "train"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the client writes over HTTP only
@@ -109,8 +109,8 @@ def test_training_logs_to_a_tracking_server(server, tmp_path, monkeypatch):
     assert {"val/pesq", "train/d_loss", "train/lr", "train/steps_per_s"} <= set(run.data.metrics)
     assert all("/" in name for name in run.data.metrics)
 
-    got = Path(client.download_artifacts(run.info.run_id, "checkpoint/generator.pt", str(tmp_path / "dl")))
-    assert got.read_bytes() == (out / "generator.pt").read_bytes()
+    got = Path(client.download_artifacts(run.info.run_id, "checkpoint/model.pt", str(tmp_path / "dl")))
+    assert got.read_bytes() == (out / "model.pt").read_bytes()
 
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"prepared/train.csv", "prepared/val.csv"}

@@ -501,9 +501,9 @@ def test_interrupted_channel_prune_run_resumes_to_the_same_weights(tmp_path: Pat
     assert resumed["steps"] == straight["steps"]
     assert straight["prunable_removed_fraction"] == pytest.approx(0.3, abs=0.02)
     assert 0 < straight["macs_removed_fraction"] < straight["params_removed_fraction"] + 0.2
-    g1, _ = load_checkpoint(tmp_path / "straight" / "models_prune" / "generator.pt")
-    g2, _ = load_checkpoint(tmp_path / "resumed" / "models_prune" / "generator.pt")
-    dense_g, _ = load_checkpoint(dense / "models_train" / "generator.pt")
+    g1, _ = load_checkpoint(tmp_path / "straight" / "models_prune" / "model.pt")
+    g2, _ = load_checkpoint(tmp_path / "resumed" / "models_prune" / "model.pt")
+    dense_g, _ = load_checkpoint(dense / "models_train" / "model.pt")
     assert sum(p.numel() for p in g1.parameters()) < sum(p.numel() for p in dense_g.parameters())
     for (k, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
         assert torch.equal(a, b), k

@@ -155,6 +155,10 @@ def test_micro_batches_give_the_one_batch_step(objective, float64):
     assert worst_grad < 1e-9, worst_grad  # measured: ~1e-14
     assert worst_weight < 1e-9, worst_weight
     assert l_acc.keys() == l_one.keys()
+    task = task_class(objective)
+    assert set(task.totals) <= set(l_one), (task.totals, l_one)  # the progress bar's and figures' totals exist
+    if objective != "metric_gan":  # g_* / d_* name a GAN's generator and discriminator only
+        assert all(name.startswith("loss_") for name in l_one), l_one
     for name in l_one:
         assert l_acc[name] == pytest.approx(l_one[name], rel=1e-9, abs=1e-12), name
 
@@ -241,8 +245,8 @@ def test_interrupted_accumulating_gan_run_resumes_exactly(prepared, tmp_path):
     assert part["interrupted"]
     resumed = _train(params, prepared, tmp_path / "resumed")
     assert resumed["steps"] == straight["steps"] == 8
-    g1, _ = load_checkpoint(tmp_path / "straight" / "m" / "generator.pt")
-    g2, _ = load_checkpoint(tmp_path / "resumed" / "m" / "generator.pt")
+    g1, _ = load_checkpoint(tmp_path / "straight" / "m" / "model.pt")
+    g2, _ = load_checkpoint(tmp_path / "resumed" / "m" / "model.pt")
     for (name, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
         assert torch.equal(a, b), name
 

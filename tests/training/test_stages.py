@@ -17,7 +17,7 @@ from helpers import tiny_params
 def _dense(tmp_path, params):
     torch.manual_seed(0)
     dense = tmp_path / "models" / "dense"
-    save_checkpoint(dense / "generator.pt", build_model(params["model"], 16000), extra={"val_pesq": 1.25})
+    save_checkpoint(dense / "model.pt", build_model(params["model"], 16000), extra={"val_pesq": 1.25})
     (dense / "discriminator.pt").write_bytes(b"not read by the pass-through, copied as it is")
     return dense
 
@@ -30,7 +30,7 @@ def test_method_none_copies_the_dense_model_without_training(tmp_path, monkeypat
     out, metrics_path = tmp_path / "models" / "pruned", tmp_path / "metrics" / "prune.json"
     metrics = stages.prune_finetune(params, dense, prepared_dir=tmp_path / "none", out_dir=out,
                                     metrics_path=metrics_path, plots_dir=tmp_path / "plots")
-    for f in ("generator.pt", "discriminator.pt"):
+    for f in ("model.pt", "discriminator.pt"):
         assert (out / f).read_bytes() == (dense / f).read_bytes()
     on_disk = json.loads(metrics_path.read_text())
     assert on_disk == metrics
@@ -51,8 +51,21 @@ def test_method_none_names_an_unusable_dense_model(tmp_path) -> None:
     params = tiny_params(prune__method="none")
     dense = tmp_path / "dense"
     dense.mkdir()
-    (dense / "generator.pt").write_text("not a checkpoint")
-    with pytest.raises(Exception, match="generator.pt"):
+    (dense / "model.pt").write_text("not a checkpoint")
+    with pytest.raises(Exception, match="model.pt"):
         stages.prune_finetune(params, dense, out_dir=tmp_path / "pruned", metrics_path=tmp_path / "m.json",
                               plots_dir=tmp_path / "plots")
     assert not (tmp_path / "pruned").exists()
+
+
+def test_an_old_dense_folder_still_loads_with_one_deprecation_line(tmp_path, monkeypatch, capsys) -> None:
+    params = tiny_params(prune__method="none")
+    dense = _dense(tmp_path, params)
+    (dense / "model.pt").rename(dense / "generator.pt")  # a folder written before the rename
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "models" / "pruned"
+    stages.prune_finetune(params, dense, prepared_dir=tmp_path / "none", out_dir=out,
+                          metrics_path=tmp_path / "m.json", plots_dir=tmp_path / "plots")
+    assert (out / "model.pt").read_bytes() == (dense / "generator.pt").read_bytes()
+    err = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert err == [f"effifusion: {dense / 'generator.pt'}: deprecated checkpoint name, loaded; rename it to model.pt"]

@@ -88,8 +88,8 @@ def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path, stage, 
     m_resumed = _run(params, stage, prepared, resumed)
     assert (resumed / "ckpt" / f"{stage}.pt").exists()  # kept: raising the epochs continues from it
     assert m_resumed["steps"] == m_straight["steps"]
-    g1, _ = load_checkpoint(straight / f"models_{stage}" / "generator.pt")
-    g2, _ = load_checkpoint(resumed / f"models_{stage}" / "generator.pt")
+    g1, _ = load_checkpoint(straight / f"models_{stage}" / "model.pt")
+    g2, _ = load_checkpoint(resumed / f"models_{stage}" / "model.pt")
     for (k, a), b in zip(g1.state_dict().items(), g2.state_dict().values()):
         assert torch.equal(a, b), k
     assert m_resumed["g_total"] == pytest.approx(m_straight["g_total"], rel=1e-6)
@@ -115,7 +115,7 @@ def test_raising_epochs_continues_a_finished_run(prepared, tmp_path, capsys, str
 def test_a_corrupt_checkpoint_is_set_aside_and_training_goes_on(prepared, tmp_path, capsys, straight):
     """A cut-short resume file falls back to the one before it; garbage with nothing behind it starts
     afresh. Both end with the weights of an uninterrupted run, and each says so in one line."""
-    g_straight, _ = load_checkpoint(straight["out"] / "models_train" / "generator.pt")
+    g_straight, _ = load_checkpoint(straight["out"] / "models_train" / "model.pt")
     straight = straight["metrics"]  # tiny_params()
     params = tiny_params()
     params["runtime"]["checkpoint_every_steps"] = 1
@@ -136,7 +136,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_training_goes_on(prepared, tmp_pa
         assert "Traceback" not in err and (out / "ckpt" / "train.pt.corrupt").is_file()
         assert ("resuming from the previous checkpoint" in err) == (case == "truncated")
         assert m["steps"] == straight["steps"]
-        g, _ = load_checkpoint(out / "models_train" / "generator.pt")
+        g, _ = load_checkpoint(out / "models_train" / "model.pt")
         for (k, a), b in zip(g_straight.state_dict().items(), g.state_dict().values()):
             assert torch.equal(a, b), (case, k)
 
@@ -148,7 +148,7 @@ def test_a_rerun_writes_the_same_model_bytes(prepared, tmp_path, tiny_dense):
     _run(tiny_params(train__epochs=1), "train", prepared, tmp_path / "second")
     second_dir = tmp_path / "second" / "models_train"
     first, second = (sorted(d.iterdir()) for d in (tiny_dense["model_dir"], second_dir))
-    assert [p.name for p in first] == ["discriminator.pt", "generator.pt"]
+    assert [p.name for p in first] == ["discriminator.pt", "model.pt"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
 
@@ -163,7 +163,7 @@ def test_prune_stage_hits_amount_and_saves_a_loadable_dense_state(prepared, tmp_
     _dense_into(tiny_dense, tmp_path)  # tiny_params(train__epochs=1), trained once per session
     m = _run(tiny_params(prune__amount=0.4), "prune", prepared, tmp_path)
     assert m["conv_sparsity"] == pytest.approx(0.4, abs=1e-3)
-    ckpt = torch.load(tmp_path / "models_prune" / "generator.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "models_prune" / "model.pt", weights_only=True)
     assert not any(k.endswith(("_orig", "_mask")) for k in ckpt["weights"])
     g = build_model(ckpt["config"], ckpt["sample_rate"])
     g.load_state_dict(ckpt["weights"])  # strict: a fresh model takes it as is
@@ -206,9 +206,9 @@ def test_training_run_is_logged_to_mlflow(prepared, tmp_path, monkeypatch):
     params = tiny_params()
     train_dense(params, prepared_dir=prepared, out_dir=tmp_path / "dense",
                 metrics_path=tmp_path / "train.json", plots_dir=tmp_path / "plots", resume_dir=tmp_path / "ck")
-    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["discriminator.pt", "generator.pt"]
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["discriminator.pt", "model.pt"]
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    run = tracking.find_model_run(tmp_path / "dense" / "generator.pt", params["mlflow"]["experiment"])
+    run = tracking.find_model_run(tmp_path / "dense" / "model.pt", params["mlflow"]["experiment"])
     run = client.get_run(run.info.run_id)  # the output holds no run id: the run is found by the model's md5
     assert run.data.params["prune.amount"] == "0.3"
     assert run.data.params["model.channels"] == "8"

@@ -30,6 +30,9 @@ class Task:
     """Base class of the training objectives (see TASKS in training/tasks/__init__.py)."""
 
     name: str
+    # the loss keys of step() shown in the progress bar and the figures' "totals" panel; every key step()
+    # returns is logged (train/<key> in MLflow, plots/<stage>/losses.csv)
+    totals: tuple[str, ...] = ("loss_total",)
 
     def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device):
         check_objective(type(model), self.name)

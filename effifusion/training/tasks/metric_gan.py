@@ -199,6 +199,7 @@ class MetricGanTask(Task):
     """Generator (the model) + metric discriminator, train.optimizer each, ExponentialLR per epoch."""
 
     name = "metric_gan"
+    totals = ("g_total", "d_loss", "g_metric")  # generator (g_*) and discriminator (d_loss) losses
 
     def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device,
                  pesq: PesqPool, amp: bool = False):

@@ -60,7 +60,7 @@ class PredictiveTask(Task):
                 s = forward_spectra(self.net, self.model.frontend, clean[part], noisy[part], self.amp)
                 losses = s.losses(clean[part], None, self.weights)
                 (losses["total"] / k).backward()
-            rows.append({f"g_{name}": float(v.detach()) for name, v in losses.items()})
+            rows.append({f"loss_{name}": float(v.detach()) for name, v in losses.items()})
         apply_step(self.opt, self.net.parameters(), self.grad_clip)
         return check_finite(mean_losses(rows))
 

@@ -98,8 +98,8 @@ class ScoreMatchingTask(Task):
                     losses["predictive"] = half_squared_error(x_pred.to(x0.dtype), x0[part])
                 total = self.w_score * losses["score"] + self.w_pred * losses.get("predictive", 0.0)
                 (total / k).backward()
-            rows.append({"g_total": float(total.detach()),
-                         **{f"g_{n}": float(v.detach()) for n, v in losses.items()}})
+            rows.append({"loss_total": float(total.detach()),
+                         **{f"loss_{n}": float(v.detach()) for n, v in losses.items()}})
         apply_step(self.opt, self.net.parameters(), self.grad_clip)
         self.ema.update(self.model)
         return check_finite(mean_losses(rows))

@@ -201,9 +201,9 @@ def test_conv_modules_are_named_conv() -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path, tiny: Generator) -> None:
-    path = tmp_path / "ckpt" / "generator.pt"
+    path = tmp_path / "ckpt" / "model.pt"
     save_checkpoint(path, tiny, extra={"step": 7})
-    assert [p.name for p in path.parent.iterdir()] == ["generator.pt"]  # no temp file left
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left
     loaded, extra = load_checkpoint(path)
     assert extra == {"step": 7} and loaded.config() == tiny_cfg() and loaded.arch == "effifusion_gan"
     blob = torch.load(path, weights_only=True)

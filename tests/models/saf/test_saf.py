@@ -165,5 +165,5 @@ def test_trainer_runs_saf_and_names_the_run(tmp_path):
     m = train_dense(params, prepared_dir=prepared, out_dir=tmp_path / "m", metrics_path=tmp_path / "m.json",
                     plots_dir=tmp_path / "p", resume_dir=tmp_path / "ck", track=False)
     assert m["steps"] == 2
-    loaded, _ = registry.load_checkpoint(tmp_path / "m" / "generator.pt")
+    loaded, _ = registry.load_checkpoint(tmp_path / "m" / "model.pt")
     assert isinstance(loaded, MODEL) and loaded.config() == params["model"]
