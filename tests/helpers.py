@@ -94,3 +94,15 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def stage_command(stage: str) -> list[str]:
+    """dvc.yaml's cmd of ``stage`` as an argv (this interpreter, the script's absolute path): what dvc runs."""
+    import shlex
+    import sys
+
+    import yaml
+
+    words = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    assert words[0] == "python", words
+    return [sys.executable, str(ROOT / words[1]), *words[2:]]

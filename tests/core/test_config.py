@@ -12,7 +12,7 @@ import yaml
 from effifusion.cli import main as cli_main
 from effifusion.core.config import ConfigError, apply_preset, flatten, load_params, params_hash
 from effifusion.tracking import runs as tracking
-from helpers import ROOT
+from helpers import ROOT, stage_command
 
 
 def test_presets_and_params_have_the_same_keys():
@@ -124,7 +124,7 @@ def test_stage_error_is_one_line_and_exit_2(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["corpus"]["name"] = "nope"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py")], cwd=tmp_path,
+    proc = subprocess.run(stage_command("download"), cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,7 +12,7 @@ from effifusion.core.config import load_params
 from effifusion.core.errors import ConfigError
 from effifusion.core.params import check_params
 from effifusion.models.registry import check_model_config
-from helpers import ROOT
+from helpers import ROOT, stage_command
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -80,7 +79,7 @@ def test_missing_renamed_and_unknown_keys():
 def test_the_train_stage_fails_on_a_bad_value_before_touching_data(tmp_path, dotted, value, message):
     """No data/ exists here: the error is about the setting, not about a missing dataset."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(dotted, value)))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py")], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run(stage_command("train"), cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"stage train: error: {message}"]

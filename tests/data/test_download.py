@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,7 @@ from effifusion.core.errors import DataError, DownloadError
 from effifusion.data import voicebank
 from effifusion.data.download import extract_zip, fetch, md5sum
 from effifusion.data.voicebank import CorpusFile, fetch_voicebank_demand
-from helpers import ROOT
+from helpers import ROOT, stage_command
 
 FAST = {"retries": 3, "timeout_s": 5, "backoff_s": 0.01, "progress": False}
 
@@ -476,7 +475,7 @@ def test_stage_reports_user_errors_in_one_line(tmp_path, corpus, local_copy, exp
     params["download"].update(datashare_url="http://127.0.0.1:9/x", zenodo_url="http://127.0.0.1:9/y",
                               local_copy=local_copy, retries=1, timeout_s=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py")], cwd=tmp_path,
+    proc = subprocess.run(stage_command("download"), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
