@@ -106,3 +106,38 @@ def stage_command(stage: str) -> list[str]:
     words = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"])
     assert words[0] == "python", words
     return [sys.executable, str(ROOT / words[1]), *words[2:]]
+
+
+def diffusion_onnx(folder: Path) -> Path:
+    """A stand-in diffusion export: score = y − x, x̂ = 0.5·y, with a diffusion model card (d.onnx and
+    d.predictive.onnx in ``folder``): the torch-free sampler's path without training a model."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    spec = ["batch", 2, 256, "frames"]
+    score = helper.make_graph(
+        [helper.make_node("Sub", ["y", "x"], ["score"])], "score",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, spec),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, spec)])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    predictive = helper.make_graph(
+        [helper.make_node("Mul", ["y", "half"], ["estimate"])], "predictive",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, spec)],
+        [helper.make_tensor_value_info("estimate", TensorProto.FLOAT, spec)], initializer=[half])
+    sampler = {"mode": "joint", "steps": 4, "snr": 0.5, "corrector_steps": 1, "first_fusion": True, "start_step": 2,
+               "final_fusion": True, "fusion_weight": 0.5, "seed": 0}
+    card = {"arch": "gp_sgmse", "runtime": "diffusion", "sample_rate": "16000", "min_samples": "510",
+            "n_fft": "510", "hop_length": "128", "win_length": "510", "compress_factor": "0.5", "spec_scale": "0.15",
+            "time_multiple": "4", "predictive_file": "d.predictive.onnx",
+            "sde": json.dumps({"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5, "t_eps": 0.03}),
+            "sampler": json.dumps(sampler)}
+    for graph, name, props in ((score, "d.onnx", card), (predictive, "d.predictive.onnx", {})):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        if props:
+            helper.set_model_props(model, props)
+        onnx.save(model, str(folder / name))
+    return folder / "d.onnx"

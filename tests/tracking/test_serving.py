@@ -29,7 +29,7 @@ import soundfile as sf
 from effifusion.runtime.enhancer import Enhancer
 from effifusion.runtime.files import enhance_file
 from effifusion.tracking import serving
-from helpers import FIXTURES, synthetic_speech
+from helpers import FIXTURES, diffusion_onnx, synthetic_speech
 
 NOISY = FIXTURES / "voicebank_test_16k" / "noisy" / "p232_003.wav"  # 7.2 s, 16 kHz, PCM_16
 
@@ -132,35 +132,8 @@ def test_instances_are_recordings():
 
 
 def _stand_in_diffusion(folder: Path) -> dict:
-    """A stand-in diffusion export (score = y - x, predictive 0.5 y, a diffusion model card) and its report."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    spec = ["batch", 2, 256, "frames"]
-    score = helper.make_graph(
-        [helper.make_node("Sub", ["y", "x"], ["score"])], "score",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, spec),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, spec),
-         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, spec)])
-    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
-    predictive = helper.make_graph(
-        [helper.make_node("Mul", ["y", "half"], ["estimate"])], "predictive",
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, spec)],
-        [helper.make_tensor_value_info("estimate", TensorProto.FLOAT, spec)], initializer=[half])
-    sampler = {"mode": "joint", "steps": 3, "snr": 0.5, "corrector_steps": 1, "first_fusion": True, "start_step": 1,
-               "final_fusion": True, "fusion_weight": 0.5, "seed": 0}
-    card = {"arch": "gp_sgmse", "runtime": "diffusion", "sample_rate": "16000", "min_samples": "510",
-            "n_fft": "510", "hop_length": "128", "win_length": "510", "compress_factor": "0.5", "spec_scale": "0.15",
-            "time_multiple": "4", "predictive_file": "d.predictive.onnx",
-            "sde": json.dumps({"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5, "t_eps": 0.03}),
-            "sampler": json.dumps(sampler)}
-    for graph, name, props in ((score, "d.onnx", card), (predictive, "d.predictive.onnx", {})):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-        if props:
-            helper.set_model_props(model, props)
-        onnx.save(model, str(folder / name))
-    files = [str(folder / "d.onnx"), str(folder / "d.predictive.onnx")]
+    """helpers.diffusion_onnx's stand-in export and the export report that names its two graphs."""
+    files = [str(diffusion_onnx(folder)), str(folder / "d.predictive.onnx")]
     return {"onnx_file": files[0], "onnx_files": files, "onnx_bytes": 1, "onnx_zip_bytes": 1,
             "onnx_parity_max_abs": 0.0}
 
