@@ -7,26 +7,20 @@ Both write the same layout, so later stages cannot tell them apart.
 
 from __future__ import annotations
 
-from effifusion.core.config import load_params, run_stage, stage_paths
-from effifusion.core.errors import ConfigError
-
-CORPORA = ("demo", "voicebank_demand")
+from effifusion.core.config import load_settings, run_stage, stage_paths
 
 
 def main() -> None:
     paths = stage_paths("out", "downloads")
-    params = load_params()
-    name = params["corpus"]["name"]
-    if name == "demo":
+    params = load_settings()
+    if params.corpus.name == "demo":
         from effifusion.data.demo_corpus import generate_demo_corpus
 
-        generate_demo_corpus(paths["out"], params["corpus"]["demo"], seed=params["seed"])
-    elif name == "voicebank_demand":
+        generate_demo_corpus(paths["out"], params.corpus.demo, seed=params.seed)
+    else:  # voicebank_demand (the schema admits no other)
         from effifusion.data.voicebank import fetch_voicebank_demand
 
-        fetch_voicebank_demand(paths["out"], params["download"], paths["downloads"])
-    else:
-        raise ConfigError(f"params.yaml corpus.name = {name!r}: expected one of {', '.join(CORPORA)}")
+        fetch_voicebank_demand(paths["out"], params.download, paths["downloads"])
 
 
 if __name__ == "__main__":

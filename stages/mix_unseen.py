@@ -1,17 +1,16 @@
 """Stage `mix_unseen`: the prepared test utterances mixed with unseen DEMAND noises -> data/unseen."""
 
 
-from effifusion.core.config import load_params, run_stage, stage_paths
+from effifusion.core.config import load_settings, run_stage, stage_paths
 from effifusion.core.files import write_json
 from effifusion.data.mixing import mix_unseen
 
 
 def main() -> None:
     paths = stage_paths("prepared", "raw", "out", "metrics")
-    params = load_params()
-    report = mix_unseen(paths["prepared"], paths["raw"], paths["out"], params["mix_unseen"],
-                        seed=params["seed"], sample_rate=params["audio"]["sample_rate"],
-                        workers=params["runtime"]["data_workers"])
+    params = load_settings()
+    report = mix_unseen(paths["prepared"], paths["raw"], paths["out"], params.mix_unseen, seed=params.seed,
+                        sample_rate=params.audio.sample_rate, workers=params.runtime.data_workers)
     snr, timing = report["measured_snr_db"], report["timing"]
     write_json(paths["metrics"], {"files": report["counts"]["files"],
                                                  "snr_error_max_abs_db": snr["error_max_abs_db"], **timing})

@@ -101,7 +101,7 @@ SCHEMA: dict[str, Any] = {
         "demo": {
             "sample_rate": integer(8000), "train_speakers": SPEAKERS, "test_speakers": SPEAKERS,
             "train_utterances_per_speaker": integer(1), "test_utterances_per_speaker": integer(1),
-            "min_duration_s": number(0.5), "max_duration_s": number(0.5), "unseen_noise_duration_s": number(1.0),
+            "min_duration_s": number(1.0), "max_duration_s": number(1.0), "unseen_noise_duration_s": number(1.0),
         },
     },
     "download": {"datashare_url": NONEMPTY_TEXT, "zenodo_url": NONEMPTY_TEXT, "local_copy": TEXT,
@@ -185,9 +185,27 @@ def _snr_range(augment: dict[str, Any]) -> None:
                           "([low, high] with low <= high)")
 
 
+def _demo_speakers(demo: dict[str, Any]) -> None:
+    _demo_durations(demo)
+    both = sorted(set(demo["train_speakers"]) & set(demo["test_speakers"]))
+    if both:
+        raise ConfigError(f"params.yaml corpus.demo.test_speakers: {both} are also train_speakers "
+                          "(a test speaker must be unseen in training)")
+
+
+def _distinct_conditions(mix: dict[str, Any]) -> None:
+    """Each (noise, SNR) names its output files (SNRs at 0.1 dB, data/mixing.snr_tag): no two may collide."""
+    if len(set(mix["noises"])) < len(mix["noises"]):
+        raise ConfigError(f"params.yaml mix_unseen.noises: {mix['noises']!r} is not valid (each noise once)")
+    if len({round(float(s), 1) for s in mix["snrs_db"]}) < len(mix["snrs_db"]):
+        raise ConfigError(f"params.yaml mix_unseen.snrs_db: {mix['snrs_db']!r} is not valid "
+                          "(distinct at 0.1 dB: the SNR names the output files)")
+
+
 # Checks across the settings of one (nested) section, after each value passed its rule.
-CROSS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"corpus.demo": _demo_durations,
-                                                            "train.augment": _snr_range}
+CROSS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"corpus.demo": _demo_speakers,
+                                                            "train.augment": _snr_range,
+                                                            "mix_unseen": _distinct_conditions}
 
 
 def _at(values: dict[str, Any], dotted: str) -> Any:

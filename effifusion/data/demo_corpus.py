@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
-from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_dir
+from effifusion.core.settings import DemoCorpusConfig, as_settings
 from effifusion.data.mixing import active_speech_level, item_seed, mix_at_snr
 from effifusion.dsp.audio import write_wav
 
@@ -559,31 +560,23 @@ def make_noise(label: str, n: int, sr: int, rng: np.random.Generator,
 # The corpus
 
 
-def generate_demo_corpus(raw_dir: Path, cfg: dict, seed: int) -> dict:
+def generate_demo_corpus(raw_dir: Path, cfg: DemoCorpusConfig | dict[str, Any], seed: int) -> dict:
     """Write the demo corpus into ``raw_dir`` in the VoiceBank+DEMAND layout; return its description.
 
-    ``cfg`` is params["corpus"]["demo"]. Builds in a temporary folder beside ``raw_dir`` and renames
+    ``cfg`` is params.yaml's ``corpus.demo`` section. Builds in a temporary folder beside ``raw_dir`` and renames
     it into place, replacing an older ``raw_dir``. The returned dict is corpus.json's content plus
     the generation time.
     """
     start = time.perf_counter()
     raw_dir = Path(raw_dir)
-    sr = int(_get(cfg, "sample_rate"))
-    min_s, max_s = float(_get(cfg, "min_duration_s")), float(_get(cfg, "max_duration_s"))
-    if not 1.0 <= min_s <= max_s:  # 1 s leaves room for the silences and a few syllables
-        raise ConfigError(f"params.yaml: corpus.demo needs 1.0 <= min_duration_s <= max_duration_s, "
-                          f"got {min_s} and {max_s}")
-    train_spk = [str(s) for s in _get(cfg, "train_speakers")]
-    test_spk = [str(s) for s in _get(cfg, "test_speakers")]
-    if set(train_spk) & set(test_spk):
-        both = sorted(set(train_spk) & set(test_spk))
-        raise ConfigError(f"params.yaml: corpus.demo speakers {both} are in both train_speakers and "
-                          f"test_speakers")
+    cfg = as_settings(cfg, DemoCorpusConfig)
+    sr, train_spk, test_spk = cfg.sample_rate, list(cfg.train_speakers), list(cfg.test_speakers)
+    min_s, max_s = cfg.min_duration_s, cfg.max_duration_s
     splits = [
         ("trainset_28spk", "clean_trainset_28spk_wav", "noisy_trainset_28spk_wav", "log_trainset_28spk.txt",
-         train_spk, int(_get(cfg, "train_utterances_per_speaker")), TRAIN_NOISES, TRAIN_SNRS, "{:g}"),
+         train_spk, cfg.train_utterances_per_speaker, TRAIN_NOISES, TRAIN_SNRS, "{:g}"),
         ("testset", "clean_testset_wav", "noisy_testset_wav", "log_testset.txt",
-         test_spk, int(_get(cfg, "test_utterances_per_speaker")), TEST_NOISES, TEST_SNRS, "{:e}"),
+         test_spk, cfg.test_utterances_per_speaker, TEST_NOISES, TEST_SNRS, "{:e}"),
     ]
 
     with atomic_dir(raw_dir) as tmp:
@@ -606,7 +599,7 @@ def generate_demo_corpus(raw_dir: Path, cfg: dict, seed: int) -> dict:
             (tmp / "logfiles" / log_name).write_text("".join(log_lines))
             counts[name] = len(log_lines)
 
-        demand_s = float(_get(cfg, "unseen_noise_duration_s"))
+        demand_s = cfg.unseen_noise_duration_s
         demand_rng = np.random.default_rng(item_seed(seed, "talkers", "demand"))
         demand_talkers = make_talkers(DEMAND_SAMPLE_RATE, demand_rng, count=4)
         for env in UNSEEN_ENVS:
@@ -628,7 +621,7 @@ def generate_demo_corpus(raw_dir: Path, cfg: dict, seed: int) -> dict:
             "train_noises": TRAIN_NOISES, "train_snrs_db": TRAIN_SNRS,
             "test_noises": TEST_NOISES, "test_snrs_db": TEST_SNRS,
             "demand_envs": UNSEEN_ENVS, "demand_channels": ["ch01"], "demand_sample_rate": DEMAND_SAMPLE_RATE,
-            "config": cfg,
+            "config": cfg.to_dict(),
         }
         (tmp / "corpus.json").write_text(json.dumps(corpus, indent=2) + "\n")
     return {**corpus, "seconds": round(time.perf_counter() - start, 3)}
@@ -658,9 +651,3 @@ def _make_pair(utt: str, spk: Speaker, noise_label: str, snr: float, sr: int, mi
     if peak > 0.99:
         clean, noisy = clean * 0.99 / peak, noisy * 0.99 / peak
     return clean, noisy
-
-
-def _get(cfg: dict, key: str):
-    if key not in cfg:
-        raise ConfigError(f"params.yaml: corpus.demo.{key} is missing")
-    return cfg[key]

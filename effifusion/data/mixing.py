@@ -14,6 +14,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
@@ -22,6 +23,7 @@ from scipy.signal import lfilter
 from effifusion.core.errors import AudioError, ConfigError, DataError
 from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel, timing_report
+from effifusion.core.settings import MixUnseenConfig, as_settings
 from effifusion.dsp.audio import check_audio, read_wav, resample, write_wav
 
 # ITU-T P.56 method B constants.
@@ -153,12 +155,12 @@ UNSEEN_COLUMNS = [
 
 
 def mix_unseen(
-    prepared_dir: Path, raw_dir: Path, out_dir: Path, cfg: dict, seed: int, sample_rate: int = 16000,
-    workers: int = 1,
+    prepared_dir: Path, raw_dir: Path, out_dir: Path, cfg: MixUnseenConfig | dict[str, Any], seed: int,
+    sample_rate: int = 16000, workers: int = 1,
 ) -> dict:
     """Mix prepared test utterances with unseen noises at each (noise, SNR) cell; write ``out_dir``.
 
-    ``cfg`` is params["mix_unseen"]. Each cell gets ``utterances_per_condition`` distinct test
+    ``cfg`` is params.yaml's ``mix_unseen`` section. Each cell gets ``utterances_per_condition`` distinct test
     utterances, chosen so every utterance is used about equally; the noise excerpt's offset is
     drawn from a seed derived from (seed, utterance, noise, SNR), so re-runs give identical files
     whatever the worker count. A noise file shorter than an utterance is looped. Writes
@@ -167,17 +169,8 @@ def mix_unseen(
     """
     start = time.perf_counter()
     prepared_dir, raw_dir, out_dir = Path(prepared_dir), Path(raw_dir), Path(out_dir)
-    noises = [str(n) for n in _cfg(cfg, "noises")]
-    snrs = [float(s) for s in _cfg(cfg, "snrs_db")]
-    per_cell = int(_cfg(cfg, "utterances_per_condition"))
-    channel = str(_cfg(cfg, "channel"))
-    workers = max(1, int(workers))
-    if not noises or not snrs or per_cell < 1:
-        raise ConfigError("params.yaml: mix_unseen.noises and mix_unseen.snrs_db must be non-empty and "
-                          "mix_unseen.utterances_per_condition >= 1")
-    if len(set(noises)) < len(noises) or len({snr_tag(s) for s in snrs}) < len(snrs):
-        raise ConfigError(f"params.yaml: mix_unseen.noises {noises} or snrs_db {snrs} repeat a value "
-                          f"(output names would collide)")
+    cfg = as_settings(cfg, MixUnseenConfig)
+    noises, snrs, per_cell, channel = list(cfg.noises), list(cfg.snrs_db), cfg.utterances_per_condition, cfg.channel
 
     test_rows = _read_test_manifest(prepared_dir / "test.csv")
     if per_cell > len(test_rows):
@@ -204,10 +197,6 @@ def mix_unseen(
     return {**report, "timing": timing_report(workers, seconds, len(results))}
 
 
-def _cfg(cfg: dict, key: str):
-    if key not in cfg:
-        raise ConfigError(f"params.yaml: mix_unseen.{key} is missing")
-    return cfg[key]
 
 
 def _read_test_manifest(path: Path) -> list[dict]:

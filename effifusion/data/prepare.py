@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from effifusion.core.errors import AudioError, ConfigError, DataError, EffiFusionError
 from effifusion.core.files import atomic_dir, write_json
 from effifusion.core.parallel import run_parallel, timing_report
+from effifusion.core.settings import PrepareConfig, as_settings
 from effifusion.dsp.audio import RESAMPLING, check_audio, read_wav, resample, write_wav
 
 # split name -> (clean folder, noisy folder, log file) inside the raw corpus
@@ -60,11 +62,12 @@ def read_noise_log(path: Path) -> dict[str, tuple[str, float]]:
     return entries
 
 
-def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 16000, workers: int = 1) -> dict:
+def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: PrepareConfig | dict[str, Any], sample_rate: int = 16000,
+                   workers: int = 1) -> dict:
     """Check, resample and split the raw corpus into ``out_dir``; write report.json, return it with timings.
 
-    ``cfg`` is params["prepare"] (val_speakers, skip_bad_files); ``workers`` processes do the work. Output per the
-    layout contract: ``{train,val,test}/{clean,noisy}/<utt>.wav`` at ``sample_rate``, manifests
+    ``cfg`` is params.yaml's ``prepare`` section (val_speakers, skip_bad_files); ``workers`` processes do the
+    work. Output per the layout contract: ``{train,val,test}/{clean,noisy}/<utt>.wav`` at ``sample_rate``, manifests
     ``{train,val,test}.csv`` with paths relative to ``out_dir``, and ``report.json``. Built in a
     temporary folder and renamed into place. report.json is a function of the raw files and the
     settings only (a rerun writes the same bytes, so later stages stay up to date); the returned
@@ -72,13 +75,8 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
     """
     start = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    val_speakers = [str(s) for s in _cfg(cfg, "val_speakers")]
-    workers = max(1, int(workers))
-    skip_bad = bool(_cfg(cfg, "skip_bad_files"))
-
-    if not val_speakers:
-        raise ConfigError("params.yaml: prepare.val_speakers is empty: name the training speakers held out for "
-                          "validation (e.g. [p226, p287])")
+    cfg = as_settings(cfg, PrepareConfig)
+    val_speakers, skip_bad = list(cfg.val_speakers), cfg.skip_bad_files
     if not raw_dir.is_dir():
         raise DataError(f"{raw_dir}: raw corpus folder not found (run the download stage first)")
     pairs, bad = _find_pairs(raw_dir)
@@ -124,12 +122,6 @@ def prepare_corpus(raw_dir: Path, out_dir: Path, cfg: dict, sample_rate: int = 1
         }
         write_json(tmp / "report.json", report)
     return {**report, "timing": timing_report(workers, seconds, files)}
-
-
-def _cfg(cfg: dict, key: str):
-    if key not in cfg:
-        raise ConfigError(f"params.yaml: prepare.{key} is missing")
-    return cfg[key]
 
 
 def _wav_files(folder: Path) -> dict[str, Path]:

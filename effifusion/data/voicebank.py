@@ -19,7 +19,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from effifusion.core.errors import ConfigError, DataError, DownloadError
+from effifusion.core.errors import DataError, DownloadError
+from effifusion.core.settings import DownloadConfig, as_settings
 from effifusion.data.download import extract_zip, fetch, md5sum, replace_path
 
 
@@ -146,30 +147,20 @@ def _link_or_copy_tree(src: Path, dst: Path) -> tuple[int, int]:
     return linked, copied
 
 
-def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Checked download settings (params.yaml ``download``)."""
-    for key in ("datashare_url", "zenodo_url"):
-        if not isinstance(cfg.get(key), str) or not cfg[key].strip():
-            raise ConfigError(f"params.yaml download.{key}: expected a base URL, got {cfg.get(key)!r}")
-    retries, timeout_s = cfg.get("retries", 6), cfg.get("timeout_s", 60)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 1:
-        raise ConfigError(f"params.yaml download.retries = {retries!r}: expected an integer >= 1")
-    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:
-        raise ConfigError(f"params.yaml download.timeout_s = {timeout_s!r}: expected a positive number "
-                          f"of seconds")
-    local = cfg.get("local_copy") or ""
-    local_copy = Path(str(local)).expanduser() if str(local).strip() else None
-    if local_copy is not None and not local_copy.is_dir():
-        raise DataError(f"params.yaml download.local_copy = {str(local)!r}: folder {local_copy} not found "
+def _local_copy(cfg: DownloadConfig) -> Path | None:
+    """``download.local_copy`` as a folder (None when empty); DataError when it names no folder."""
+    if not cfg.local_copy.strip():
+        return None
+    local_copy = Path(cfg.local_copy).expanduser()
+    if not local_copy.is_dir():
+        raise DataError(f"params.yaml download.local_copy = {cfg.local_copy!r}: folder {local_copy} not found "
                         f"(give the folder holding the zips or the extracted folders, or \"\" to download)")
-    return {"retries": retries, "timeout_s": float(timeout_s), "backoff_s": float(cfg.get("backoff_s", 2.0)),
-            "local_copy": local_copy, "progress": bool(cfg.get("progress", True))}
+    return local_copy
 
 
-def _resolve_source(file: CorpusFile, cfg: dict[str, Any], settings: dict[str, Any],
-                    downloads_dir: Path) -> dict[str, Any]:
+def _resolve_source(file: CorpusFile, cfg: DownloadConfig, local_copy: Path | None, downloads_dir: Path, *,
+                    backoff_s: float, progress: bool) -> dict[str, Any]:
     """Where ``file`` comes from: a zip (local, verified, or downloaded) or an extracted local folder."""
-    local_copy: Path | None = settings["local_copy"]
     if local_copy is not None:
         local_zip = _find_file(local_copy, file.name)
         if local_zip is not None:
@@ -184,11 +175,10 @@ def _resolve_source(file: CorpusFile, cfg: dict[str, Any], settings: dict[str, A
             print(f"{file.name}: extracted local copy {located[0][0]}", flush=True)
             return {"folder": located, "origin": str(located[0][0])}
         print(f"{file.name}: not in download.local_copy {local_copy}; downloading it", flush=True)
-    url = f"{cfg[file.url_key].rstrip('/')}/{file.name}"
+    url = f"{getattr(cfg, file.url_key).rstrip('/')}/{file.name}"
     print(f"{file.name}: {url}", flush=True)
-    path = fetch(url, downloads_dir / file.name, md5=file.md5, size=file.size, retries=settings["retries"],
-                 timeout_s=settings["timeout_s"], backoff_s=settings["backoff_s"],
-                 progress=settings["progress"])
+    path = fetch(url, downloads_dir / file.name, md5=file.md5, size=file.size, retries=cfg.retries,
+                 timeout_s=cfg.timeout_s, backoff_s=backoff_s, progress=progress)
     return {"zip": path, "origin": url}
 
 
@@ -258,19 +248,22 @@ def _validate(staging: Path, raw_dir: Path, files: tuple[CorpusFile, ...]) -> di
     return counts
 
 
-def fetch_voicebank_demand(raw_dir: Path, download_cfg: dict, downloads_dir: Path) -> dict:
+def fetch_voicebank_demand(raw_dir: Path, download_cfg: DownloadConfig | dict[str, Any], downloads_dir: Path, *,
+                           backoff_s: float = 2.0, progress: bool = True) -> dict:
     """Build ``raw_dir`` from the VoiceBank+DEMAND zips and the unseen DEMAND environments.
 
-    Each zip comes from ``download_cfg["local_copy"]`` when that folder holds it (md5-checked) or
+    Each zip comes from ``download.local_copy`` when that folder holds it (md5-checked) or
     its extracted folder (hard-linked, no network), else from the DataShare / Zenodo URL, cached
     in ``downloads_dir`` (outside DVC's outputs, so partial downloads survive to resume). All
     files are fetched before anything is extracted; the layout is built in a temporary sibling
     of ``raw_dir``, validated, then renamed over ``raw_dir``. Returns the ``corpus.json`` dict.
     """
     raw_dir, downloads_dir = Path(raw_dir), Path(downloads_dir)
-    settings = _settings(download_cfg)
+    download_cfg = as_settings(download_cfg, DownloadConfig)
+    local_copy = _local_copy(download_cfg)
     files = FILES
-    sources = {f.name: _resolve_source(f, download_cfg, settings, downloads_dir) for f in files}
+    sources = {f.name: _resolve_source(f, download_cfg, local_copy, downloads_dir, backoff_s=backoff_s,
+                                       progress=progress) for f in files}
 
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     for pattern in (f".{raw_dir.name}.tmp-*", f".{raw_dir.name}.old-*"):  # left by an interrupted run
@@ -280,13 +273,13 @@ def fetch_voicebank_demand(raw_dir: Path, download_cfg: dict, downloads_dir: Pat
     staging.mkdir()
     try:
         for file in files:
-            _place(file, sources[file.name], staging, progress=settings["progress"])
+            _place(file, sources[file.name], staging, progress=progress)
         shutil.rmtree(staging / ".unpack", ignore_errors=True)
         counts = _validate(staging, raw_dir, files)
         corpus = {
             "name": "voicebank_demand",
             "source": SOURCE,
-            "local_copy": str(settings["local_copy"]) if settings["local_copy"] else None,
+            "local_copy": str(local_copy) if local_copy else None,
             "counts": counts,
             "files": [{"name": f.name, "md5": f.md5, "origin": sources[f.name]["origin"]} for f in files],
         }

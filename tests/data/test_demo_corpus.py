@@ -129,7 +129,7 @@ def test_every_noise_is_finite_unit_rms_and_spectrally_distinct_from_the_others(
 
 
 def test_bad_demo_config_is_refused_with_the_setting_named(tmp_path):
-    with pytest.raises(ConfigError, match="both train_speakers and test_speakers"):
+    with pytest.raises(ConfigError, match=r"corpus.demo.test_speakers: \[.p226.\] are also train_speakers"):
         generate_demo_corpus(tmp_path / "raw", {**TINY, "test_speakers": ["p226"]}, seed=1)
     with pytest.raises(ConfigError, match="corpus.demo.min_duration_s"):
         incomplete = {k: v for k, v in TINY.items() if k != "min_duration_s"}

@@ -27,6 +27,7 @@ from effifusion.data.voicebank import CorpusFile, fetch_voicebank_demand
 from helpers import ROOT, stage_command
 
 FAST = {"retries": 3, "timeout_s": 5, "backoff_s": 0.01, "progress": False}
+QUIET = {"backoff_s": FAST["backoff_s"], "progress": False}  # fetch_voicebank_demand's options
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -345,7 +346,7 @@ def fake_corpus(server, monkeypatch, tmp_path):
         server.files[f"/{'zenodo' if demand else 'datashare'}/{name}"] = data
     monkeypatch.setattr(voicebank, "FILES", tuple(table))
     cfg = {"datashare_url": f"{server.url}/datashare", "zenodo_url": f"{server.url}/zenodo/",
-           "local_copy": "", **FAST}
+           "local_copy": "", "retries": FAST["retries"], "timeout_s": FAST["timeout_s"]}
     return {"zips": zips, "cfg": cfg, "server": server}
 
 
@@ -375,7 +376,7 @@ def test_fetch_voicebank_demand_end_to_end(fake_corpus, tmp_path):
     raw, downloads = tmp_path / "data" / "raw", tmp_path / "data" / "downloads"
     raw.mkdir(parents=True)
     (raw / "old.txt").write_text("an earlier build, replaced as a whole")
-    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=downloads)
+    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=downloads, **QUIET)
     _check_layout(raw, corpus)
     assert not (raw / "old.txt").exists()
     assert sorted(r["path"] for r in server.requests) == sorted(
@@ -383,7 +384,7 @@ def test_fetch_voicebank_demand_end_to_end(fake_corpus, tmp_path):
     assert sorted(p.name for p in downloads.iterdir()) == sorted(fake_corpus["zips"])
 
     server.requests.clear()  # cached zips with the right md5: no network at all
-    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=downloads)
+    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=downloads, **QUIET)
     _check_layout(raw, corpus)
     assert server.requests == []
 
@@ -394,7 +395,7 @@ def test_fetch_voicebank_demand_local_zips_skip_network(fake_corpus, tmp_path):
     for name, data in fake_corpus["zips"].items():
         (local / name).write_bytes(data)
     cfg = {**fake_corpus["cfg"], "local_copy": str(local)}
-    corpus = fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads")
+    corpus = fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads", **QUIET)
     _check_layout(tmp_path / "raw", corpus)
     assert fake_corpus["server"].requests == []
     assert not (tmp_path / "downloads").exists()
@@ -410,7 +411,7 @@ def test_fetch_voicebank_demand_local_extracted_folders_are_linked(fake_corpus, 
             path.write_bytes(data)
     cfg = {**fake_corpus["cfg"], "local_copy": str(local)}
     raw = tmp_path / "raw"
-    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=tmp_path / "downloads")
+    corpus = fetch_voicebank_demand(raw, cfg, downloads_dir=tmp_path / "downloads", **QUIET)
     _check_layout(raw, corpus)
     assert fake_corpus["server"].requests == []
     src, dst = local / "clean_testset_wav" / "p232_001.wav", raw / "clean_testset_wav" / "p232_001.wav"
@@ -424,7 +425,7 @@ def test_fetch_voicebank_demand_partial_local_copy_downloads_the_rest(fake_corpu
         if not name.endswith("_16k.zip"):
             (local / name).write_bytes(data)
     cfg = {**fake_corpus["cfg"], "local_copy": str(local)}
-    corpus = fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads")
+    corpus = fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads", **QUIET)
     _check_layout(tmp_path / "raw", corpus)
     assert sorted(r["path"] for r in fake_corpus["server"].requests) == [f"/zenodo/{e}_16k.zip" for e in ENVS]
 
@@ -432,14 +433,14 @@ def test_fetch_voicebank_demand_partial_local_copy_downloads_the_rest(fake_corpu
 def test_fetch_voicebank_demand_bad_local_copy(fake_corpus, tmp_path):
     cfg = {**fake_corpus["cfg"], "local_copy": str(tmp_path / "nowhere")}
     with pytest.raises(DataError, match="nowhere"):
-        fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads")
+        fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads", **QUIET)
 
     local = tmp_path / "mirror"
     local.mkdir()
     (local / "logfiles.zip").write_bytes(b"not the real logfiles.zip")
     cfg = {**fake_corpus["cfg"], "local_copy": str(local)}
     with pytest.raises(DownloadError, match="logfiles.zip: md5 .* expected"):
-        fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads")
+        fetch_voicebank_demand(tmp_path / "raw", cfg, downloads_dir=tmp_path / "downloads", **QUIET)
     assert (local / "logfiles.zip").exists()  # never delete a user's file
     assert not (tmp_path / "raw").exists()
 
@@ -457,7 +458,7 @@ def test_fetch_voicebank_demand_incomplete_corpus_keeps_previous_raw(fake_corpus
     raw.mkdir()
     (raw / "previous.txt").write_text("kept")
     with pytest.raises(DataError, match="p257_001.wav"):
-        fetch_voicebank_demand(raw, fake_corpus["cfg"], downloads_dir=tmp_path / "downloads")
+        fetch_voicebank_demand(raw, fake_corpus["cfg"], downloads_dir=tmp_path / "downloads", **QUIET)
     assert [p.name for p in raw.iterdir()] == ["previous.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "raw"]
 
