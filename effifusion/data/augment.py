@@ -23,36 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from effifusion.core.errors import ConfigError
+from effifusion.core.settings import AugmentConfig, as_settings
 from effifusion.data.mixing import mix_at_snr, noise_excerpt
 from effifusion.dsp.stft import rms_gain
-
-AUGMENT_KEYS = ("enabled", "prob", "snr_db", "filter_prob")
-
-
-def check_augment_cfg(cfg: Any) -> dict[str, Any]:
-    """The ``train.augment`` section, checked: one ConfigError line naming the bad setting."""
-    where = "params.yaml train.augment"
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(AUGMENT_KEYS)}")
-    missing = [k for k in AUGMENT_KEYS if k not in cfg]
-    unknown = [k for k in cfg if k not in AUGMENT_KEYS]
-    if missing:
-        raise ConfigError(f"{where}.{missing[0]}: missing setting")
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown setting (known: {', '.join(AUGMENT_KEYS)})")
-    if not isinstance(cfg["enabled"], bool):
-        raise ConfigError(f"{where}.enabled: {cfg['enabled']!r} must be true or false")
-    for key in ("prob", "filter_prob"):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{where}.{key}: {v!r} must be a number in [0, 1]")
-    snr = cfg["snr_db"]
-    if (not isinstance(snr, (list, tuple)) or len(snr) != 2
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in snr) or snr[0] > snr[1]):
-        raise ConfigError(f"{where}.snr_db: {snr!r} must be [low, high] in dB with low <= high")
-    return {"enabled": cfg["enabled"], "prob": float(cfg["prob"]), "snr_db": (float(snr[0]), float(snr[1])),
-            "filter_prob": float(cfg["filter_prob"])}
 
 
 @contextmanager
@@ -91,15 +64,15 @@ class DynamicMixDataset(Dataset):
     (clean [N], noisy [N]) float32 crops scaled by the remixed noisy signal's RMS gain.
     """
 
-    def __init__(self, base: Any, cfg: dict[str, Any], sample_rate: int):
+    def __init__(self, base: Any, cfg: AugmentConfig | dict[str, Any], sample_rate: int):
         if base.segment_samples is None or base._cache is None:
             raise ValueError("DynamicMixDataset needs a preloaded training PairDataset (segment_samples set)")
         self.base = base
-        self.cfg = check_augment_cfg(cfg)
-        self.sample_rate = int(sample_rate)
+        self.cfg = as_settings(cfg, AugmentConfig)  # train.augment (a mapping is checked like params.yaml's)
+        self.sample_rate = sample_rate
         # noise j is computed when drawn (noisy - clean): a stored copy would double the memory
         self.usable = np.array([np.any(n != c) for c, n, _ in base._cache])
-        self._filter = noise_filter() if self.cfg["filter_prob"] > 0 else None
+        self._filter = noise_filter() if self.cfg.filter_prob > 0 else None
 
     def __len__(self) -> int:
         return len(self.base)
@@ -115,7 +88,7 @@ class DynamicMixDataset(Dataset):
     def remix(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
         """(clean, noisy) whole utterances remixed for this (seed, epoch, index), or None to keep the pair."""
         rng = np.random.default_rng([self.base.seed, self.base.epoch, index, 3])
-        if rng.random() >= self.cfg["prob"] or not self.usable.any():
+        if rng.random() >= self.cfg.prob or not self.usable.any():
             return None
         clean = self.base._cache[index][0].astype(np.float64)
         candidates = np.flatnonzero(self.usable)
@@ -123,12 +96,12 @@ class DynamicMixDataset(Dataset):
         noise = self.noise(j)
         excerpt = noise_excerpt(noise, len(clean), int(rng.integers(len(noise))))
         filtered = False
-        if self._filter is not None and rng.random() < self.cfg["filter_prob"]:
+        if self._filter is not None and rng.random() < self.cfg.filter_prob:
             with seeded_global_rngs(int(rng.integers(2**31))):
                 out = self._filter(excerpt.astype(np.float32), self.sample_rate).astype(np.float64)
             if np.all(np.isfinite(out)) and np.any(out != 0):
                 excerpt, filtered = out, True
-        lo, hi = self.cfg["snr_db"]
+        lo, hi = self.cfg.snr_db
         snr = float(rng.uniform(lo, hi))
         try:
             noisy, _ = mix_at_snr(clean, excerpt, snr, self.sample_rate)

@@ -13,9 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from effifusion.core.errors import ConfigError
-
-DISC_KEYS = ("channels",)
+from effifusion.core.settings import DiscriminatorConfig, as_settings
 
 
 class LearnableSigmoid1d(nn.Module):
@@ -69,17 +67,6 @@ class MetricDiscriminator(nn.Module):
         return self.layers(torch.stack((x, y), dim=1))
 
 
-def build_discriminator(disc_cfg: dict[str, Any]) -> MetricDiscriminator:
-    """MetricDiscriminator from params["discriminator"]; ConfigError names a missing, unknown or bad key."""
-    if not isinstance(disc_cfg, dict):
-        raise ConfigError(f"discriminator: expected a mapping of settings, got {type(disc_cfg).__name__}")
-    for key in DISC_KEYS:
-        if key not in disc_cfg:
-            raise ConfigError(f"discriminator.{key}: missing setting")
-    for key in disc_cfg:
-        if key not in DISC_KEYS:
-            raise ConfigError(f"discriminator.{key}: unknown setting (known: {', '.join(DISC_KEYS)})")
-    ch = disc_cfg["channels"]
-    if not isinstance(ch, int) or isinstance(ch, bool) or ch < 1:
-        raise ConfigError(f"discriminator.channels: {ch!r} is not valid (a positive integer)")
-    return MetricDiscriminator(ch)
+def build_discriminator(disc_cfg: DiscriminatorConfig | dict[str, Any]) -> MetricDiscriminator:
+    """MetricDiscriminator from params.yaml's ``discriminator`` section (a mapping is checked like it)."""
+    return MetricDiscriminator(as_settings(disc_cfg, DiscriminatorConfig).channels)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from effifusion.core.errors import ConfigError
+from effifusion.core.settings import LossWeights, as_settings
 
 LOSS_TERMS = ("metric", "magnitude", "phase", "complex", "time", "consistency")
 PESQ_MIN, PESQ_RANGE = 1.0, 3.5  # wide-band PESQ spans [1, 4.5] -> target in [0, 1]
@@ -55,17 +55,18 @@ def generator_losses(
     est_com: torch.Tensor,
     est_com_consistent: torch.Tensor,
     metric_score: torch.Tensor | None,
-    weights: Mapping[str, float],
+    weights: LossWeights | Mapping[str, float],
 ) -> dict[str, torch.Tensor]:
-    """Every generator loss term plus ``total`` = Σ weights[k]·term[k].
+    """Every generator loss term plus ``total`` = Σ weights.k · term[k] (``train.loss_weights``; a mapping
+    is checked like params.yaml's section).
 
     ``metric_score`` is D(clean_mag, est_mag) (the metric loss pushes it to 1); it may be None only
-    when ``weights["metric"]`` is 0. ``est_com_consistent`` is STFT(iSTFT(est)) computed by the
+    when ``weights.metric`` is 0. ``est_com_consistent`` is STFT(iSTFT(est)) computed by the
     caller, so the consistency term penalises spectra that no waveform has.
     """
-    weights = check_loss_weights(weights)
+    w = as_settings(weights, LossWeights)
     if metric_score is None:
-        if weights["metric"] != 0:
+        if w.metric != 0:
             raise ValueError("generator_losses: metric_score is None but the metric loss weight is not 0")
         metric = est_mag.new_zeros(())
     else:
@@ -87,7 +88,7 @@ def generator_losses(
         "consistency": F.mse_loss(est_com, est_com_consistent),
     }
     # terms weighted 0 stay out of the graph: 0 · a NaN gradient (e.g. atan2 at the origin) is still NaN
-    terms["total"] = sum(weights[k] * terms[k] for k in LOSS_TERMS if weights[k] != 0)
+    terms["total"] = sum(getattr(w, k) * terms[k] for k in LOSS_TERMS if getattr(w, k) != 0)
     return terms
 
 
@@ -121,26 +122,6 @@ def pesq_to_target(pesq_scores: Sequence[float] | np.ndarray | torch.Tensor) -> 
     if scores.numel() == 0 or not bool(torch.isfinite(scores).all()):
         return None
     return (scores - PESQ_MIN) / PESQ_RANGE
-
-
-def check_loss_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """The six loss weights as floats; ConfigError naming train.loss_weights when keys are off."""
-    missing = [k for k in LOSS_TERMS if k not in weights]
-    unknown = [k for k in weights if k not in LOSS_TERMS]
-    if missing or unknown:
-        raise ConfigError(
-            f"params.yaml train.loss_weights: missing {missing or 'none'}, unknown {unknown or 'none'} "
-            f"(expected exactly {', '.join(LOSS_TERMS)})"
-        )
-    out = {}
-    for k in LOSS_TERMS:
-        try:
-            out[k] = float(weights[k])
-        except (TypeError, ValueError):
-            raise ConfigError(f"params.yaml train.loss_weights.{k}: {weights[k]!r} is not a number") from None
-        if not math.isfinite(out[k]) or out[k] < 0:
-            raise ConfigError(f"params.yaml train.loss_weights.{k}: {out[k]} must be a finite number >= 0")
-    return out
 
 
 def _check_same_shape(name: str, a: torch.Tensor, b: torch.Tensor) -> None:

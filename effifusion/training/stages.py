@@ -20,9 +20,10 @@ from effifusion.training.trainer import Schedule, fit
 PASS_THROUGH = "none"
 
 
-def train_dense(params: dict[str, Any], **paths_and_options: Any) -> dict[str, Any]:
-    """The train stage: from scratch on the ``train`` schedule."""
-    return fit(params, "train", Schedule.from_config(params["train"]), **paths_and_options)
+def train_dense(params: Params | dict[str, Any], **paths_and_options: Any) -> dict[str, Any]:
+    """The train stage: from scratch on the ``train`` schedule (``params``: typed, or the mapping, checked here)."""
+    params = as_settings(params)
+    return fit(params, "train", Schedule.from_config(params.train), **paths_and_options)
 
 
 def pruning_callback(prune: PruneConfig) -> Callback:
@@ -43,7 +44,7 @@ def prune_finetune(params: Params | dict[str, Any], init_dir: Path, *, out_dir: 
     prune = params.prune
     if prune.method == PASS_THROUGH:
         return pass_through(init_dir, out_dir=out_dir, metrics_path=metrics_path, plots_dir=plots_dir)
-    return fit(params.raw, "prune", Schedule(prune.epochs, prune.max_steps_per_epoch, prune.lr), init_dir=init_dir,
+    return fit(params, "prune", Schedule.from_config(prune), init_dir=init_dir,
                callbacks=[pruning_callback(prune)], out_dir=out_dir, metrics_path=metrics_path,
                plots_dir=plots_dir, **paths_and_options)
 

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from effifusion.core.errors import ConfigError, DataError
 from effifusion.core.files import atomic_path, write_csv, write_json
-from effifusion.data.augment import DynamicMixDataset, check_augment_cfg
+from effifusion.core.settings import Params, RuntimeConfig, as_settings
+from effifusion.data.augment import DynamicMixDataset
 from effifusion.data.datasets import PairDataset, make_loader, validation_items
 from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import (
@@ -54,7 +55,6 @@ from effifusion.training.callbacks import Callback
 from effifusion.training.pesq_pool import PesqPool
 from effifusion.training.pruning import count_nonzero
 from effifusion.training.tasks import task_class
-from effifusion.training.tasks.base import accum_steps
 
 PARAM_SECTIONS = ("seed", "audio", "model", "discriminator", "train")
 RESUME_KEYS = {"config_hash", "model", "task", "callbacks", "state", "rng"}  # what _save_resume writes
@@ -81,6 +81,7 @@ class Dist:
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
+    """``runtime.device`` (auto | cpu | cuda) as this process's device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -88,21 +89,18 @@ def pick_device(name: str, dist: Dist) -> torch.device:
             raise ConfigError("params.yaml runtime.device is 'cuda' but no CUDA device is visible "
                               "(set it to 'auto' or 'cpu')")
         return torch.device("cuda", dist.local_rank)
-    if name != "cpu":
-        raise ConfigError(f"params.yaml runtime.device: {name!r} must be auto, cpu or cuda")
     return torch.device("cpu")
 
 
-def cpu_threads(runtime: dict[str, Any], dist: Dist) -> int:
+def cpu_threads(runtime: RuntimeConfig, dist: Dist) -> int:
     """Torch threads per process on CPU: ``runtime.threads``, or 0 = this process's share of the cores.
 
     The PESQ workers are not subtracted: they are busy a small fraction of each step, and leaving a
     core idle for them cost more than it saved (demo model, 2 cores: 1.9 s/step with 1 thread,
     1.2 s/step with 2 threads beside one PESQ worker; closing note of issue 8).
     """
-    threads = int(runtime["threads"])
-    if threads > 0:
-        return threads
+    if runtime.threads > 0:
+        return runtime.threads
     return max(1, len(os.sched_getaffinity(0)) // dist.world_size)
 
 
@@ -154,15 +152,16 @@ def validate(model: EnhancementModel, items: list[tuple[str, torch.Tensor, torch
 
 @dataclass
 class Schedule:
-    """How long and how fast a stage trains (params["train"] for train, params["prune"] for prune)."""
+    """How long and how fast a stage trains (the ``train`` section for train, ``prune`` for prune)."""
 
     epochs: int
     max_steps_per_epoch: int
     lr: float
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "Schedule":
-        return cls(int(cfg["epochs"]), int(cfg["max_steps_per_epoch"]), float(cfg["lr"]))
+    def from_config(cls, cfg: Any) -> "Schedule":
+        """From a TrainConfig or PruneConfig: both name these three settings alike."""
+        return cls(cfg.epochs, cfg.max_steps_per_epoch, cfg.lr)
 
 
 @dataclass
@@ -208,13 +207,13 @@ class TrainState:
 # The trainer
 
 
-def config_hash(params: dict[str, Any], callbacks: Sequence[Callback], init_file: Path | None) -> str:
+def config_hash(params: Params, callbacks: Sequence[Callback], init_file: Path | None) -> str:
     """What a resumable checkpoint must match: the params the run reads and its starting weights.
 
     Not included: the ``runtime`` section (speed only) and ``train.epochs`` — raising the number of
     epochs continues a finished run from its checkpoint instead of training again from scratch.
     """
-    blob = {k: params[k] for k in PARAM_SECTIONS}
+    blob = {k: params.raw[k] for k in PARAM_SECTIONS}
     blob["train"] = {k: v for k, v in blob["train"].items() if k != "epochs"}
     for cb in callbacks:
         blob.update(cb.config())
@@ -225,7 +224,7 @@ def config_hash(params: dict[str, Any], callbacks: Sequence[Callback], init_file
 
 
 def fit(
-    params: dict[str, Any],
+    params: Params | dict[str, Any],
     name: str,
     schedule: Schedule,
     *,
@@ -240,19 +239,22 @@ def fit(
     stop_after_s: float | None = None,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Train the model params["model"] describes (from ``init_dir`` if given) and write model, metrics, plots.
+    """Train the model ``params.model`` describes (from ``init_dir`` if given) and write model, metrics, plots.
+
+    ``params``: the typed Params, or params.yaml's mapping (checked here).
 
     ``name`` labels the run (resume file, progress bar, MLflow). ``stop_after_steps`` /
     ``stop_after_s`` (wall-clock seconds) end the run early as an interruption would (tests of
     resume and the learning-curve benchmark use them); the resume checkpoint is then kept.
     ``track=False`` skips MLflow (benchmarks).
     """
-    check_model_config(params["model"])  # before any data is read
-    check_objective(params["model"], params["train"]["objective"])
+    params = as_settings(params)
+    check_model_config(params.model)  # before any data is read
+    check_objective(params.model, params.train.objective)
     if track and os.environ.get("RANK", "0") == "0":  # an unreachable tracking store fails now, not after an epoch
         from effifusion.tracking.runs import setup
 
-        setup(params["mlflow"]["experiment"])
+        setup(params.mlflow.experiment)
     trainer = Trainer(params, name, schedule, prepared_dir=prepared_dir, init_dir=init_dir, callbacks=callbacks,
                       resume_file=resume_dir / f"{name}.pt")
     return trainer.run(out_dir=out_dir, metrics_path=metrics_path, plots_dir=plots_dir,
@@ -262,19 +264,18 @@ def fit(
 class Trainer:
     """Set-up in ``__init__`` (data, model, task, resume); ``run`` trains, ``_finish`` saves."""
 
-    def __init__(self, params: dict[str, Any], name: str, schedule: Schedule, *, prepared_dir: Path,
+    def __init__(self, params: Params, name: str, schedule: Schedule, *, prepared_dir: Path,
                  init_dir: Path | None, callbacks: Sequence[Callback], resume_file: Path):
         self.params, self.name, self.schedule = params, name, schedule
         self.callbacks = list(callbacks)
         self.prepared_dir, self.init_dir, self.resume_file = prepared_dir, init_dir, resume_file
-        tcfg = params["train"]
-        self.tcfg = tcfg
-        self.runtime = runtime = params["runtime"]
-        self.sr = int(params["audio"]["sample_rate"])
-        self.seed = int(params["seed"])
+        self.train_cfg = train = params.train
+        self.runtime = runtime = params.runtime
+        self.sr = params.audio.sample_rate
+        self.seed = params.seed
 
         self.dist = dist = Dist.from_env()
-        self.device = device = pick_device(str(runtime["device"]), dist)
+        self.device = device = pick_device(runtime.device, dist)
         if dist.world_size > 1 and not torch_dist.is_initialized():
             torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
@@ -284,18 +285,16 @@ class Trainer:
         seed_everything(self.seed)
 
         # Data
-        augment = check_augment_cfg(tcfg["augment"])
-        train_set: Any = PairDataset(prepared_dir / "train.csv",
-                                     segment_samples=int(round(tcfg["segment_s"] * self.sr)), seed=self.seed)
-        if augment["enabled"]:
-            train_set = DynamicMixDataset(train_set, augment, self.sr)
+        train_set: Any = PairDataset(prepared_dir / "train.csv", segment_samples=round(train.segment_s * self.sr),
+                                     seed=self.seed)
+        if train.augment.enabled:
+            train_set = DynamicMixDataset(train_set, train.augment, self.sr)
         self.train_set = train_set
-        self.val_items = validation_items(prepared_dir / "val.csv", int(tcfg["val_utterances"]), self.seed)
+        self.val_items = validation_items(prepared_dir / "val.csv", train.val_utterances, self.seed)
         # A step is one optimiser step: the loader yields its batch_size x grad_accum_steps items at once
         # (the same items and crops as one batch of that size) and the task cuts them into micro-batches.
         # Epochs, the LR schedule, validation, checkpoints and resume all count these steps.
-        batch_size = int(tcfg["batch_size"])
-        accum = accum_steps(tcfg)
+        batch_size, accum = train.batch_size, train.grad_accum_steps
         self.step_batch = batch_size * accum
         steps = len(train_set) // (self.step_batch * dist.world_size)
         if schedule.max_steps_per_epoch > 0:
@@ -308,19 +307,16 @@ class Trainer:
         self.total_steps = schedule.epochs * steps
 
         # Model, callbacks (pruning reparametrises before any optimiser exists), task
-        amp = str(tcfg["amp"])
-        if amp not in ("none", "bf16"):
-            raise ConfigError(f"params.yaml train.amp: {amp!r} must be 'none' or 'bf16'")
-        self.model = model = build_model(params["model"], self.sr).to(device)
+        self.model = model = build_model(params.model, self.sr).to(device)
         init_file = None
         if init_dir is not None:
             init_file = model_file(init_dir)
             model.load_state_dict(read_checkpoint(init_file)["weights"])
         for cb in self.callbacks:
             cb.on_model(model, self.total_steps)
-        self.pesq = PesqPool(int(runtime["pesq_workers"]), self.sr)
-        self.task = task_class(tcfg["objective"])(
-            model, params, schedule.lr, device, pesq=self.pesq, amp=amp == "bf16")
+        self.pesq = PesqPool(runtime.pesq_workers, self.sr)
+        self.task = task_class(train.objective)(
+            model, params, schedule.lr, device, pesq=self.pesq, amp=train.amp == "bf16")
         if init_dir is not None:
             self.task.load_init(init_dir)
 
@@ -384,7 +380,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             module = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if compile and self.tcfg["compile"]:
+        if compile and self.train_cfg.compile:
             module = torch.compile(module)
         return module
 
@@ -399,10 +395,10 @@ class Trainer:
             tags = {}
             if self.init_dir is not None:
                 tags["init_from"] = str(self.init_dir)
-                dense = tracking.find_model_run(model_file(self.init_dir), self.params["mlflow"]["experiment"])
+                dense = tracking.find_model_run(model_file(self.init_dir), self.params.mlflow.experiment)
                 if dense is not None:  # ties the runs of one sweep to their dense model
                     tags["dense_run_id"] = dense.info.run_id
-            run_ctx = tracking.start_run(self.name, self.params, run_id=self.state.run_id, extra_tags=tags)
+            run_ctx = tracking.start_run(self.name, self.params.raw, run_id=self.state.run_id, extra_tags=tags)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         with run_ctx as run, self.pesq:
@@ -427,10 +423,9 @@ class Trainer:
 
     def _loop(self, stop_after_steps: int | None, stop_after_s: float | None) -> bool:
         """Train to the end of the schedule; True if stopped early (the resume checkpoint is kept)."""
-        state, task, dist, tcfg = self.state, self.task, self.dist, self.tcfg
-        val_every = max(1, int(tcfg["val_every_steps"]))
-        ckpt_every = max(1, int(self.runtime["checkpoint_every_steps"]))
-        log_every = max(1, int(self.runtime["log_every_steps"]))
+        state, task, dist = self.state, self.task, self.dist
+        val_every = self.train_cfg.val_every_steps
+        ckpt_every, log_every = self.runtime.checkpoint_every_steps, self.runtime.log_every_steps
         steps_run = 0
         self.t_start = time.perf_counter() - state.elapsed_s
         self.pesq.n_failed, self.pesq.n_items = state.pesq_failed, state.pesq_items
@@ -442,7 +437,7 @@ class Trainer:
             epoch = state.epoch
             skip = state.step - epoch * self.steps_per_epoch
             loader = make_loader(self.train_set, self.step_batch, shuffle=True, seed=self.seed, epoch=epoch,
-                                 num_workers=int(self.runtime["dataloader_workers"]), drop_last=True, skip_batches=skip,
+                                 num_workers=self.runtime.dataloader_workers, drop_last=True, skip_batches=skip,
                                  rank=dist.rank, world_size=dist.world_size)
             for clean, noisy in loader:
                 if state.step >= (epoch + 1) * self.steps_per_epoch:

@@ -11,7 +11,8 @@ from scipy.signal import correlate
 
 from effifusion.core.config import read_params
 from effifusion.core.errors import ConfigError
-from effifusion.data.augment import DynamicMixDataset, check_augment_cfg, seeded_global_rngs
+from effifusion.core.settings import AugmentConfig, parse_section
+from effifusion.data.augment import DynamicMixDataset, seeded_global_rngs
 from effifusion.data.datasets import PairDataset, make_loader
 from effifusion.data.mixing import measured_snr_db
 from helpers import make_prepared, tiny_params
@@ -124,18 +125,20 @@ def test_audiomentations_rng_is_seeded_and_restored():
     ({**CFG, "extra": 1}, "extra"),
     ({k: v for k, v in CFG.items() if k != "filter_prob"}, "filter_prob"),
 ])
-def test_bad_settings_name_the_key(bad, where):
+def test_bad_settings_name_the_key(bad, where, prepared):
     with pytest.raises(ConfigError, match=rf"train\.augment\.{where}"):
-        check_augment_cfg(bad)
+        parse_section(AugmentConfig, bad)
+    with pytest.raises(ConfigError, match=rf"train\.augment\.{where}"):  # the dataset checks a mapping the same way
+        dataset(prepared, cfg=bad)
 
 
 def test_presets_have_a_valid_augment_section():
     for preset in ("demo", "paper"):
         params = tiny_params() if preset == "demo" else None
         if params is not None:
-            check_augment_cfg(params["train"]["augment"])
+            parse_section(AugmentConfig, params["train"]["augment"])
 
     from helpers import ROOT
 
     paper = read_params(ROOT / "presets" / "paper.yaml")
-    assert check_augment_cfg(paper["train"]["augment"])["enabled"] is False  # fidelity to the recipe
+    assert parse_section(AugmentConfig, paper["train"]["augment"]).enabled is False  # fidelity to the recipe

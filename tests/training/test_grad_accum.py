@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import TrainConfig, parse_section
 from effifusion.models.registry import build_model, load_checkpoint
 from effifusion.models.sgmse.model import sgmse_config
 from effifusion.training.stages import train_dense
 from effifusion.training.tasks import task_class
-from effifusion.training.tasks.base import accum_steps, make_optimizer, micro_slices
+from effifusion.training.tasks.base import make_optimizer, micro_slices
 from helpers import ROOT, make_prepared, synthetic_speech, tiny_params
 
 BATCH, SAMPLES = 4, 8000
@@ -178,15 +179,16 @@ def test_with_batchnorm_the_step_is_only_approximate(float64):
 def test_optimizer_setting_and_bad_values():
     params = tiny_params()
     net = torch.nn.Linear(2, 2)
-    assert type(make_optimizer(net.parameters(), params["train"], 1e-3)) is torch.optim.AdamW
-    adam = {**params["train"], "optimizer": "adam", "betas": [0.95, 0.999]}
+    train = parse_section(TrainConfig, params["train"])
+    assert type(make_optimizer(net.parameters(), train, 1e-3)) is torch.optim.AdamW
+    adam = parse_section(TrainConfig, {**params["train"], "optimizer": "adam", "betas": [0.95, 0.999]})
     opt = make_optimizer(net.parameters(), adam, 5e-4)
     assert type(opt) is torch.optim.Adam and opt.param_groups[0]["betas"] == (0.95, 0.999)
     with pytest.raises(ConfigError, match=r"^params.yaml train.optimizer: 'sgd' is not valid \(one of adamw"):
-        make_optimizer(net.parameters(), {**params["train"], "optimizer": "sgd"}, 1e-3)
+        parse_section(TrainConfig, {**params["train"], "optimizer": "sgd"})
     for bad in (0, 1.5, True, None):
         with pytest.raises(ConfigError, match="train.grad_accum_steps"):
-            accum_steps({"grad_accum_steps": bad})
+            parse_section(TrainConfig, {**params["train"], "grad_accum_steps": bad})
     assert [(s.start, s.stop) for s in micro_slices(6, 3)] == [(0, 2), (2, 4), (4, 6)]
     with pytest.raises(ValueError, match="does not split into train.grad_accum_steps = 4"):
         micro_slices(6, 4)

@@ -17,9 +17,9 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
-from effifusion.core.errors import ConfigError
+from effifusion.core.settings import LossWeights, Params, TrainConfig, as_settings
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import EnhancementModel, is_int
+from effifusion.models.base import EnhancementModel
 from effifusion.models.registry import check_objective
 from effifusion.training.losses import generator_losses
 
@@ -34,10 +34,10 @@ class Task:
     # returns is logged (train/<key> in MLflow, plots/<stage>/losses.csv)
     totals: tuple[str, ...] = ("loss_total",)
 
-    def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device):
+    def __init__(self, model: EnhancementModel, params: Params | dict[str, Any], lr: float, device: torch.device):
         check_objective(type(model), self.name)
         self.model = model
-        self.params = params
+        self.params = as_settings(params)  # params.yaml's mapping is checked (tests, notebooks)
         self.device = device
 
     def wrap(self, wrap: Wrap) -> None:
@@ -103,7 +103,7 @@ class Spectra:
     est_wav: torch.Tensor
     est_com_consistent: torch.Tensor  # STFT(iSTFT(estimate)): the consistency loss's target
 
-    def losses(self, clean: torch.Tensor, metric_score: torch.Tensor | None, weights: dict[str, float]
+    def losses(self, clean: torch.Tensor, metric_score: torch.Tensor | None, weights: LossWeights
                ) -> dict[str, torch.Tensor]:
         return generator_losses(clean, self.est_wav, self.clean_mag, self.clean_pha, self.clean_com, self.est_mag,
                                 self.est_pha, self.est_com, self.est_com_consistent, metric_score, weights)
@@ -126,25 +126,13 @@ def forward_spectra(net: nn.Module, frontend: StftFrontEnd, clean: torch.Tensor,
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
-def make_optimizer(parameters: Any, tcfg: dict[str, Any], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(parameters: Any, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """``train.optimizer`` (adamw | adam) over ``parameters`` at ``lr`` with ``train.betas``.
 
     Every network of every task is built here, so a paper's optimiser (MP-SENet: AdamW; SAF, SGMSE+:
     Adam) is a preset setting rather than code; torch's defaults otherwise (AdamW weight decay 0.01).
     """
-    name = tcfg.get("optimizer")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"params.yaml train.optimizer: {name!r} is not valid "
-                          f"(one of {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[name](parameters, lr=lr, betas=tuple(float(b) for b in tcfg["betas"]))
-
-
-def accum_steps(tcfg: dict[str, Any]) -> int:
-    """``train.grad_accum_steps``: micro-batches of ``train.batch_size`` summed per optimiser step."""
-    k = tcfg.get("grad_accum_steps")
-    if not is_int(k) or k < 1:
-        raise ConfigError(f"params.yaml train.grad_accum_steps: {k!r} is not valid (an integer >= 1)")
-    return k
+    return OPTIMIZERS[train.optimizer](parameters, lr=lr, betas=train.betas)
 
 
 def micro_slices(n: int, k: int) -> list[slice]:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from effifusion.core.files import atomic_path
+from effifusion.core.settings import LossWeights, Params, as_settings
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.base import EnhancementModel
 from effifusion.models.discriminator import build_discriminator
@@ -41,7 +42,6 @@ from effifusion.training.tasks.base import (
     Spectra,
     Task,
     Wrap,
-    accum_steps,
     apply_step,
     check_finite,
     forward_spectra,
@@ -105,7 +105,7 @@ class GanStep:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     frontend: StftFrontEnd
-    loss_weights: dict[str, float]
+    loss_weights: LossWeights      # train.loss_weights (a mapping is checked like params.yaml's)
     pesq: PesqPool
     amp: bool = False
     grad_clip: float = 0.0
@@ -113,6 +113,9 @@ class GanStep:
     accum_steps: int = 1
     timings: dict[str, float] = field(default_factory=lambda: {"g_s": 0.0, "d_s": 0.0, "pesq_wait_s": 0.0})
     pesq_skipped_batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.loss_weights = as_settings(self.loss_weights, LossWeights)
 
     def _sync(self, device: torch.device) -> None:
         if device.type == "cuda":
@@ -174,7 +177,7 @@ class GanStep:
                 with sync_grads(gen, i == k - 1):
                     s, scores = first if i == 0 else self._forward(clean[part], noisy[part])
                     metric = None
-                    if self.loss_weights["metric"] != 0:
+                    if self.loss_weights.metric != 0:
                         with power_iteration(d_core, i == 0):
                             metric = d_core(s.clean_mag, s.est_mag)
                     losses = s.losses(clean[part], metric, self.loss_weights)
@@ -201,18 +204,17 @@ class MetricGanTask(Task):
     name = "metric_gan"
     totals = ("g_total", "d_loss", "g_metric")  # generator (g_*) and discriminator (d_loss) losses
 
-    def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device,
+    def __init__(self, model: EnhancementModel, params: Params | dict[str, Any], lr: float, device: torch.device,
                  pesq: PesqPool, amp: bool = False):
         super().__init__(model, params, lr, device)
-        tcfg = params["train"]
-        self.discriminator = build_discriminator(params["discriminator"]).to(device)
-        self.opt_g = make_optimizer(model.parameters(), tcfg, lr)
-        self.opt_d = make_optimizer(self.discriminator.parameters(), tcfg, lr)
-        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=float(tcfg["lr_decay"]))
-        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=float(tcfg["lr_decay"]))
-        self.gan = GanStep(model, self.discriminator, self.opt_g, self.opt_d, model.frontend,
-                           dict(tcfg["loss_weights"]), pesq, amp=amp, grad_clip=float(tcfg["grad_clip"]),
-                           accum_steps=accum_steps(tcfg))
+        train = self.params.train
+        self.discriminator = build_discriminator(self.params.discriminator).to(device)
+        self.opt_g = make_optimizer(model.parameters(), train, lr)
+        self.opt_d = make_optimizer(self.discriminator.parameters(), train, lr)
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=train.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=train.lr_decay)
+        self.gan = GanStep(model, self.discriminator, self.opt_g, self.opt_d, model.frontend, train.loss_weights,
+                           pesq, amp=amp, grad_clip=train.grad_clip, accum_steps=train.grad_accum_steps)
 
     def wrap(self, wrap: Wrap) -> None:
         self.gan.discriminator = wrap(self.discriminator)

@@ -8,15 +8,16 @@ predictive-only baselines; ``train.objective: predictive`` selects it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from effifusion.core.settings import Params
 from effifusion.models.base import EnhancementModel
 from effifusion.training.tasks.base import (
     Task,
     Wrap,
-    accum_steps,
     apply_step,
     check_finite,
     forward_spectra,
@@ -36,15 +37,15 @@ class PredictiveTask(Task):
 
     name = "predictive"
 
-    def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device,
+    def __init__(self, model: EnhancementModel, params: Params | dict[str, Any], lr: float, device: torch.device,
                  amp: bool = False, **_: Any):
         super().__init__(model, params, lr, device)
-        tcfg = params["train"]
-        self.weights = {**tcfg["loss_weights"], "metric": 0.0}
-        self.opt = make_optimizer(model.parameters(), tcfg, lr)
-        self.accum = accum_steps(tcfg)
-        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=float(tcfg["lr_decay"]))
-        self.grad_clip = float(tcfg["grad_clip"])
+        train = self.params.train
+        self.weights = replace(train.loss_weights, metric=0.0)
+        self.opt = make_optimizer(model.parameters(), train, lr)
+        self.accum = train.grad_accum_steps
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=train.lr_decay)
+        self.grad_clip = train.grad_clip
         self.amp = amp
         self.net: torch.nn.Module = model
 

@@ -26,12 +26,12 @@ from typing import Any, Iterator
 import torch
 
 from effifusion.core.errors import ConfigError
+from effifusion.core.settings import Params
 from effifusion.models.base import EnhancementModel
 from effifusion.training.ema import Ema
 from effifusion.training.tasks.base import (
     Task,
     Wrap,
-    accum_steps,
     apply_step,
     check_finite,
     make_optimizer,
@@ -54,20 +54,20 @@ def score_loss(score: torch.Tensor, z: torch.Tensor, std: torch.Tensor) -> torch
 class ScoreMatchingTask(Task):
     name = "score_matching"
 
-    def __init__(self, model: EnhancementModel, params: dict[str, Any], lr: float, device: torch.device,
+    def __init__(self, model: EnhancementModel, params: Params | dict[str, Any], lr: float, device: torch.device,
                  amp: bool = False, **_: Any):
         super().__init__(model, params, lr, device)
-        tcfg = params["train"]
-        cfg = tcfg["score_matching"]
-        self.w_score, self.w_pred = float(cfg["score"]), float(cfg["predictive"])
+        train = self.params.train
+        cfg = train.score_matching
+        self.w_score, self.w_pred = cfg.score, cfg.predictive
         if self.w_pred > 0 and not model.has_predictive:
             raise ConfigError(f"train.score_matching.predictive: {self.w_pred!r} needs a predictive decoder "
                               f"(model.arch gp_sgmse); {model.arch} has none: set it to 0")
-        self.opt = make_optimizer(model.parameters(), tcfg, lr)
-        self.accum = accum_steps(tcfg)
-        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=float(tcfg["lr_decay"]))
-        self.grad_clip = float(tcfg["grad_clip"])
-        self.ema = Ema(model, float(cfg["ema_decay"]))
+        self.opt = make_optimizer(model.parameters(), train, lr)
+        self.accum = train.grad_accum_steps
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=train.lr_decay)
+        self.grad_clip = train.grad_clip
+        self.ema = Ema(model, cfg.ema_decay)
         self.amp = amp
         self.net: torch.nn.Module = model
 
