@@ -22,7 +22,7 @@ if str(ROOT / "tests") not in sys.path:
 from effifusion.core.config import load_params  # noqa: E402
 from effifusion.dsp.stft import StftFrontEnd  # noqa: E402
 from effifusion.models.discriminator import build_discriminator  # noqa: E402
-from effifusion.models.registry import build_model  # noqa: E402
+from effifusion.models.registry import build_model, check_model_config  # noqa: E402
 from effifusion.training.pesq_pool import PesqPool  # noqa: E402
 from effifusion.training.tasks.metric_gan import GanStep  # noqa: E402
 from helpers import synthetic_speech  # noqa: E402
@@ -62,8 +62,8 @@ def make_step(params: dict[str, Any], g_train: torch.nn.Module, d_train: torch.n
               pool: PesqPool, amp: bool) -> GanStep:
     """The training stages' GanStep over (possibly DDP- or compile-wrapped) models."""
     tc = params["train"]
-    frontend = StftFrontEnd.from_config(params["model"])
-    return GanStep(g_train, d_train, opt_g, opt_d, frontend, dict(tc["loss_weights"]), pool, amp=amp,
+    frontend = StftFrontEnd.from_config(check_model_config(params["model"]))
+    return GanStep(g_train, d_train, opt_g, opt_d, frontend, tc["loss_weights"], pool, amp=amp,
                    grad_clip=float(tc.get("grad_clip", 0.0)))
 
 

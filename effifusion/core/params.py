@@ -150,7 +150,7 @@ OBJECTIVE_SECTIONS = {
 }
 
 
-def _walk(schema: dict[str, Any], values: Any, where: str, objective: Any = None) -> None:
+def walk(schema: dict[str, Any], values: Any, where: str, objective: Any = None) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"params.yaml {where or 'top level'}: expected a mapping of settings, got {values!r}")
     prefix = f"{where}." if where else ""
@@ -167,7 +167,7 @@ def _walk(schema: dict[str, Any], values: Any, where: str, objective: Any = None
             raise ConfigError(f"params.yaml {prefix}{key}: unknown setting (known: {known})")
         rule = schema[key]
         if isinstance(rule, dict):
-            _walk(rule, value, f"{prefix}{key}", objective)
+            walk(rule, value, f"{prefix}{key}", objective)
         else:
             rule.check(f"{prefix}{key}", value)
 
@@ -217,7 +217,7 @@ def _at(values: dict[str, Any], dotted: str) -> Any:
 def check_params(params: Any) -> dict[str, Any]:
     """``params`` unchanged if every setting outside ``model`` is valid; else ConfigError naming the first bad one."""
     train = params.get("train") if isinstance(params, dict) else None
-    _walk(SCHEMA, params, "", train.get("objective") if isinstance(train, dict) else None)
+    walk(SCHEMA, params, "", train.get("objective") if isinstance(train, dict) else None)
     if "model" not in params:
         raise ConfigError("params.yaml model: missing setting")
     for where, check in CROSS_CHECKS.items():
@@ -230,7 +230,7 @@ def check_section(where: str, values: Any) -> dict[str, Any]:
 
     Sections only some objectives read (OBJECTIVE_SECTIONS) may be absent inside it.
     """
-    _walk(_at(SCHEMA, where), values, where)
+    walk(_at(SCHEMA, where), values, where)
     for inner, check in CROSS_CHECKS.items():
         if inner == where or inner.startswith(where + "."):
             check(_at(values, inner[len(where) + 1:]))

@@ -5,9 +5,11 @@ setting) and then builds ``Params``: each value typed as params.yaml holds it (i
 lists as tuples, and an integer written for a float setting (``timeout_s: 60``) as a float: the one
 and only conversion. Consumers take these objects and neither re-check nor re-cast a value.
 
-What stays a mapping: ``model`` (each architecture checks its own keys: models/registry.check_model_config),
-``export.sampler`` (a diffusion model's sampler checks it) and ``Params.raw``, the checked dict as written,
-for what needs the file's values: params_hash, MLflow's params, DVC. A section's ``to_dict()`` gives its
+``Params.model`` stays the mapping as written: its keys belong to the architecture ``model.arch`` names,
+whose own ModelConfig subclass (models/<arch>/config.py, parsed by ``ModelConfig.parse`` with the same
+rules and messages) the model is built from. Mappings too: ``export.sampler`` (a diffusion model's sampler
+checks it) and ``Params.raw``, the checked dict as written, for what needs the file's values: params_hash,
+MLflow's params, DVC. A section's ``to_dict()`` gives its
 values as params.yaml wrote them (resume identities and export keys hash them).
 
 Sections that only some objectives read (core/params.OBJECTIVE_SECTIONS: ``discriminator``,
@@ -24,7 +26,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional, TypeVar
 
-from effifusion.core.params import check_params, check_section
+from effifusion.core.errors import ConfigError
+from effifusion.core.params import NONEMPTY_TEXT, Rule, check_params, check_section, integer, number, walk
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class Section:
 
     WHERE: ClassVar[str] = ""
     _raw: Optional[dict[str, Any]] = field(default=None, init=False, repr=False, compare=False)
+
+    def invalid(self, key: str, need: str) -> None:
+        """ConfigError naming the setting ``key`` of this section: what the schema says for a bad value."""
+        raise ConfigError(f"params.yaml {self.WHERE}.{key}: {getattr(self, key)!r} is not valid ({need})")
 
     def to_dict(self) -> dict[str, Any]:
         """The section as params.yaml wrote it when parsed (else from the fields: tuples as lists)."""
@@ -287,3 +294,46 @@ def as_settings(x: Any, kind: type[S] = Params) -> S:  # type: ignore[assignment
     if isinstance(x, kind):
         return x
     return parse_params(x) if kind is Params else parse_section(kind, x)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """params.yaml's ``model`` section for one architecture: the front end's four keys here, the rest in a
+    subclass (models/<arch>/config.py) with RULES for its keys (core/params rules: the schema's messages)
+    and ``check`` for settings that must agree. ``parse`` is the one way a model's settings are read.
+
+    ``to_dict`` gives the section as written, in the fields' order: what a checkpoint stores to rebuild it.
+    """
+
+    WHERE: ClassVar[str] = "model"
+    RULES: ClassVar[dict[str, Any]] = {}
+    arch: str
+    n_fft: int
+    hop_length: int
+    win_length: int
+    compress_factor: float
+
+    @classmethod
+    def parse(cls: type[M], values: Any, arch: str) -> M:
+        """``values`` checked key by key (missing, unknown, invalid: one ConfigError line) and built."""
+        rules = {"arch": Rule(lambda v: v == arch, f"{arch!r} for this class"), **FRONT_END_RULES, **cls.RULES}
+        walk(rules, values, cls.WHERE)
+        config = _build(cls, values)
+        if config.win_length > config.n_fft:
+            config.invalid("win_length", "must be <= n_fft")
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """ConfigError (``self.invalid``) when settings disagree; each key alone is checked by RULES."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = self._raw if self._raw is not None else super().to_dict()
+        return {f.name: raw[f.name] for f in fields(self) if f.init}
+
+
+M = TypeVar("M", bound=ModelConfig)
+FRONT_END_RULES = {"n_fft": integer(1), "hop_length": integer(1), "win_length": integer(1),
+                   "compress_factor": number(0, lo_open=True)}
+POSITIVE = number(0, lo_open=True)
+NAME = NONEMPTY_TEXT

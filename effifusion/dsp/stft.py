@@ -23,8 +23,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from effifusion.core.errors import ConfigError
-
 NORMALISATIONS = ("rms", "max", "none")
 
 
@@ -68,21 +66,11 @@ class StftFrontEnd:
     KEYS = ("n_fft", "hop_length", "win_length", "compress_factor")
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], section: str = "model", **fixed: Any) -> "StftFrontEnd":
-        """The front end from a params section holding KEYS; ConfigError names a bad key."""
-        values = {k: cfg[k] for k in cls.KEYS}
-        for key in ("n_fft", "hop_length", "win_length"):
-            v = values[key]
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ConfigError(f"{section}.{key}: {v!r} is not valid (a positive integer)")
-        if values["win_length"] > values["n_fft"]:
-            raise ConfigError(f"{section}.win_length: {values['win_length']!r} is not valid (must be <= n_fft)")
-        c = values["compress_factor"]
-        if not (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0):
-            raise ConfigError(f"{section}.compress_factor: {c!r} is not valid (a positive number)")
-        front = cls(**values, **fixed)
+    def from_config(cls, cfg: Any, **fixed: Any) -> "StftFrontEnd":
+        """The front end of a checked model config (core/settings.ModelConfig: its KEYS as attributes)."""
+        front = cls(**{k: getattr(cfg, k) for k in cls.KEYS}, **fixed)
         if front.normalisation not in NORMALISATIONS:
-            raise ConfigError(f"front end normalisation {front.normalisation!r}: one of {NORMALISATIONS}")
+            raise ValueError(f"front end normalisation {front.normalisation!r}: one of {NORMALISATIONS}")
         return front
 
     def config(self) -> dict[str, Any]:

@@ -137,31 +137,29 @@ def prepare(out_dir: Path, preset: str, backends: tuple[str, ...] = ("onnx", "py
             checkpoint: str | os.PathLike | None = None) -> Prepared:
     """The preset's model with random weights (or ``checkpoint``'s), saved in ``out_dir`` as a
     checkpoint, and exported to ONNX there when "onnx" is among ``backends`` (not timed)."""
+    from dataclasses import replace
+
     import torch
 
-    from effifusion.core.config import preset_path, read_params
+    from effifusion.core.config import load_settings, preset_path
+    from effifusion.core.settings import AudioConfig
     from effifusion.models.registry import build_model, load_checkpoint, save_checkpoint
 
-    path = preset_path(preset)
-    params = read_params(path)
+    params = load_settings(preset_path(preset))  # the preset's complete params, checked and typed
     out_dir = Path(out_dir)
     if checkpoint is not None:
         model, _ = load_checkpoint(checkpoint)
         ckpt, name = Path(checkpoint), str(checkpoint)
     else:
-        audio = params.get("audio") or {}
         torch.manual_seed(SEED)
-        model = build_model(params.get("model"), audio.get("sample_rate", 16000) if isinstance(audio, dict)
-                            else 16000).eval()
+        model = build_model(params.model, params.audio.sample_rate).eval()
         ckpt, name = out_dir / BACKENDS["pytorch"], preset
         save_checkpoint(ckpt, model)
     onnx_path = None
     if "onnx" in backends:
-        from effifusion.core.settings import AudioConfig, ExportConfig
         from effifusion.inference.export import export_onnx
 
-        export = params.get("export") if isinstance(params.get("export"), dict) else {}
-        cfg = ExportConfig(export.get("opset", 18), (PARITY_S,), float(export.get("parity_tolerance", 1e-4)))
+        cfg = replace(params.export, parity_lengths_s=(PARITY_S,))  # export time is not measured: one length
         report = export_onnx(ckpt, out_dir / "onnx", cfg, AudioConfig(model.sample_rate))
         onnx_path = Path(report["onnx_file"])
     return Prepared(name, model, ckpt, onnx_path)
@@ -283,14 +281,14 @@ def pieces_macs(model: Any, pieces: list[int]) -> list[dict[str, int]]:
 def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
               progress: bool = True) -> dict[str, Any]:
     """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure."""
-    from effifusion.core.config import preset_path, read_params
+    from effifusion.core.config import load_settings, preset_path
 
     secs, backend, n_threads = check_args(seconds, backend, threads)
     path = preset_path(preset)  # unknown preset, bad model settings: one line before any work
     from effifusion.models.registry import check_model_config  # imports torch: after the quick checks
 
     try:
-        check_model_config(read_params(path).get("model"))
+        check_model_config(load_settings(path).model)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="effifusion-bench-") as tmp:

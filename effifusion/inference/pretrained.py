@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path, check_writable_dir, write_json
+from effifusion.core.settings import PublishedCheckpoint
 
 
 # name -> (upstream file name, loader, licence text, where the file comes from)
@@ -42,12 +43,13 @@ PARITY_LENGTHS_S = (0.5, 3.0)
 PARITY_TOLERANCE = 2e-4
 
 
-def upstream_file(name: str, cfg: dict[str, Any], out_dir: Path, source: str | None, progress: bool = True) -> Path:
+def upstream_file(name: str, cfg: PublishedCheckpoint, out_dir: Path, source: str | None,
+                  progress: bool = True) -> Path:
     """The verified upstream file: from ``source`` (file or folder) or downloaded into ``out_dir``."""
     from effifusion.data.download import fetch, md5sum
 
     file_name = PRETRAINED[name]()[0]
-    md5 = cfg["md5"]
+    md5 = cfg.md5
     if source is not None:
         path = Path(source)
         if path.is_dir():
@@ -60,7 +62,7 @@ def upstream_file(name: str, cfg: dict[str, Any], out_dir: Path, source: str | N
             raise ConfigError(f"{path}: md5 {actual} is not the published {name} checkpoint's {md5} "
                               f"(pretrained.{name}.md5 in params.yaml)")
         return path
-    return fetch(cfg["url"], out_dir / file_name, md5=md5, progress=progress)
+    return fetch(cfg.url, out_dir / file_name, md5=md5, progress=progress)
 
 
 def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, source: str | None = None,
@@ -71,7 +73,7 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
     the built-in ``PUBLISHED`` table and the default export settings."""
     from dataclasses import replace
 
-    from effifusion.core.settings import AudioConfig, ExportConfig, parse_section
+    from effifusion.core.settings import AudioConfig, ExportConfig, PretrainedConfig, parse_section
     from effifusion.inference.export import export_onnx
     from effifusion.models.registry import save_checkpoint
 
@@ -81,15 +83,13 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
         params = {"pretrained": PUBLISHED, "export": export}
     if name not in PRETRAINED:
         raise ConfigError(f"pretrained model {name!r} is not known (known: {', '.join(PRETRAINED)})")
-    cfg = params.get("pretrained", {}).get(name)
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"params.yaml pretrained.{name}: missing (url and md5 of the published checkpoint)")
+    cfg = getattr(parse_section(PretrainedConfig, params.get("pretrained")), name)
     out = check_writable_dir(out_dir)
     _, load, licence, where = PRETRAINED[name]()
     upstream = upstream_file(name, cfg, out, source, progress)
     model = load(upstream)
     checkpoint = out / f"{name}.pt"
-    save_checkpoint(checkpoint, model, extra={"imported_from": where, "upstream_md5": cfg["md5"].lower(),
+    save_checkpoint(checkpoint, model, extra={"imported_from": where, "upstream_md5": cfg.md5.lower(),
                                               "licence": "MIT (see LICENSE beside this file)"})
     with atomic_path(out / "LICENSE") as tmp:
         tmp.write_text(licence)

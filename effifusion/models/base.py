@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from effifusion.core.errors import ConfigError
+from effifusion.core.settings import ModelConfig
 from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.stft import StftFrontEnd
 
@@ -38,25 +38,33 @@ class EnhancementModel(nn.Module):
     """Base class of every architecture (see the module docstring for the contract)."""
 
     arch: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]]  # its params section's type (models/<arch>/config.py)
     runtime: ClassVar[str] = "graph"
     objectives: ClassVar[tuple[str, ...]] = ("metric_gan", "predictive")
     exporter: ClassVar[str] = "waveform"
     frontend: StftFrontEnd
     sample_rate: int
+    cfg: ModelConfig
+
+    def __init__(self, cfg: ModelConfig, sample_rate: int):
+        """The one way a model is built: from its typed config (``from_config`` parses a mapping into it)."""
+        super().__init__()
+        self.cfg, self.sample_rate = cfg, sample_rate
 
     @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """The params section checked (keys, types, ranges); ConfigError names the first bad key."""
-        raise NotImplementedError
+    def check_config(cls, config: Any) -> ModelConfig:
+        """params.yaml's ``model`` mapping checked (keys, types, ranges, agreement) and typed; ConfigError
+        names the first bad key. Milliseconds: stages call it before reading any data."""
+        return cls.Config.parse(config, cls.arch)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "EnhancementModel":
-        """Check the params section and build."""
-        raise NotImplementedError
+    def from_config(cls, config: Any, sample_rate: int) -> "EnhancementModel":
+        """The model a ``model`` mapping (params.yaml's, or a checkpoint's) describes."""
+        return cls(cls.check_config(config), sample_rate)
 
     def config(self) -> dict[str, Any]:
-        """The params section that rebuilds this model (``arch`` included)."""
-        raise NotImplementedError
+        """The params section that rebuilds this model (``arch`` included): what a checkpoint stores."""
+        return self.cfg.to_dict()
 
     @property
     def min_samples(self) -> int:
@@ -169,32 +177,3 @@ class SegmentModel(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         n = wav.shape[-1]
         return self.model.enhance_normalised(self.model.frontend.pad(wav)).narrow(-1, 0, n)
-
-
-# -- config checks shared by the architectures ------------------------------------------------------
-
-
-def check_keys(cfg: Any, keys: tuple[str, ...], section: str = "model") -> dict[str, Any]:
-    """The section as a dict with exactly ``keys``; ConfigError names a missing or unknown key."""
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{section}: expected a mapping of settings, got {type(cfg).__name__}")
-    missing = [k for k in keys if k not in cfg]
-    if missing:
-        raise ConfigError(f"{section}.{missing[0]}: missing setting (needed: {', '.join(keys)})")
-    unknown = [k for k in cfg if k not in keys]
-    if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(keys)})")
-    return dict(cfg)
-
-
-def require(section: str, key: str, value: Any, ok: bool, need: str) -> None:
-    if not ok:
-        raise ConfigError(f"{section}.{key}: {value!r} is not valid ({need})")
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -22,6 +22,7 @@ import torch
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path
+from effifusion.core.settings import ModelConfig
 from effifusion.models.base import EnhancementModel
 from effifusion.models.widths import WIDTHS_KEY, resize
 
@@ -57,15 +58,16 @@ def model_file(folder: str | os.PathLike) -> Path:
 
 def model_class(arch: Any) -> type[EnhancementModel]:
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"model.arch: {arch!r} is not a known architecture (known: {', '.join(ARCHITECTURES)})")
+        raise ConfigError(f"params.yaml model.arch: {arch!r} is not a known architecture "
+                          f"(known: {', '.join(ARCHITECTURES)})")
     entry = ARCHITECTURES[arch]
     return importlib.import_module(entry).MODEL if isinstance(entry, str) else entry
 
 
-def check_model_config(model_cfg: Any) -> dict[str, Any]:
-    """params["model"] checked by its architecture without building the model (milliseconds)."""
+def check_model_config(model_cfg: Any) -> ModelConfig:
+    """params.yaml's ``model`` checked and typed by its architecture without building the model (milliseconds)."""
     if not isinstance(model_cfg, dict):
-        raise ConfigError(f"model: expected a mapping of settings, got {type(model_cfg).__name__}")
+        raise ConfigError(f"params.yaml model: expected a mapping of settings, got {type(model_cfg).__name__}")
     return model_class(model_cfg.get("arch")).check_config(model_cfg)
 
 
@@ -79,10 +81,11 @@ def check_objective(model: Any, objective: Any) -> None:
 
 
 def build_model(model_cfg: Any, sample_rate: int) -> EnhancementModel:
-    """The model params["model"] describes (``arch`` picks the class, the rest is its config)."""
+    """The model params.yaml's ``model`` (or a checkpoint's config) describes: ``arch`` picks the class,
+    whose config type checks the rest."""
     if not isinstance(model_cfg, dict):
-        raise ConfigError(f"model: expected a mapping of settings, got {type(model_cfg).__name__}")
-    return model_class(model_cfg.get("arch")).from_config(model_cfg, int(sample_rate))
+        raise ConfigError(f"params.yaml model: expected a mapping of settings, got {type(model_cfg).__name__}")
+    return model_class(model_cfg.get("arch")).from_config(model_cfg, sample_rate)
 
 
 def save_checkpoint(path: str | os.PathLike, model: EnhancementModel, extra: dict[str, Any] | None = None) -> None:

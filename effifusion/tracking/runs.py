@@ -219,7 +219,7 @@ def run_name(stage: str, params: dict[str, Any]) -> str:
         shape = f"{m.get('arch', 'model')}" + (f"-C{m['channels']}" if "channels" in m else "")
     name = f"{stage}-{shape}"
     if stage == "prune":
-        name = f"prune-{round(100 * float(params['prune']['amount']))}%-{shape}"
+        name = f"prune-{round(100 * params['prune']['amount'])}%-{shape}"
     if os.environ.get("DVC_EXP_NAME"):
         name += f"-{os.environ['DVC_EXP_NAME']}"
     return name

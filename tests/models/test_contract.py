@@ -3,47 +3,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 from torch import nn
 
 from effifusion.core.errors import ConfigError
-from effifusion.core.settings import AudioConfig, ExportConfig
+from effifusion.core.params import integer
+from effifusion.core.settings import AudioConfig, ExportConfig, ModelConfig
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.inference.export import export_onnx
 from effifusion.models import registry
-from effifusion.models.base import EnhancementModel, check_keys
+from effifusion.models.base import EnhancementModel
 from effifusion.models.cost import conv_chain_macs
 from effifusion.training.stages import train_dense
 from helpers import make_prepared, tiny_params
+
+
+@dataclass(frozen=True)
+class ToyConfig(ModelConfig):
+    RULES: ClassVar[dict] = {"channels": integer(1)}
+    channels: int
 
 
 class ToyMasker(EnhancementModel):
     """A two-conv magnitude masker: the smallest model of the magnitude-phase family."""
 
     arch = "toy"
+    Config = ToyConfig
 
-    def __init__(self, channels: int, frontend: StftFrontEnd, sample_rate: int):
-        super().__init__()
-        self.frontend, self.sample_rate, self.channels = frontend, sample_rate, channels
-        self.in_conv = nn.Conv2d(2, channels, 3, padding=1)
-        self.out_conv = nn.Conv2d(channels, 1, 1)
-
-    @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        cfg = check_keys(config, ("arch", *StftFrontEnd.KEYS, "channels"))
-        StftFrontEnd.from_config(cfg)
-        return cfg
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "ToyMasker":
-        cfg = cls.check_config(config)
-        return cls(cfg["channels"], StftFrontEnd.from_config(cfg), sample_rate)
-
-    def config(self) -> dict[str, Any]:
-        return {"arch": self.arch, **self.frontend.config(), "channels": self.channels}
+    def __init__(self, cfg: ToyConfig, sample_rate: int):
+        super().__init__(cfg, sample_rate)
+        self.frontend = StftFrontEnd.from_config(cfg)
+        self.in_conv = nn.Conv2d(2, cfg.channels, 3, padding=1)
+        self.out_conv = nn.Conv2d(cfg.channels, 1, 1)
 
     def forward(self, mag: torch.Tensor, pha: torch.Tensor):
         x = torch.stack((mag, pha), dim=1)  # [B, 2, F, T]
@@ -101,7 +96,7 @@ def test_trainer_runs_the_new_architecture(toy_registered, tmp_path, objective):
     prepared = make_prepared(tmp_path / "prepared", n_train=4, n_val=2)
     m = train_dense(params, prepared_dir=prepared, out_dir=tmp_path / "m", metrics_path=tmp_path / "m.json",
                     plots_dir=tmp_path / "p", resume_dir=tmp_path / "ck", track=False)
-    toy = ToyMasker(4, StftFrontEnd(), 16000)
+    toy = ToyMasker.from_config(TOY_CFG, 16000)
     assert m["steps"] == 2 and m["params_total"] == sum(p.numel() for p in toy.parameters())
     loaded, _ = registry.load_checkpoint(tmp_path / "m" / "model.pt")
     assert isinstance(loaded, ToyMasker)

@@ -17,17 +17,12 @@ from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
 from effifusion.models.attention import head_dims, self_attention
-from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel
 from effifusion.models.blocks import DenseBlock, DenseLayer, LearnableSigmoid2d  # noqa: F401 (DenseLayer: re-exported)
 from effifusion.models.cost import conformer_macs, conv_chain_macs
+from effifusion.models.effifusion_gan.config import ENCODER_ONLY, EffiFusionGanConfig
 
 ARCH = "effifusion_gan"
-ARCH_KEYS = (
-    "channels", "dense_depth", "num_tsblocks", "num_heads", "ffn_mult", "conv_kernel",
-    "attn_dropout", "ffn_dropout", "depthwise_separable", "residual_dual_norm", "beta",
-)
-CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
-ENCODER_ONLY = "encoder"  # model.depthwise_separable: depthwise-separable dense block in the encoder only
 
 
 def paper_config() -> dict[str, Any]:
@@ -204,47 +199,26 @@ class Generator(MagnitudePhaseModel):
 
     arch = ARCH
 
-    def __init__(
-        self, channels: int = 64, dense_depth: int = 4, num_tsblocks: int = 4, num_heads: int = 4,
-        ffn_mult: int = 4, conv_kernel: int = 31, attn_dropout: float = 0.2, ffn_dropout: float = 0.0,
-        depthwise_separable: bool | str = True, residual_dual_norm: bool = True, beta: float = 2.0,
-        frontend: StftFrontEnd = StftFrontEnd(), sample_rate: int = 16000,
-    ):
-        super().__init__()
-        self.frontend = frontend
-        self.sample_rate = int(sample_rate)
-        self.n_bins = frontend.n_bins
-        self._arch_cfg = {
-            "channels": channels, "dense_depth": dense_depth, "num_tsblocks": num_tsblocks, "num_heads": num_heads,
-            "ffn_mult": ffn_mult, "conv_kernel": conv_kernel, "attn_dropout": attn_dropout,
-            "ffn_dropout": ffn_dropout, "depthwise_separable": depthwise_separable,
-            "residual_dual_norm": residual_dual_norm, "beta": beta,
-        }
+    Config = EffiFusionGanConfig
+
+    def __init__(self, cfg: EffiFusionGanConfig, sample_rate: int):
+        super().__init__(cfg, sample_rate)
+        self.frontend = StftFrontEnd.from_config(cfg)
+        self.n_bins = self.frontend.n_bins
+        channels, dense_depth, depthwise_separable = cfg.channels, cfg.dense_depth, cfg.depthwise_separable
         # "encoder": depthwise-separable convolutions in the encoder's dense block only, the decoders keep
         # MP-SENet's standard ones (the reading of the paper with 1.75 M parameters before pruning,
         # docs/presets.md)
         decoder_dws = depthwise_separable is True
         self.encoder = DenseEncoder(channels, dense_depth, depthwise_separable in (True, ENCODER_ONLY))
         self.tsblocks = nn.ModuleList(
-            TSConformerBlock(channels, num_heads=num_heads, ffn_mult=ffn_mult, conv_kernel=conv_kernel,
-                             attn_dropout=attn_dropout, ffn_dropout=ffn_dropout, dual_norm=residual_dual_norm)
-            for _ in range(num_tsblocks)
+            TSConformerBlock(channels, num_heads=cfg.num_heads, ffn_mult=cfg.ffn_mult, conv_kernel=cfg.conv_kernel,
+                             attn_dropout=cfg.attn_dropout, ffn_dropout=cfg.ffn_dropout,
+                             dual_norm=cfg.residual_dual_norm)
+            for _ in range(cfg.num_tsblocks)
         )
-        self.mag_decoder = MaskDecoder(channels, dense_depth, decoder_dws, self.n_bins, beta)
+        self.mag_decoder = MaskDecoder(channels, dense_depth, decoder_dws, self.n_bins, cfg.beta)
         self.phase_decoder = PhaseDecoder(channels, dense_depth, decoder_dws)
-
-    @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return check_config(config)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "Generator":
-        m = check_config(config)
-        frontend = StftFrontEnd.from_config(m)
-        return cls(**{k: m[k] for k in ARCH_KEYS}, frontend=frontend, sample_rate=sample_rate)
-
-    def config(self) -> dict[str, Any]:
-        return {"arch": ARCH, **self.frontend.config(), **self._arch_cfg}
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -292,29 +266,3 @@ def _conformer_macs(block: ConformerBlock, n_seq: int, length: int) -> dict[str,
     d_qk, d_v = head_dims(attn)  # narrower than embed_dim / heads after channel pruning of the attention
     return conformer_macs(linear, attn.embed_dim, block.conv_module, n_seq, length,
                           qk_width=attn.num_heads * d_qk, v_width=attn.num_heads * d_v)
-
-
-def check_config(cfg: Any) -> dict[str, Any]:
-    """A checked copy of the ``model`` section; ConfigError names the key."""
-    m = check_keys(cfg, CONFIG_KEYS)
-    for key in ("channels", "dense_depth", "num_heads", "ffn_mult"):
-        require("model", key, m[key], is_int(m[key]) and m[key] >= 1, "a positive integer")
-    blocks = m["num_tsblocks"]
-    require("model", "num_tsblocks", blocks, is_int(blocks) and blocks >= 0, "an integer >= 0")
-    require("model", "conv_kernel", m["conv_kernel"], is_int(m["conv_kernel"]) and m["conv_kernel"] % 2 == 1
-            and m["conv_kernel"] >= 1, "a positive odd integer")
-    require("model", "num_heads", m["num_heads"], m["channels"] % m["num_heads"] == 0,
-            f"must divide channels = {m['channels']}")
-    for key in ("attn_dropout", "ffn_dropout"):
-        require("model", key, m[key], is_number(m[key]) and 0.0 <= m[key] < 1.0, "a probability in [0, 1)")
-    require("model", "beta", m["beta"], is_number(m["beta"]) and m["beta"] > 0, "a positive number")
-    dws = m["depthwise_separable"]
-    require("model", "depthwise_separable", dws, isinstance(dws, bool) or dws == ENCODER_ONLY,
-            f"true (every dense block), false (none) or {ENCODER_ONLY} (the encoder's only)")
-    require("model", "residual_dual_norm", m["residual_dual_norm"], isinstance(m["residual_dual_norm"], bool),
-            "true or false")
-    StftFrontEnd.from_config(m)
-    n_fft = m["n_fft"]
-    require("model", "n_fft", n_fft, n_fft >= 8 and (n_fft // 2 + 1) % 2 == 1,
-            "n_fft // 2 + 1 frequency bins must be odd so the decoders' stride-2 transposed conv restores F")
-    return m

@@ -117,6 +117,6 @@ def load_muse_checkpoint(path: str | Path, sample_rate: int = 16000, **overrides
                           ) from None
     if not isinstance(blob, dict) or not isinstance(blob.get("generator"), dict):
         raise ConfigError(f"{path}: not a MUSE checkpoint (expected a dict with a 'generator' state dict)")
-    model = Muse({**muse_config(), **overrides}, sample_rate)
+    model = Muse.from_config({**muse_config(), **overrides}, sample_rate)
     model.load_state_dict(convert_state_dict(blob["generator"], model, str(path)))
     return model.eval()

@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel
 from effifusion.models.blocks import DenseBlock, LearnableSigmoid2d
 from effifusion.models.cost import traced_macs
 from effifusion.models.muse.blocks import (
-    MET_WINDOWS,
     DeformableEmbedding,
     Downsample,
     MetBlock,
@@ -41,12 +40,7 @@ from effifusion.models.muse.blocks import (
     TaylorAttention,
     Upsample,
 )
-
-ARCH_KEYS = ("segment_samples", "channels", "dense_depth", "heads", "blocks", "ffn_expansion", "beta",
-             "attention", "embedding")
-CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
-ATTENTIONS = ("met", "mala")
-EMBEDDINGS = ("deformable", "idconv")
+from effifusion.models.muse.config import MuseConfig
 
 
 def muse_config() -> dict[str, Any]:
@@ -176,29 +170,17 @@ class Muse(MagnitudePhaseModel):
 
     arch = "muse"
 
-    def __init__(self, config: dict[str, Any], sample_rate: int):
-        super().__init__()
-        m = self.check_config(config)
-        self._config = m
-        self.frontend = StftFrontEnd.from_config(m, exact_polar=True, segment_samples=m["segment_samples"])
-        self.sample_rate = int(sample_rate)
-        c, depth = m["channels"], m["dense_depth"]
+    Config = MuseConfig
+
+    def __init__(self, cfg: MuseConfig, sample_rate: int):
+        super().__init__(cfg, sample_rate)
+        self.frontend = StftFrontEnd.from_config(cfg, exact_polar=True, segment_samples=cfg.segment_samples)
+        c, depth = cfg.channels, cfg.dense_depth
         self.n_bins = self.frontend.n_bins
         self.encoder = MuseEncoder(c, depth)
-        self.unet = UNet(c, m["heads"], m["blocks"], m["ffn_expansion"], m["attention"], m["embedding"])
-        self.mask_decoder = MaskDecoder(c, depth, self.n_bins, m["beta"])
+        self.unet = UNet(c, list(cfg.heads), list(cfg.blocks), cfg.ffn_expansion, cfg.attention, cfg.embedding)
+        self.mask_decoder = MaskDecoder(c, depth, self.n_bins, cfg.beta)
         self.phase_decoder = PhaseDecoder(c, depth)
-
-    @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return check_config(config, cls.arch)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "Muse":
-        return cls(config, sample_rate)
-
-    def config(self) -> dict[str, Any]:
-        return {**self._config, "heads": list(self._config["heads"]), "blocks": list(self._config["blocks"])}
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -221,35 +203,3 @@ class Muse(MagnitudePhaseModel):
         parts = {"encoder": self.encoder, "unet": self.unet, "mask_decoder": self.mask_decoder,
                  "phase_decoder": self.phase_decoder}
         return traced_macs(self, lambda: self(x, x), parts)
-
-
-def check_config(cfg: Any, arch: str = "muse") -> dict[str, Any]:
-    """A checked copy of the ``model`` section; ConfigError names the key."""
-    m = check_keys(cfg, CONFIG_KEYS)
-    StftFrontEnd.from_config(m)
-    require("model", "arch", m["arch"], m["arch"] == arch, f"{arch!r} for this class")
-    bins = m["n_fft"] // 2 + 1
-    require("model", "n_fft", m["n_fft"], bins % 8 == 0,
-            "n_fft // 2 + 1 frequency bins must be a multiple of 8: "
-            "the encoder halves them, the U-Net halves twice more")
-    seg = m["segment_samples"]
-    require("model", "segment_samples", seg, is_int(seg) and (seg == 0 or seg >= m["n_fft"]),
-            f"0 (whole utterances) or a segment length >= n_fft = {m['n_fft']}")
-    c = m["channels"]
-    require("model", "channels", c, is_int(c) and c >= 8, "an integer >= 8")
-    require("model", "dense_depth", m["dense_depth"], is_int(m["dense_depth"]) and m["dense_depth"] >= 1,
-            "a positive integer")
-    require("model", "attention", m["attention"], m["attention"] in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}")
-    require("model", "embedding", m["embedding"], m["embedding"] in EMBEDDINGS, f"one of {', '.join(EMBEDDINGS)}")
-    for key in ("heads", "blocks"):
-        v = m[key]
-        require("model", key, v, isinstance(v, list) and len(v) == 3 and all(is_int(x) and x >= 1 for x in v),
-                "three positive integers: level 1, level 2, latent")
-    for level, (h, dim) in enumerate(zip(m["heads"], (c, 2 * c, 3 * c))):
-        require("model", "heads", m["heads"], dim % h == 0, f"level {level + 1}: {h} heads must divide {dim} channels")
-        if m["attention"] == "met":
-            require("model", "heads", m["heads"], h in MET_WINDOWS, "MET attention takes 1, 2, 4 or 8 heads")
-    e = m["ffn_expansion"]
-    require("model", "ffn_expansion", e, is_number(e) and e > 0 and int(c * e) >= 1, "a positive number")
-    require("model", "beta", m["beta"], is_number(m["beta"]) and m["beta"] > 0, "a positive number")
-    return m

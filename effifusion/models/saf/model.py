@@ -20,16 +20,11 @@ import torch
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import MagnitudePhaseModel, check_keys, is_int, is_number, require
+from effifusion.models.base import MagnitudePhaseModel
 from effifusion.models.cost import conv_chain_macs
+from effifusion.models.saf.config import SafConfig
 
 ARCH = "saf"
-PHASE_INPUTS = ("cos_sin", "raw")
-ARCH_KEYS = (
-    "phase_input", "channels", "encoder_depth", "num_saf_blocks", "num_heads", "attn_kernel", "local_bands",
-    "ffn_mult", "tcn_layers", "tcn_repeats", "tcn_hidden", "tcn_kernel", "decoder_depth", "beta",
-)
-CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
 
 
 def paper_config() -> dict[str, Any]:
@@ -287,48 +282,28 @@ class SAF(MagnitudePhaseModel):
     arch = ARCH
     objectives = ("predictive", "metric_gan")  # the paper trains it with a predictive loss, no discriminator
 
-    def __init__(
-        self, phase_input: str = "cos_sin", channels: int = 64, encoder_depth: int = 2, num_saf_blocks: int = 4,
-        num_heads: int = 4, attn_kernel: int = 11, local_bands: int = 3, ffn_mult: int = 2, tcn_layers: int = 4,
-        tcn_repeats: int = 4, tcn_hidden: int = 132, tcn_kernel: int = 3, decoder_depth: int = 2,
-        beta: float = 2.0, frontend: StftFrontEnd = StftFrontEnd(), sample_rate: int = 16000,
-    ):
-        super().__init__()
-        self.frontend = frontend
-        self.sample_rate = int(sample_rate)
-        self.n_bins = frontend.n_bins
-        self.phase_input = phase_input
-        self.beta = float(beta)
-        self._arch_cfg = {
-            "phase_input": phase_input, "channels": channels, "encoder_depth": encoder_depth,
-            "num_saf_blocks": num_saf_blocks, "num_heads": num_heads, "attn_kernel": attn_kernel,
-            "local_bands": local_bands, "ffn_mult": ffn_mult, "tcn_layers": tcn_layers, "tcn_repeats": tcn_repeats,
-            "tcn_hidden": tcn_hidden, "tcn_kernel": tcn_kernel, "decoder_depth": decoder_depth, "beta": beta,
-        }
-        self.mag_pha_encoder = SpectrumEncoder(3 if phase_input == "cos_sin" else 2, channels, encoder_depth)
+    Config = SafConfig
+
+    def __init__(self, cfg: SafConfig, sample_rate: int):
+        super().__init__(cfg, sample_rate)
+        self.frontend = StftFrontEnd.from_config(cfg)
+        self.n_bins = self.frontend.n_bins
+        self.phase_input, self.beta = cfg.phase_input, cfg.beta
+        channels, encoder_depth, decoder_depth = cfg.channels, cfg.encoder_depth, cfg.decoder_depth
+        num_heads, attn_kernel, local_bands = cfg.num_heads, cfg.attn_kernel, cfg.local_bands
+        self.mag_pha_encoder = SpectrumEncoder(3 if cfg.phase_input == "cos_sin" else 2, channels, encoder_depth)
         self.complex_encoder = SpectrumEncoder(2, channels, encoder_depth)
         self.fusion = Fusion(channels)
         self.saf_blocks = nn.ModuleList(
-            SAFBlock(channels, num_heads, attn_kernel, local_bands, ffn_mult) for _ in range(num_saf_blocks)
+            SAFBlock(channels, num_heads, attn_kernel, local_bands, cfg.ffn_mult) for _ in range(cfg.num_saf_blocks)
         )
         self.tcn_blocks = nn.ModuleList(
-            TCNBlock(channels, tcn_hidden, tcn_kernel, 2 ** i) for _ in range(tcn_repeats) for i in range(tcn_layers)
+            TCNBlock(channels, cfg.tcn_hidden, cfg.tcn_kernel, 2 ** i) for _ in range(cfg.tcn_repeats)
+            for i in range(cfg.tcn_layers)
         )
         self.mask_decoder = Decoder(channels, decoder_depth, 1)
         self.mask_slope = nn.Parameter(torch.ones(self.n_bins))  # learnable sigmoid, one slope per bin
         self.bias_decoder = Decoder(channels, decoder_depth, 2)
-
-    @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return check_config(config)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "SAF":
-        m = check_config(config)
-        return cls(**{k: m[k] for k in ARCH_KEYS}, frontend=StftFrontEnd.from_config(m), sample_rate=sample_rate)
-
-    def config(self) -> dict[str, Any]:
-        return {"arch": ARCH, **self.frontend.config(), **self._arch_cfg}
 
     def forward(self, noisy_mag: torch.Tensor, noisy_pha: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -363,8 +338,8 @@ class SAF(MagnitudePhaseModel):
         t, f = n_frames, self.n_bins
         enc = conv_chain_macs(self.mag_pha_encoder, (t, f))[0] + conv_chain_macs(self.complex_encoder, (t, f))[0]
         fusion, (_, f_enc) = conv_chain_macs(self.fusion, (t, f))
-        channels = self._arch_cfg["channels"]
-        local = 2 * self._arch_cfg["local_bands"] * channels * t * f_enc * len(self.saf_blocks)  # q·k and w·v
+        channels = self.cfg.channels
+        local = 2 * self.cfg.local_bands * channels * t * f_enc * len(self.saf_blocks)  # q·k and w·v
         saf = conv_chain_macs(self.saf_blocks, (t, f_enc))[0] + local
         tcn, _ = conv_chain_macs(self.tcn_blocks, (t, f_enc))
         mask, _ = conv_chain_macs(self.mask_decoder, (t, f_enc))
@@ -373,26 +348,3 @@ class SAF(MagnitudePhaseModel):
             "encoders": enc, "fusion": fusion, "saf_blocks": saf, "tcn_blocks": tcn, "mask_decoder": mask,
             "bias_decoder": bias, "total": enc + fusion + saf + tcn + mask + bias, "local_attention_matmuls": local,
         }
-
-
-def check_config(cfg: Any) -> dict[str, Any]:
-    """A checked copy of the ``model`` section; ConfigError names the key."""
-    m = check_keys(cfg, CONFIG_KEYS)
-    require("model", "phase_input", m["phase_input"], m["phase_input"] in PHASE_INPUTS, f"one of {PHASE_INPUTS}")
-    for key in ("channels", "num_heads", "ffn_mult", "tcn_hidden", "tcn_layers"):
-        require("model", key, m[key], is_int(m[key]) and m[key] >= 1, "a positive integer")
-    for key in ("encoder_depth", "num_saf_blocks", "tcn_repeats", "decoder_depth"):
-        require("model", key, m[key], is_int(m[key]) and m[key] >= 0, "an integer >= 0")
-    for key in ("attn_kernel", "local_bands", "tcn_kernel"):
-        require("model", key, m[key], is_int(m[key]) and m[key] >= 1 and m[key] % 2 == 1, "a positive odd integer")
-    require("model", "num_heads", m["num_heads"], m["channels"] % m["num_heads"] == 0,
-            f"must divide channels = {m['channels']}")
-    require("model", "tcn_layers", m["tcn_layers"], m["tcn_layers"] <= 16, "at most 16 (dilation 2 ** 15)")
-    require("model", "beta", m["beta"], is_number(m["beta"]) and m["beta"] > 0, "a positive number")
-    StftFrontEnd.from_config(m)
-    n_fft = m["n_fft"]
-    require("model", "n_fft", n_fft, n_fft >= 8 and (n_fft // 2 + 1) % 2 == 1,
-            "n_fft // 2 + 1 frequency bins must be odd so the decoders' stride-2 transposed conv restores F")
-    require("model", "local_bands", m["local_bands"], m["local_bands"] <= (n_fft // 2 + 1 - 3) // 2 + 1,
-            "at most the number of encoded frequency bins")
-    return m

@@ -23,19 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from effifusion.core.errors import ConfigError
 from effifusion.diffusion import spectrum
 from effifusion.diffusion.enhance import enhance_normalised
 from effifusion.diffusion.sampler import SamplerSettings, settings_with
 from effifusion.diffusion.sde import OuveSde
 from effifusion.dsp.stft import StftFrontEnd
-from effifusion.models.base import DiffusionModel, check_keys, is_int, is_number, require
+from effifusion.models.base import DiffusionModel
 from effifusion.models.cost import traced_macs
+from effifusion.models.sgmse.config import SgmseConfig
 from effifusion.models.sgmse.layers import conv
 from effifusion.models.sgmse.ncsnpp import Decoder, Encoder
-
-ARCH_KEYS = ("spec_scale", "nf", "ch_mult", "res_blocks", "attn_resolutions", "fourier_scale", "sde", "sampler")
-CONFIG_KEYS = ("arch", *StftFrontEnd.KEYS, *ARCH_KEYS)
 
 
 def sgmse_config() -> dict[str, Any]:
@@ -59,39 +56,27 @@ class Sgmse(DiffusionModel):
     arch = "sgmse"
     has_predictive = False
 
-    def __init__(self, config: dict[str, Any], sample_rate: int):
-        super().__init__()
-        self._config = check_config(config, self.arch)
-        c = self._config
-        self.sample_rate = sample_rate
-        self.frontend = StftFrontEnd(c["n_fft"], c["hop_length"], c["win_length"], c["compress_factor"],
-                                     normalisation="max")
+    Config = SgmseConfig
+
+    def __init__(self, cfg: SgmseConfig, sample_rate: int):
+        super().__init__(cfg, sample_rate)
+        self.frontend = StftFrontEnd.from_config(cfg, normalisation="max")
         self.n_bins = self.frontend.n_bins
-        self.spec_scale = float(c["spec_scale"])
-        self.sde = OuveSde.from_config(c["sde"])
+        self.spec_scale = cfg.spec_scale
+        self.sde = OuveSde(cfg.sde.theta, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.t_eps)
         # settings_with, not SamplerSettings(**...): older checkpoints store a single fusion_weight
-        self.sampler = settings_with(c["sampler"], None, self.has_predictive, "model.", self.n_bins)
-        self.time_multiple = 2 ** (len(c["ch_mult"]) - 1)
-        shape = (c["nf"], list(c["ch_mult"]), c["res_blocks"], list(c["attn_resolutions"]))
-        self.encoder = Encoder(*shape, self.n_bins, float(c["fourier_scale"]))
+        self.sampler = settings_with(cfg.sampler, None, self.has_predictive, "model.", self.n_bins)
+        self.time_multiple = 2 ** (len(cfg.ch_mult) - 1)
+        shape = (cfg.nf, list(cfg.ch_mult), cfg.res_blocks, list(cfg.attn_resolutions))
+        self.encoder = Encoder(*shape, self.n_bins, cfg.fourier_scale)
         self.score_decoder = Decoder(self.encoder, *shape, self.n_bins)
         self.score_out = conv(4, 2, 1)
         if self.has_predictive:
             self.predictive_decoder = Decoder(self.encoder, *shape, self.n_bins)
             self.predictive_out = conv(4, 2, 1)
 
-    @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return check_config(config, cls.arch)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], sample_rate: int) -> "Sgmse":
-        return cls(config, sample_rate)
-
     def config(self) -> dict[str, Any]:
-        c = self._config
-        return {**c, "ch_mult": list(c["ch_mult"]), "attn_resolutions": list(c["attn_resolutions"]),
-                "sde": dict(c["sde"]), "sampler": self.sampler.config()}
+        return {**self.cfg.to_dict(), "sampler": self.sampler.config()}  # the sampler as it is now
 
     def with_sampler(self, **overrides: Any) -> "Sgmse":
         self.sampler = settings_with(self.sampler.config(), overrides, self.has_predictive, bins=self.n_bins)
@@ -223,34 +208,3 @@ class PredictiveNetwork(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.model.predict(y)
-
-
-def check_config(cfg: Any, arch: str) -> dict[str, Any]:
-    """A checked copy of the ``model`` section; ConfigError names the key."""
-    m = check_keys(cfg, CONFIG_KEYS)
-    StftFrontEnd.from_config(m)
-    require("model", "arch", m["arch"], m["arch"] == arch, f"{arch!r} for this class")
-    levels = m["ch_mult"]
-    require("model", "ch_mult", levels,
-            isinstance(levels, list) and levels and all(is_int(v) and v >= 1 for v in levels),
-            "a non-empty list of positive integers")
-    bins = m["n_fft"] // 2 + 1
-    require("model", "n_fft", m["n_fft"], bins % 2 ** (len(levels) - 1) == 0,
-            f"n_fft // 2 + 1 = {bins} frequency bins must divide by 2^(levels - 1) = {2 ** (len(levels) - 1)}")
-    nf = m["nf"]
-    require("model", "nf", nf, is_int(nf) and nf >= 4 and nf % 4 == 0, "a multiple of 4 (GroupNorm groups)")
-    require("model", "res_blocks", m["res_blocks"], is_int(m["res_blocks"]) and m["res_blocks"] >= 1, "an integer >= 1")
-    attn = m["attn_resolutions"]
-    require("model", "attn_resolutions", attn, isinstance(attn, list) and all(is_int(v) and v >= 1 for v in attn),
-            "a list of frequency sizes (bins at a level) that get self-attention")
-    for key in ("spec_scale", "fourier_scale"):
-        require("model", key, m[key], is_number(m[key]) and m[key] > 0, "a positive number")
-    sde = check_keys(m["sde"], OuveSde.KEYS, "model.sde")
-    for key in OuveSde.KEYS:
-        require("model.sde", key, sde[key], is_number(sde[key]) and sde[key] > 0, "a positive number")
-    require("model.sde", "sigma_max", sde["sigma_max"], sde["sigma_max"] > sde["sigma_min"], "> sigma_min")
-    require("model.sde", "t_eps", sde["t_eps"], sde["t_eps"] < 1, "a number in (0, 1)")
-    if not isinstance(m["sampler"], dict):
-        raise ConfigError(f"model.sampler: expected a mapping of settings, got {type(m['sampler']).__name__}")
-    settings_with(m["sampler"], None, arch == "gp_sgmse", "model.", bins)
-    return m

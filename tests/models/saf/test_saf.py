@@ -132,14 +132,14 @@ def test_onnx_export_parity(demo, tmp_path):
     ("n_fft", 402), ("bogus", 1),
 ])
 def test_config_check_names_the_bad_key(key, value):
-    with pytest.raises(ConfigError, match=rf"^model\.{key}: "):
+    with pytest.raises(ConfigError, match=rf"^params\.yaml model\.{key}: "):
         registry.check_model_config({**paper_config(), key: value})
 
 
 def test_config_check_names_a_missing_key():
     cfg = paper_config()
     del cfg["tcn_kernel"]
-    with pytest.raises(ConfigError, match=r"^model\.tcn_kernel: missing setting"):
+    with pytest.raises(ConfigError, match=r"^params\.yaml model\.tcn_kernel: missing setting"):
         registry.build_model(cfg, 16000)
 
 
