@@ -30,7 +30,7 @@ def _preset(args: argparse.Namespace) -> None:
         return
     params = config.apply_preset(args.name, args.params)
     m = params["model"]
-    shape = (f"C={m['channels']}, {m['num_tsblocks']} TS-Conformer blocks" if "num_tsblocks" in m
+    shape = (f"C={m['channels']}, {m['num_tsblocks']} TS-Conformer blocks" if m["arch"] == "effifusion_gan"
              else f"arch {m['arch']}" + (f", C={m['channels']}" if "channels" in m else ""))
     print(f"{args.params} <- preset {args.name!r} (corpus {params['corpus']['name']}, {shape})")
 

@@ -213,10 +213,10 @@ def git_commit() -> str | None:
 def run_name(stage: str, params: dict[str, Any]) -> str:
     """Readable names: ``prune-30%-exp-name`` / ``train-C64x4``."""
     m = params["model"]
-    if "num_tsblocks" in m:  # effifusion_gan: width x TS-Conformer blocks
+    if m["arch"] == "effifusion_gan":  # width x TS-Conformer blocks
         shape = f"C{m['channels']}x{m['num_tsblocks']}"
     else:  # other architectures: their name and width
-        shape = f"{m.get('arch', 'model')}" + (f"-C{m['channels']}" if "channels" in m else "")
+        shape = m["arch"] + (f"-C{m['channels']}" if "channels" in m else "")
     name = f"{stage}-{shape}"
     if stage == "prune":
         name = f"prune-{round(100 * params['prune']['amount'])}%-{shape}"
