@@ -74,7 +74,8 @@ def test_missing_renamed_and_unknown_keys():
     ("prune.amount", -0.1, "params.yaml prune.amount: -0.1 is not valid (a number in [0, 1))"),
     ("model.channels", 0, "params.yaml model.channels: 0 is not valid (an integer >= 1)"),
     ("model.arch", "mpsenet",
-     "params.yaml model.arch: 'mpsenet' is not a known architecture (known: effifusion_gan, muse, imse, saf, sgmse, gp_sgmse)"),
+     "params.yaml model.arch: 'mpsenet' is not a known architecture "
+     "(known: effifusion_gan, muse, imse, saf, sgmse, gp_sgmse)"),
 ])
 def test_the_train_stage_fails_on_a_bad_value_before_touching_data(tmp_path, dotted, value, message):
     """No data/ exists here: the error is about the setting, not about a missing dataset."""
