@@ -10,7 +10,10 @@ same values as presets/base.yaml (a test keeps them equal). DIR receives:
 - ``<name>.pt``: the checkpoint (this project's format; ``extra`` names the source and its md5);
 - ``<name>.onnx``: the export, checked against the checkpoint (parity per ``export`` settings);
 - ``LICENSE``: the upstream licence notice, which must travel with the weights;
-- the upstream file itself (kept so a rerun needs no download).
+- the upstream file itself (kept so a rerun needs no download);
+- with ``--precision int8``: ``<name>.int8.onnx`` beside ``<name>.onnx`` (inference/quantize.py), calibrated
+  on ``--calibration DIR`` (its WAV files, or those of its ``noisy/``) or by default on a few noisy
+  utterances of the built-in demo corpus made on the fly: never the audio it is scored on.
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ def upstream_file(name: str, cfg: PublishedCheckpoint, out_dir: Path, source: st
 
 
 def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, source: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, precision: str = "fp32", calibration: str | None = None) -> dict[str, Any]:
     """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report.
+    ``precision`` int8 also writes ``<name>.int8.onnx``, calibrated on ``calibration`` (a folder of WAV
+    files) or, without one, on demo-corpus utterances made on the fly.
 
     ``params``: params.yaml's mapping (its ``pretrained``, ``export`` and ``audio`` sections), or None for
     the built-in ``PUBLISHED`` table and the default export settings."""
@@ -75,11 +80,16 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
 
     from effifusion.core.settings import AudioConfig, ExportConfig, PretrainedConfig, parse_section
     from effifusion.inference.export import export_onnx
+    from effifusion.inference.quantize import calibration_from_dir, check_precision, demo_calibration, write_precision
     from effifusion.models.registry import save_checkpoint
+
+    check_precision(precision)  # bf16, an unknown name: one line before any download
+    if calibration is not None and not Path(calibration).is_dir():
+        raise ConfigError(f"--calibration {calibration}: not a folder (WAV files of noisy speech to calibrate on)")
 
     if params is None:
         export = {"opset": DEFAULT_OPSET, "parity_lengths_s": list(PARITY_LENGTHS_S),
-                  "parity_tolerance": PARITY_TOLERANCE}
+                  "parity_tolerance": PARITY_TOLERANCE, "sampler": {}, "precision": "fp32"}
         params = {"pretrained": PUBLISHED, "export": export}
     if name not in PRETRAINED:
         raise ConfigError(f"pretrained model {name!r} is not known (known: {', '.join(PRETRAINED)})")
@@ -103,5 +113,13 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
                "params_total": report["params_total"], "parity_max_abs": report["onnx_parity_max_abs"],
                **({"polar_rounding_max_abs": report["polar_rounding_max_abs"]}
                   if "polar_rounding_max_abs" in report else {})}
+    if precision != "fp32":
+        sr = model.sample_rate
+        reduced = write_precision(
+            out / f"{name}.onnx", precision,
+            (lambda: calibration_from_dir(calibration, sr)) if calibration else (lambda: demo_calibration(sr)),
+            calibration_source=calibration or "demo corpus utterances made on the fly (demo_calibration)")
+        summary[f"{precision}_onnx"] = reduced["onnx_file"]
+        summary[f"{precision}_calibration"] = reduced["calibration"]
     write_json(out / f"{name}.json", summary)
     return summary
