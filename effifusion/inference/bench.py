@@ -306,7 +306,7 @@ def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
         if precision != "fp32":
             from effifusion.inference.quantize import bench_precision
 
-            return bench_precision(prepared, precision, secs, n_threads, progress)
+            return bench_precision(prepared, precision, secs, n_threads, measure, progress)
         if progress:
             print(f"effifusion bench: measuring {secs:g} s, {backend}, {n_threads} thread(s) ...",
                   file=sys.stderr, flush=True)

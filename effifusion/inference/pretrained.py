@@ -21,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path, check_writable_dir, write_json
 from effifusion.core.settings import PublishedCheckpoint
@@ -44,6 +46,26 @@ DEFAULT_OPSET = 18
 # zero-padded 0.5 s input differs by 1.02e-4 between ONNX Runtime and PyTorch (measured), hence 2e-4
 PARITY_LENGTHS_S = (0.5, 3.0)
 PARITY_TOLERANCE = 2e-4
+
+
+def demo_calibration(sample_rate: int, count: int | None = None, seed: int = 1234) -> list[np.ndarray]:
+    """``count`` noisy utterances of the built-in demo corpus, made on the fly at ``sample_rate`` (training
+    speakers and noises, 2-3 s, SNRs 0-15 dB): calibration audio that is never a scored set."""
+    from effifusion.data import demo_corpus as demo
+    from effifusion.data.mixing import item_seed
+    from effifusion.inference.quantize import CALIBRATION_UTTERANCES
+
+    count = count or CALIBRATION_UTTERANCES
+    talkers = demo.make_talkers(sample_rate, np.random.default_rng(item_seed(seed, "talkers", sample_rate)))
+    out = []
+    for i in range(count):
+        spk_name = ("p226", "p239", "p244", "p254", "p270", "p287")[i % 6]
+        spk = demo.make_speaker(np.random.default_rng(item_seed(seed, "speaker", spk_name)))
+        noise = demo.TRAIN_NOISES[i % len(demo.TRAIN_NOISES)]
+        snr = demo.TRAIN_SNRS[i % len(demo.TRAIN_SNRS)]
+        _, noisy = demo._make_pair(f"{spk_name}_cal{i:03d}", spk, noise, snr, sample_rate, 2.0, 3.0, seed, talkers)
+        out.append(noisy.astype(np.float32))
+    return out
 
 
 def upstream_file(name: str, cfg: PublishedCheckpoint, out_dir: Path, source: str | None,
@@ -80,7 +102,7 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
 
     from effifusion.core.settings import AudioConfig, ExportConfig, PretrainedConfig, parse_section
     from effifusion.inference.export import export_onnx
-    from effifusion.inference.quantize import calibration_from_dir, check_precision, demo_calibration, write_precision
+    from effifusion.inference.quantize import calibration_from_dir, check_precision, write_precision
     from effifusion.models.registry import save_checkpoint
 
     check_precision(precision)  # bf16, an unknown name: one line before any download

@@ -6,7 +6,8 @@ never the scored set:
 
 - the pipeline's export stage: a few utterances of ``data/prepared/train`` (``calibration_from_dir``);
 - ``effifusion pretrained muse --precision int8``: ``--calibration DIR`` (its WAV files), or by default a
-  few noisy utterances of the built-in demo corpus generated on the fly (``demo_calibration``).
+  few noisy utterances of the built-in demo corpus generated on the fly (pretrained.demo_calibration);
+- ``effifusion bench --precision int8`` (random weights, speed only): parity signals (dsp/signals.py).
 
 Calibration feeds the graph what the enhancer feeds it: whole utterances, or for a segmenting model
 (MUSE) the utterance's RMS-normalised segments. Only the operators in ``OP_TYPES`` are quantized, and
@@ -82,25 +83,6 @@ def calibration_from_dir(folder: str | Path, sample_rate: int, count: int | None
         raise ConfigError(f"{folder}: no .wav files to calibrate the int8 model on")
     picks = sorted({int(i) for i in np.linspace(0, len(files) - 1, min(count, len(files)))})
     return [_crop(read_wav(files[i], sample_rate=sample_rate)[0], sample_rate, max_s) for i in picks]
-
-
-def demo_calibration(sample_rate: int, count: int | None = None, seed: int = 1234) -> list[np.ndarray]:
-    """``count`` noisy utterances of the built-in demo corpus, made on the fly at ``sample_rate`` (training
-    speakers and noises, 2-3 s, SNRs 0-15 dB): calibration audio that is never a scored set."""
-    from effifusion.data import demo_corpus as demo
-    from effifusion.data.mixing import item_seed
-
-    count = count or CALIBRATION_UTTERANCES
-    talkers = demo.make_talkers(sample_rate, np.random.default_rng(item_seed(seed, "talkers", sample_rate)))
-    out = []
-    for i in range(count):
-        spk_name = ("p226", "p239", "p244", "p254", "p270", "p287")[i % 6]
-        spk = demo.make_speaker(np.random.default_rng(item_seed(seed, "speaker", spk_name)))
-        noise = demo.TRAIN_NOISES[i % len(demo.TRAIN_NOISES)]
-        snr = demo.TRAIN_SNRS[i % len(demo.TRAIN_SNRS)]
-        _, noisy = demo._make_pair(f"{spk_name}_cal{i:03d}", spk, noise, snr, sample_rate, 2.0, 3.0, seed, talkers)
-        out.append(noisy.astype(np.float32))
-    return out
 
 
 def graph_inputs(card: dict[str, Any], utterances: Iterable[np.ndarray]) -> list[np.ndarray]:
@@ -197,7 +179,12 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path | None = None, cal
         # weight that is not an initializer would be quantized per tensor, as an activation, on every run
         folded = Path(tmp) / "folded.onnx"
         quant_pre_process(str(fp32_path), str(folded), skip_onnx_shape=True, skip_symbolic_shape=True)
-        excluded = kept_in_fp32(onnx.load(str(folded)), model_card(meta), depthwise)
+        graph = onnx.load(str(folded))
+        # the exporter's shape annotations give tensors of different sizes one symbolic dimension (MUSE's
+        # SequenceAt outputs): as calibration outputs they would fail ONNX Runtime's shape check
+        del graph.graph.value_info[:]
+        onnx.save_model(graph, str(folded))
+        excluded = kept_in_fp32(graph, model_card(meta), depthwise)
         quantize_static(str(folded), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
@@ -283,26 +270,26 @@ def _md5_text(text: str) -> str:
 BENCH_ROUNDS = 2  # fp32 and the reduced model measured alternately, each in a fresh process; fastest kept
 
 
-def bench_precision(prepared: Any, precision: str, seconds: float, threads: int, progress: bool = True
-                    ) -> dict[str, Any]:
-    """`effifusion bench --precision int8`: quantize the prepared fp32 export (demo-corpus calibration, not
-    timed), then measure fp32 and int8 alternately, BENCH_ROUNDS times each, every run in a fresh process
-    (bench.measure). The row is the reduced model's fastest, with ``precision``, ``fp32_compute_s`` (the
-    fp32 export's fastest in the same sitting), ``time_ratio_to_fp32`` and the quantization report."""
+def bench_precision(prepared: Any, precision: str, seconds: float, threads: int, measure: Any,
+                    progress: bool = True) -> dict[str, Any]:
+    """`effifusion bench --precision int8`: quantize the prepared fp32 export (not timed; calibrated on
+    parity signals: the weights are random, only the speed is measured), then measure fp32 and int8
+    alternately, BENCH_ROUNDS times each, every run in a fresh process (``measure``: bench.measure). The
+    row is the reduced model's fastest, with ``precision``, ``fp32_compute_s`` (the fp32 export's fastest in
+    the same sitting), ``time_ratio_to_fp32`` and the quantization report."""
     import sys
     from dataclasses import replace
-
-    from effifusion.inference.bench import measure
 
     check_precision(precision)
     if precision == "fp32":
         return {**measure(prepared, "onnx", seconds, threads), "precision": "fp32"}
     if progress:
-        print(f"effifusion bench: quantizing to {precision} (demo-corpus calibration, not timed) ...",
-              file=sys.stderr, flush=True)
+        print(f"effifusion bench: quantizing to {precision} (not timed) ...", file=sys.stderr, flush=True)
+    from effifusion.dsp.signals import parity_signal
+
     sr = prepared.model.sample_rate
-    report = quantize_int8(prepared.onnx, calibration=demo_calibration(sr),
-                           calibration_source="demo corpus utterances made on the fly")
+    audio = [parity_signal(2 * sr, sr, seed=seed) for seed in range(min(2, CALIBRATION_UTTERANCES))]
+    report = quantize_int8(prepared.onnx, calibration=audio, calibration_source="parity signals (bench)")
     reduced = replace(prepared, onnx=Path(report["onnx_file"]))
     rows: dict[str, list[dict[str, Any]]] = {"fp32": [], precision: []}
     for _ in range(BENCH_ROUNDS):

@@ -117,13 +117,15 @@ def test_the_params_schema_has_export_precision() -> None:
 
 
 def test_demo_calibration_is_noisy_speech_made_on_the_fly() -> None:
-    audio = quantize.demo_calibration(16000, count=2)
+    from effifusion.inference.pretrained import demo_calibration
+
+    audio = demo_calibration(16000, count=2)
     assert len(audio) == 2 and all(2.0 * 16000 <= len(a) <= 3.0 * 16000 for a in audio)
     assert all(a.dtype == np.float32 and 0.01 < float(np.sqrt(np.mean(a ** 2))) < 1 for a in audio)
 
 
 def test_bench_precision_row_times_int8_against_fp32(tiny_export: dict, monkeypatch) -> None:
-    from effifusion.inference.bench import Prepared, describe
+    from effifusion.inference.bench import Prepared, describe, measure
     from effifusion.models.registry import load_checkpoint
 
     monkeypatch.setattr(quantize, "BENCH_ROUNDS", 1)
@@ -133,7 +135,7 @@ def test_bench_precision_row_times_int8_against_fp32(tiny_export: dict, monkeypa
     folder.mkdir(exist_ok=True)
     shutil.copy(tiny_export["onnx"], folder / "model.onnx")
     prepared = Prepared("tiny", model, tiny_export["ckpt"], folder / "model.onnx")
-    row = quantize.bench_precision(prepared, "int8", 0.5, 1, progress=False)
+    row = quantize.bench_precision(prepared, "int8", 0.5, 1, measure, progress=False)
     assert row["precision"] == "int8" and row["backend"] == "onnx" and row["rounds"] == 1
     assert row["fp32_compute_s"] > 0 and row["time_ratio_to_fp32"] == pytest.approx(
         row["compute_s"] / row["fp32_compute_s"], rel=1e-3)
