@@ -11,10 +11,11 @@ never the scored set:
 
 Calibration feeds the graph what the enhancer feeds it: whole utterances, or for a segmenting model
 (MUSE) the utterance's RMS-normalised segments. Only the operators in ``OP_TYPES`` are quantized, and
-depthwise convolutions are left in fp32: measured per operator type on this project's models
-(docs/benchmarks.md, 2026-12-03), ONNX Runtime's QLinearConv is slower than fp32 on depthwise
-convolutions and no faster on the 64-channel pointwise ones. **No configuration measured met the bar
-of ≤ 0.55× fp32's time**, so int8 is an option, not a default.
+depthwise convolutions and the STFT (a convolution with the DFT bases) are left in fp32: measured per
+operator type on this project's models (docs/benchmarks.md, 2026-12-03), ONNX Runtime's QLinearConv is
+slower than fp32 on depthwise convolutions, and an 8-bit spectrum cost the demo model 0.43 PESQ. **No
+configuration measured met the bar of ≤ 0.55× fp32's time** (the paper-size model in int8 takes 1.00×
+at 2 s, 1.05× at 10 s; MUSE loses 0.46 PESQ), so int8 is an option, not a default.
 
 bf16 is refused with the reason: ONNX Runtime's CPU provider has no bf16 MatMul kernel (and ONNX's
 Conv has no bf16 type), and OpenVINO, which has bf16 on AVX512-BF16/AMX CPUs, cannot read the Scan the

@@ -87,6 +87,20 @@ def test_without_its_fp32_model_the_int8_model_runs_with_one_line(tiny_int8: dic
     assert len(err) == 1 and "is not beside it, so the int8 model runs" in err[0], err
 
 
+def test_the_export_stage_quantizes_once_and_keeps_the_file(tiny_export: dict, tiny_corpus: Path, tmp_path) -> None:
+    from effifusion.inference.export import remove_stale
+
+    fp32 = tmp_path / "pruned.onnx"
+    shutil.copy(tiny_export["onnx"], fp32)
+    report, how = quantize.export_precision({"onnx_file": str(fp32)}, "int8", tiny_corpus / "train", 16000)
+    assert how == "quantized" and report["onnx_file"] == str(tmp_path / "pruned.int8.onnx")
+    assert (tmp_path / "pruned.int8.export.json").is_file() and "train" in report["calibration"]
+    assert quantize.export_precision({"onnx_file": str(fp32)}, "int8", tiny_corpus / "train", 16000)[1] == "reused"
+    assert quantize.export_precision({"onnx_file": str(fp32)}, "fp32", tiny_corpus / "train", 16000) is None
+    (tmp_path / "old.onnx").write_bytes(b"x")
+    assert remove_stale(tmp_path, [{"onnx_file": str(fp32)}, report]) == ["old.onnx"]
+
+
 def test_feature_detection_and_file_names() -> None:
     assert precision.missing_feature("int8", frozenset({"avx512_vnni"})) is None
     assert precision.missing_feature("int8", frozenset({"avx2"})) == "VNNI (avx512_vnni or avx_vnni)"
@@ -114,14 +128,6 @@ def test_the_params_schema_has_export_precision() -> None:
     bad["export"]["precision"] = "fp16"
     with pytest.raises(ConfigError, match=r"export.precision: 'fp16' is not valid \(one of"):
         check_params(bad)
-
-
-def test_demo_calibration_is_noisy_speech_made_on_the_fly() -> None:
-    from effifusion.inference.pretrained import demo_calibration
-
-    audio = demo_calibration(16000, count=2)
-    assert len(audio) == 2 and all(2.0 * 16000 <= len(a) <= 3.0 * 16000 for a in audio)
-    assert all(a.dtype == np.float32 and 0.01 < float(np.sqrt(np.mean(a ** 2))) < 1 for a in audio)
 
 
 def test_bench_precision_row_times_int8_against_fp32(tiny_export: dict, monkeypatch) -> None:
