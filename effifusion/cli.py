@@ -116,12 +116,16 @@ def _bench(args: argparse.Namespace) -> None:
         if args.backend not in (None, "onnx"):
             raise ConfigError(f"--backend {args.backend} does not apply with --model {args.model} "
                               "(an exported .onnx runs in ONNX Runtime)")
+        if args.precision != "fp32":
+            raise ConfigError(f"--precision {args.precision} does not apply with --model {args.model} "
+                              "(the file's own precision is measured; see its card)")
         repeats = MODEL_REPEATS if args.repeats is None else args.repeats
         row = bench_exported(args.model, args.seconds, args.threads, repeats, progress=True)
     else:
         if args.repeats is not None:
             raise ConfigError("--repeats applies to --model only (a preset's bench times one run)")
-        row = run_bench(args.preset or "demo", args.seconds, args.backend or "onnx", args.threads)
+        row = run_bench(args.preset or "demo", args.seconds, args.backend or "onnx", args.threads,
+                        precision=args.precision)
     print(json.dumps(row) if args.json else describe(row))
 
 
@@ -142,7 +146,8 @@ def _pretrained(args: argparse.Namespace) -> None:
     # without --params: ./params.yaml in a clone, else (a wheel) the published checkpoints' built-in table
     path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     params = read_params(path) if path is not None else None
-    summary = install(args.name, args.out, params, source=args.source, progress=not args.quiet)
+    summary = install(args.name, args.out, params, source=args.source, progress=not args.quiet,
+                      precision=args.precision, calibration=args.calibration)
     print(json.dumps(summary, indent=2))
 
 
@@ -203,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local copy of the upstream file (or its folder) instead of downloading it")
     s.add_argument("--params", default=None, help="params file with pretrained.NAME.url / md5 (default: "
                                                   "./params.yaml if there is one, else the built-in table)")
+    s.add_argument("--precision", default="fp32", choices=("fp32", "int8", "bf16"),
+                   help="int8: also write NAME.int8.onnx beside NAME.onnx (docs/benchmarks.md: measured no faster "
+                        "than fp32 on this project's CPU; bf16 is refused, with the reason)")
+    s.add_argument("--calibration", default=None, metavar="DIR",
+                   help="noisy WAV files to calibrate int8 on (default: demo-corpus utterances made on the fly)")
     s.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
     s.set_defaults(func=_pretrained)
 
@@ -273,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default=None, metavar="onnx|pytorch",
                    help="ONNX Runtime on the exported model (default) or PyTorch eager on the checkpoint")
     s.add_argument("--threads", default="1", metavar="N", help="intra-op / torch threads (default 1)")
+    s.add_argument("--precision", default="fp32", metavar="fp32|int8|bf16",
+                   help="int8: also quantize the preset's export and time it against fp32, alternately (the row "
+                        "gains time_ratio_to_fp32); bf16 is refused with the reason")
     s.add_argument("--repeats", default=None, metavar="R",
                    help="--model only: timed runs after the warm-up, the RTF is their median (default 3)")
     s.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")

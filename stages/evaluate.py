@@ -30,7 +30,8 @@ def main() -> None:
     else:
         pruned = evaluate(params, variant="pruned", torch_model=pruned_model, onnx_model=paths["onnx"],
                           prepared_dir=paths["prepared"], unseen_dir=paths["unseen"], out_dir=out_dir,
-                          metrics_path=metrics_path, enhanced_dir=paths["enhanced"])
+                          metrics_path=metrics_path, enhanced_dir=paths["enhanced"],
+                          precision=params.export.precision)
     metrics = combine_variants(dense, pruned, params.prune)
     write_json(metrics_path, metrics)
     write_text(out_dir / "summary.md", variants_markdown(metrics))
@@ -39,6 +40,12 @@ def main() -> None:
         print(f"evaluate {v}: test PESQ {test['noisy']['pesq']:.2f} -> {test['pytorch']['pesq']:.2f} "
               f"(ONNX {test['onnx']['pesq']:.2f}), unseen PESQ {unseen['noisy']['pesq']:.2f} -> "
               f"{unseen['pytorch']['pesq']:.2f}")
+    reduced = metrics["pruned"].get("precision")
+    if reduced:
+        p = reduced["precision"]
+        print("evaluate pruned " + p + ": " + ", ".join(
+            f"{s} PESQ {reduced[s][p]['pesq']:.3f} ({reduced[s]['minus_fp32']['pesq']:+.4f} vs fp32 ONNX)"
+            for s in ("test", "unseen") if s in reduced))
 
 
 if __name__ == "__main__":

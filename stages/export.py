@@ -1,5 +1,8 @@
 """Stage `export`: models/{dense,pruned}/model.pt -> models/onnx/{dense,pruned}.onnx (parity-checked).
 
+With ``export.precision`` int8, the pruned export's int8 model goes beside it (pruned.int8.onnx, calibrated
+on data/prepared/train: inference/quantize.py); the evaluate stage scores it against fp32.
+
 The dense export is redone only when its weights, the export settings or the code change (its report
 records them), so a pruning sweep point exports only the pruned model. Each fresh export is logged to
 the MLflow run that trained its weights: dense to the train run, pruned to the prune run.
@@ -11,6 +14,7 @@ from effifusion.core.config import load_settings, run_stage, stage_paths
 from effifusion.core.files import write_json
 from effifusion.inference.export import VARIANTS, export_variant, log_to_mlflow, remove_stale
 from effifusion.inference.fusion_fit import ValidationLoader
+from effifusion.inference.quantize import export_precision
 from effifusion.models.registry import model_file
 from effifusion.tracking import runs as tracking
 
@@ -33,7 +37,16 @@ def main() -> None:
         print(f"export {variant} ({how}): {report['onnx_file']} {report['onnx_bytes']:,} bytes, "
               f"{report['params_nonzero']:,}/{report['params_total']:,} non-zero params, parity max |diff| "
               f"{report['onnx_parity_max_abs']:.2g}{seconds}")
-    stale = remove_stale(out_dir, list(reports.values()))
+    reduced = export_precision(reports["pruned"], params.export.precision, paths["prepared"] / "train",
+                               params.audio.sample_rate)
+    kept = list(reports.values())
+    if reduced is not None:
+        report, how = reduced
+        reports["pruned"]["precision"] = {**report, "how": how}
+        kept.append(report)
+        print(f"export pruned {params.export.precision} ({how}): {report['onnx_file']} {report['onnx_bytes']:,} "
+              f"bytes, {report['quantize_nodes']} QuantizeLinear nodes, calibrated on {report['calibration']}")
+    stale = remove_stale(out_dir, kept)
     if stale:
         print(f"export: removed stale files from {out_dir}: {', '.join(stale)}")
     write_json(paths["metrics"], reports)

@@ -186,6 +186,7 @@ class ExportConfig(Section):
     parity_lengths_s: tuple[float, ...]
     parity_tolerance: float
     sampler: dict[str, Any] = field(default_factory=dict)  # overrides of model.sampler ({} = as trained)
+    precision: str = "fp32"  # fp32 | int8 | bf16: a reduced-precision model written beside fp32 (inference/quantize.py)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def evaluate(
     variant: str = "pruned",
     track: bool = True,
     bench: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Enhance, score and report both sets with one variant's two models (its checkpoint and its ONNX
     export); return the metrics written to ``metrics_path``.
@@ -101,7 +102,9 @@ def evaluate(
     ``variant`` (dense | pruned) labels the result. ``bench`` measures the export's cost in a fresh process
     (effifusion bench --model: RTF, peak memory, MACs, non-zero parameters). ``track`` logs the metrics and
     the report files (under ``evaluation/``) into the MLflow run that wrote ``torch_model`` (found by the
-    checkpoint's md5: the train run for dense, the prune run for pruned). DataError names a missing
+    checkpoint's md5: the train run for dense, the prune run for pruned). ``precision`` (export.precision):
+    when not fp32, the reduced-precision export beside ``onnx_model`` (``pruned.int8.onnx``) is scored too,
+    against the fp32 export's scores (``metrics["precision"]``, ``score_precision``). DataError names a missing
     manifest or model and the stage that produces it; ConfigError a bad setting (``params`` may be the
     checked-and-typed Params or params.yaml's mapping, checked here).
     """
@@ -125,16 +128,28 @@ def evaluate(
     # PyTorch model takes the ONNX card's sampler, so both rows score the same sampler
     sampler = _exported_sampler(onnx_model)
     models = {"pytorch": (str(torch_model), device, sampler), "onnx": (str(onnx_model), "cpu", None)}
+    if precision != "fp32":  # the reduced-precision export beside the fp32 one, scored and timed beside it
+        from effifusion.runtime.precision import precision_file
+
+        reduced = precision_file(onnx_model, precision)
+        _require_file(reduced, f"{precision} ONNX model (export.precision: {precision})", "export")
+        models[precision] = (str(reduced), "cpu", None)
     rtf_signal = _rtf_signal(items[0]["noisy"], cfg.rtf_seconds, sr)
     t0 = time.perf_counter()
     clipped, rtf = enhance_all(items, models, enhanced_dir, workers, rtf_signal, sr)
     enhance_s = time.perf_counter() - t0
     rows = score_all(items, enhanced_dir, workers, clipped)
+    reduced_rows = score_all(items, enhanced_dir, workers, clipped, systems=(precision,)) if precision != "fp32" else []
     score_s = time.perf_counter() - t0 - enhance_s
 
     metrics = {"protocol": PROTOCOL, "conventions": dict(CONVENTIONS_NOTE), **summarize_scores(rows)}
+    if precision != "fp32":
+        metrics["precision"] = {"precision": precision, "onnx": models[precision][0],
+                                **score_precision(rows, reduced_rows, precision)}
     shown = device if device == "cpu" else f"{device} (ONNX: cpu)"
     metrics["rtf"] = {**rtf, "input_seconds": cfg.rtf_seconds, "threads": 1, "device": shown}
+    if precision != "fp32":  # measured in the same worker pool as the fp32 export, one after the other
+        metrics["rtf"][f"{precision}_over_onnx"] = round(rtf[precision] / rtf["onnx"], 4)
     metrics["model"] = _model_summary(torch_model, onnx_model)
     metrics["variant"] = variant
     if bench:
@@ -247,7 +262,7 @@ def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str, d
     Returns ({enhanced WAV path: clipped sample count}, {system: real-time factor}).
     """
     jobs = []
-    for system in ENHANCED_SYSTEMS:
+    for system in models:
         for set_name in SETS:
             # no stale files from older runs
             shutil.rmtree(enhanced_dir / system / set_name, ignore_errors=True)
@@ -258,19 +273,19 @@ def enhance_all(items: list[dict[str, Any]], models: dict[str, tuple[str, str, d
         done = list(tqdm(pool.map(_enhance_file, jobs, chunksize=chunk), total=len(jobs), desc="enhance",
                          unit="file", dynamic_ncols=True))
         # the pool is idle now: each measurement runs alone on one core, one thread
-        rtf = {s: pool.submit(_measure_rtf, s, rtf_signal, sr).result() for s in ENHANCED_SYSTEMS}
+        rtf = {s: pool.submit(_measure_rtf, s, rtf_signal, sr).result() for s in models}
     return {job[2]: r["clipped_samples"] for job, r in zip(jobs, done)}, rtf
 
 
 def score_all(items: list[dict[str, Any]], enhanced_dir: Path, workers: int,
-              clipped: dict[str, int]) -> list[dict[str, Any]]:
-    """Per-utterance rows {set, system, utt, noise, snr_db, metrics, clipped_samples} for every system.
+              clipped: dict[str, int], systems: tuple[str, ...] = SYSTEMS) -> list[dict[str, Any]]:
+    """Per-utterance rows {set, system, utt, noise, snr_db, metrics, clipped_samples} for each of ``systems``.
 
     The metrics are METRICS (composites in the MATLAB convention) and PUBLISHED_METRICS, from one pass.
     """
     pairs, keys = [], []
     for it in items:
-        for system in SYSTEMS:
+        for system in systems:
             path = it["noisy"] if system == "noisy" else enhanced_path(enhanced_dir, system, it)
             pairs.append((f"{it['set']}/{system}/{it['utt']}", it["clean"], path, it["noisy"]))
             keys.append((it, system, path))
@@ -319,6 +334,25 @@ def summarize_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "onnx_minus_pytorch": {**{m: float(np.mean(diff[m])) for m in metric_keys},
                                    "pesq_max_abs": float(np.max(np.abs(diff["pesq"])))},
         }
+    return out
+
+
+def score_precision(rows: list[dict[str, Any]], reduced_rows: list[dict[str, Any]], precision: str
+                    ) -> dict[str, Any]:
+    """Per set: the reduced-precision export's mean metrics and its difference from the fp32 export's
+    (``minus_fp32``: means of per-utterance differences, plus the largest per-utterance |ΔPESQ|)."""
+    out: dict[str, Any] = {}
+    metric_keys = _metrics_in(rows)
+    for set_name in SETS:
+        fp32 = {r["utt"]: r for r in rows if r["set"] == set_name and r["system"] == "onnx"}
+        reduced = sorted((r for r in reduced_rows if r["set"] == set_name and r["system"] == precision),
+                         key=lambda r: r["utt"])
+        if not reduced:
+            continue
+        diff = {m: [r[m] - fp32[r["utt"]][m] for r in reduced] for m in metric_keys}
+        out[set_name] = {"n": len(reduced), precision: {m: _mean(reduced, m) for m in metric_keys},
+                         "minus_fp32": {**{m: float(np.mean(diff[m])) for m in metric_keys},
+                                        "pesq_max_abs": float(np.max(np.abs(diff["pesq"])))}}
     return out
 
 
@@ -448,6 +482,12 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         d = res["onnx_minus_pytorch"]
         lines += [f"ONNX − PyTorch: mean ΔPESQ {d['pesq']:+.4f}, largest per-file |ΔPESQ| "
                   f"{d['pesq_max_abs']:.4f}, mean ΔSTOI {d['stoi']:+.5f}.", ""]
+    reduced = metrics.get("precision") or {}
+    for set_name in SETS:
+        if set_name in reduced:
+            p, d = reduced["precision"], reduced[set_name]["minus_fp32"]
+            lines += [f"{p} ONNX − fp32 ONNX ({set_name}, `{reduced['onnx']}`): mean ΔPESQ {d['pesq']:+.4f}, "
+                      f"largest per-file |ΔPESQ| {d['pesq_max_abs']:.4f}, mean ΔSTOI {d['stoi']:+.5f}.", ""]
     rtf = metrics.get("rtf")
     if not rtf:
         lines += ["Speed (real-time factors of both models) is in metrics/evaluate.json and the MLflow run "
@@ -543,6 +583,17 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         flat.update(in_section(set_name, row))
     if "rtf" in metrics:
         flat.update(in_section(RTF, {"torch": metrics["rtf"]["pytorch"], "onnx": metrics["rtf"]["onnx"]}))
+    reduced = metrics.get("precision") or {}
+    if reduced:  # the reduced-precision export: test/int8_pesq, test/int8_minus_onnx_pesq, ..., rtf/onnx_int8
+        p = reduced["precision"]
+        for set_name in SETS:
+            if set_name in reduced:
+                res = reduced[set_name]
+                flat.update(in_section(set_name, {
+                    **{f"{p}_{m}": v for m, v in res[p].items()},
+                    **{f"{p}_minus_onnx_{m}": v for m, v in res["minus_fp32"].items()}}))
+        if p in metrics.get("rtf", {}):
+            flat.update(in_section(RTF, {f"onnx_{p}": metrics["rtf"][p]}))
     bench = metrics.get("bench") or {}
     flat.update(in_section(BENCH, {k: bench[k] for k in BENCH_LOGGED
                                    if isinstance(bench.get(k), (int, float)) and not isinstance(bench[k], bool)}))

@@ -279,11 +279,18 @@ def pieces_macs(model: Any, pieces: list[int]) -> list[dict[str, int]]:
 
 
 def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
-              progress: bool = True) -> dict[str, Any]:
-    """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure."""
+              progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
+    """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure.
+    ``precision`` other than fp32: inference/quantize.py's bench_precision (fp32 and it, alternately)."""
     from effifusion.core.config import load_settings, preset_path
 
     secs, backend, n_threads = check_args(seconds, backend, threads)
+    if precision != "fp32":
+        from effifusion.inference.quantize import check_precision
+
+        check_precision(precision)
+        if backend != "onnx":
+            raise ConfigError(f"--precision {precision}: applies to --backend onnx only")
     path = preset_path(preset)  # unknown preset, bad model settings: one line before any work
     from effifusion.models.registry import check_model_config  # imports torch: after the quick checks
 
@@ -296,6 +303,10 @@ def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
             what = "building and exporting to ONNX" if backend == "onnx" else "building"
             print(f"effifusion bench: {what} the {preset} model (not timed) ...", file=sys.stderr, flush=True)
         prepared = prepare(Path(tmp), preset, (backend,))
+        if precision != "fp32":
+            from effifusion.inference.quantize import bench_precision
+
+            return bench_precision(prepared, precision, secs, n_threads, measure, progress)
         if progress:
             print(f"effifusion bench: measuring {secs:g} s, {backend}, {n_threads} thread(s) ...",
                   file=sys.stderr, flush=True)
@@ -474,6 +485,8 @@ def describe(row: dict[str, Any]) -> str:
            f"({row['compute_s'] / row['network_evaluations']:.3f} s each)"]
           if row.get("network_evaluations", 1) > 1 else []),
         macs,
+        *([f"precision   {row['precision']}: {row['time_ratio_to_fp32']:.3f} x fp32's time (fp32 "
+           f"{row['fp32_compute_s']:.3f} s, the same sitting)"] if "time_ratio_to_fp32" in row else []),
         f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "
         "loaded, before the run)",
         f"platform    Python {p['python']}, onnxruntime {p['onnxruntime']}, torch {p['torch']}; {p['cpu']}",

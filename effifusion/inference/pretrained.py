@@ -10,13 +10,18 @@ same values as presets/base.yaml (a test keeps them equal). DIR receives:
 - ``<name>.pt``: the checkpoint (this project's format; ``extra`` names the source and its md5);
 - ``<name>.onnx``: the export, checked against the checkpoint (parity per ``export`` settings);
 - ``LICENSE``: the upstream licence notice, which must travel with the weights;
-- the upstream file itself (kept so a rerun needs no download).
+- the upstream file itself (kept so a rerun needs no download);
+- with ``--precision int8``: ``<name>.int8.onnx`` beside ``<name>.onnx`` (inference/quantize.py), calibrated
+  on ``--calibration DIR`` (its WAV files, or those of its ``noisy/``) or by default on a few noisy
+  utterances of the built-in demo corpus made on the fly: never the audio it is scored on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from effifusion.core.errors import ConfigError
 from effifusion.core.files import atomic_path, check_writable_dir, write_json
@@ -43,6 +48,26 @@ PARITY_LENGTHS_S = (0.5, 3.0)
 PARITY_TOLERANCE = 2e-4
 
 
+def demo_calibration(sample_rate: int, count: int | None = None, seed: int = 1234) -> list[np.ndarray]:
+    """``count`` noisy utterances of the built-in demo corpus, made on the fly at ``sample_rate`` (training
+    speakers and noises, 2-3 s, SNRs 0-15 dB): calibration audio that is never a scored set."""
+    from effifusion.data import demo_corpus as demo
+    from effifusion.data.mixing import item_seed
+    from effifusion.inference.quantize import CALIBRATION_UTTERANCES
+
+    count = count or CALIBRATION_UTTERANCES
+    talkers = demo.make_talkers(sample_rate, np.random.default_rng(item_seed(seed, "talkers", sample_rate)))
+    out = []
+    for i in range(count):
+        spk_name = ("p226", "p239", "p244", "p254", "p270", "p287")[i % 6]
+        spk = demo.make_speaker(np.random.default_rng(item_seed(seed, "speaker", spk_name)))
+        noise = demo.TRAIN_NOISES[i % len(demo.TRAIN_NOISES)]
+        snr = demo.TRAIN_SNRS[i % len(demo.TRAIN_SNRS)]
+        _, noisy = demo._make_pair(f"{spk_name}_cal{i:03d}", spk, noise, snr, sample_rate, 2.0, 3.0, seed, talkers)
+        out.append(noisy.astype(np.float32))
+    return out
+
+
 def upstream_file(name: str, cfg: PublishedCheckpoint, out_dir: Path, source: str | None,
                   progress: bool = True) -> Path:
     """The verified upstream file: from ``source`` (file or folder) or downloaded into ``out_dir``."""
@@ -66,8 +91,10 @@ def upstream_file(name: str, cfg: PublishedCheckpoint, out_dir: Path, source: st
 
 
 def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, source: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, precision: str = "fp32", calibration: str | None = None) -> dict[str, Any]:
     """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report.
+    ``precision`` int8 also writes ``<name>.int8.onnx``, calibrated on ``calibration`` (a folder of WAV
+    files) or, without one, on demo-corpus utterances made on the fly.
 
     ``params``: params.yaml's mapping (its ``pretrained``, ``export`` and ``audio`` sections), or None for
     the built-in ``PUBLISHED`` table and the default export settings."""
@@ -75,11 +102,16 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
 
     from effifusion.core.settings import AudioConfig, ExportConfig, PretrainedConfig, parse_section
     from effifusion.inference.export import export_onnx
+    from effifusion.inference.quantize import calibration_from_dir, check_precision, write_precision
     from effifusion.models.registry import save_checkpoint
+
+    check_precision(precision)  # bf16, an unknown name: one line before any download
+    if calibration is not None and not Path(calibration).is_dir():
+        raise ConfigError(f"--calibration {calibration}: not a folder (WAV files of noisy speech to calibrate on)")
 
     if params is None:
         export = {"opset": DEFAULT_OPSET, "parity_lengths_s": list(PARITY_LENGTHS_S),
-                  "parity_tolerance": PARITY_TOLERANCE}
+                  "parity_tolerance": PARITY_TOLERANCE, "sampler": {}, "precision": "fp32"}
         params = {"pretrained": PUBLISHED, "export": export}
     if name not in PRETRAINED:
         raise ConfigError(f"pretrained model {name!r} is not known (known: {', '.join(PRETRAINED)})")
@@ -103,5 +135,13 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
                "params_total": report["params_total"], "parity_max_abs": report["onnx_parity_max_abs"],
                **({"polar_rounding_max_abs": report["polar_rounding_max_abs"]}
                   if "polar_rounding_max_abs" in report else {})}
+    if precision != "fp32":
+        sr = model.sample_rate
+        reduced = write_precision(
+            out / f"{name}.onnx", precision,
+            (lambda: calibration_from_dir(calibration, sr)) if calibration else (lambda: demo_calibration(sr)),
+            calibration_source=calibration or "demo corpus utterances made on the fly (demo_calibration)")
+        summary[f"{precision}_onnx"] = reduced["onnx_file"]
+        summary[f"{precision}_calibration"] = reduced["calibration"]
     write_json(out / f"{name}.json", summary)
     return summary

@@ -136,6 +136,13 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
                           f"use a model checkpoint .pt for {device}")
     session = onnx_session(path, threads)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("precision", "fp32") != "fp32":  # an int8 export on a CPU without VNNI: its fp32 model instead
+        from effifusion.runtime.precision import fallback
+
+        fp32 = fallback(path, meta)
+        if fp32 is not None:
+            path, session = fp32, onnx_session(fp32, threads)
+            meta = session.get_modelmeta().custom_metadata_map
     if meta.get("runtime") == "diffusion":  # the network alone: the sampler runs around it (diffusion/)
         from effifusion.runtime.diffusion_runtime import diffusion_run_batch
 

@@ -113,6 +113,7 @@ def test_settings_are_frozen_and_built_in_code_give_their_dict():
     export = ExportConfig(opset=18, parity_lengths_s=(0.5, 1.0), parity_tolerance=1e-4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         export.opset = 19  # type: ignore[misc]
-    assert export.to_dict() == {"opset": 18, "parity_lengths_s": [0.5, 1.0], "parity_tolerance": 1e-4, "sampler": {}}
+    assert export.to_dict() == {"opset": 18, "parity_lengths_s": [0.5, 1.0], "parity_tolerance": 1e-4, "sampler": {},
+                                "precision": "fp32"}
     changed = dataclasses.replace(parse_params(copy.deepcopy(PARAMS)).export, opset=19)
     assert changed.to_dict()["opset"] == 19  # a changed copy no longer claims the file's values

@@ -23,8 +23,9 @@ from effifusion.core.errors import ConfigError, DataError
 from effifusion.core.settings import parse_params
 from effifusion.data.mixing import snr_tag
 from effifusion.evaluation import evaluate as ev
+from effifusion.inference.quantize import quantize_int8
 from effifusion.metrics.quality import METRICS, score_pair
-from helpers import ROOT, fixtures_or_skip
+from helpers import ROOT, fixtures_or_skip, synthetic_speech
 
 TEST_UTTS = ["p232_052", "p232_170", "p257_054", "p257_143"]  # the four shortest fixture pairs (2.1-2.5 s)
 UNSEEN = [("p257_143", "NPARK", 10.0), ("p232_170", "NPARK", 0.0), ("p232_052", "OHALLWAY", 10.0),
@@ -127,7 +128,9 @@ def evaluated(tmp_path_factory, tiny_pruned_export):
         with tracking.start_run("prune", world["params"]) as run:
             mlflow.log_metric("val/pesq", 1.0)
             tracking.tag_model(world["torch_model"])
-        metrics = ev.evaluate(world["params"], **_kwargs(world, root))
+        # export.precision int8: pruned.int8.onnx beside pruned.onnx, scored against it
+        quantize_int8(world["onnx_model"], calibration=[synthetic_speech(2.0, seed) for seed in (1, 2)])
+        metrics = ev.evaluate(world["params"], **_kwargs(world, root), precision="int8")
     return {**world, "root": root, "metrics": metrics, "run_id": run.info.run_id,
             "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
 
@@ -179,6 +182,20 @@ def test_metrics_json_structure(evaluated) -> None:
     assert metrics["model"]["params_total"] >= metrics["model"]["params_nonzero"] > 0
     assert metrics["model"]["gmac_per_second"] > 0
     assert metrics == json.loads(json.dumps(evaluated["metrics"]))  # the returned dict is what was written
+
+
+def test_the_int8_export_is_scored_against_fp32(evaluated) -> None:
+    reduced, rows = evaluated["metrics"]["precision"], evaluated["metrics"]
+    assert reduced["precision"] == "int8" and reduced["onnx"].endswith("pruned.int8.onnx")
+    for set_name in ("test", "unseen"):
+        res = reduced[set_name]
+        assert res["n"] == 4 and set(METRICS) <= set(res["int8"]) and set(METRICS) <= set(res["minus_fp32"])
+        assert res["minus_fp32"]["pesq"] == pytest.approx(res["int8"]["pesq"] - rows[set_name]["onnx"]["pesq"])
+        assert abs(res["minus_fp32"]["pesq"]) <= res["minus_fp32"]["pesq_max_abs"] <= 0.1  # tiny model, 4 files
+    assert rows["rtf"]["int8"] > 0 and rows["rtf"]["int8_over_onnx"] == pytest.approx(
+        rows["rtf"]["int8"] / rows["rtf"]["onnx"], rel=1e-3)
+    summary = (evaluated["root"] / "reports" / "evaluate" / "summary_pruned.md").read_text()
+    assert "int8 ONNX − fp32 ONNX (test" in summary
 
 
 def test_noisy_metrics_equal_score_pair(evaluated) -> None:
@@ -287,6 +304,9 @@ def test_mlflow_run_got_metrics_and_artifacts(evaluated) -> None:
     assert logged["test/csig_published"] == pytest.approx(m["test"]["pytorch"]["csig_published"])
     assert logged["unseen/noisy_covl_published"] == pytest.approx(m["unseen"]["noisy"]["covl_published"])
     assert logged["rtf/onnx"] == pytest.approx(m["rtf"]["onnx"])
+    assert logged["test/int8_minus_onnx_pesq"] == pytest.approx(m["precision"]["test"]["minus_fp32"]["pesq"])
+    assert logged["unseen/int8_pesq"] == pytest.approx(m["precision"]["unseen"]["int8"]["pesq"])
+    assert logged["rtf/onnx_int8"] == pytest.approx(m["rtf"]["int8"])
     assert {k.split("/")[0] for k in logged} == {"val", "test", "unseen", "rtf", "bench"}  # each in a section
     bench = m["bench"]  # the export's cost, measured in a fresh process (effifusion bench --model)
     assert logged["bench/rtf"] == pytest.approx(bench["rtf"]) and bench["rtf"] > 0

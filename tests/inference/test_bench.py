@@ -228,6 +228,7 @@ def test_card_gmacs_prefers_the_card_and_refuses_a_config_that_is_not_the_file(t
     (["--backend", "pytorch"], "--backend pytorch does not apply with --model "),
     (["--repeats", "0"], "--repeats 0: must be at least 1"),
     (["--seconds", "0"], "--seconds 0: must be a positive number"),
+    (["--precision", "int8"], "--precision int8 does not apply with --model "),
 ])
 def test_options_that_do_not_apply_to_a_file_are_one_line(tiny_export: dict, args: list[str], message: str,
                                                           capsys: pytest.CaptureFixture) -> None:
@@ -236,6 +237,17 @@ def test_options_that_do_not_apply_to_a_file_are_one_line(tiny_export: dict, arg
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("effifusion bench: error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "bf16"], "bf16 is not available: ONNX Runtime's CPU provider has no bf16 MatMul kernel"),
+    (["--precision", "int8", "--backend", "pytorch"], "--precision int8: applies to --backend onnx only"),
+])
+def test_a_precision_that_cannot_be_benched_is_one_line(args: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--preset", "demo", *args, "--json"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 def test_repeats_without_a_model_is_one_line(capsys: pytest.CaptureFixture) -> None:
