@@ -120,12 +120,12 @@ def _bench(args: argparse.Namespace) -> None:
             raise ConfigError(f"--precision {args.precision} does not apply with --model {args.model} "
                               "(the file's own precision is measured; see its card)")
         repeats = MODEL_REPEATS if args.repeats is None else args.repeats
-        row = bench_exported(args.model, args.seconds, args.threads, repeats, progress=True)
+        row = bench_exported(args.model, args.seconds, args.threads, repeats, progress=True, profile=args.profile)
     else:
         if args.repeats is not None:
             raise ConfigError("--repeats applies to --model only (a preset's bench times one run)")
         row = run_bench(args.preset or "demo", args.seconds, args.backend or "onnx", args.threads,
-                        precision=args.precision)
+                        precision=args.precision, profile=args.profile)
     print(json.dumps(row) if args.json else describe(row))
 
 
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gains time_ratio_to_fp32); bf16 is refused with the reason")
     s.add_argument("--repeats", default=None, metavar="R",
                    help="--model only: timed runs after the warm-up, the RTF is their median (default 3)")
+    s.add_argument("--profile", action="store_true",
+                   help="run ONNX Runtime's profiler during the timed run and list the operators by time "
+                        "(row: profile_top)")
     s.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")
     s.set_defaults(func=_bench)
 

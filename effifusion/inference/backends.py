@@ -17,19 +17,20 @@ from effifusion.runtime.enhancer import PIPELINE_EXTRA, Enhancer, check_model_fi
 
 
 def load_enhancer(model_path: str | Path, device: str = "cpu", threads: int | None = None,
-                  sampler: dict[str, Any] | None = None) -> Enhancer:
+                  sampler: dict[str, Any] | None = None, profile: str | None = None) -> Enhancer:
     """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU) or a model checkpoint ``.pt`` (PyTorch).
 
     ``threads`` sets ONNX Runtime's intra-op threads, or torch.set_num_threads for checkpoints
     (process-wide). ``sampler`` overrides a diffusion model's sampler settings key by key (steps,
     mode, seed, ...; diffusion/sampler.py); a model without a sampler refuses it. A missing or
     unreadable model (random bytes, text, a .pt that is no checkpoint, an ONNX graph that is no
-    effifusion export) is a ConfigError naming the file and the problem.
+    effifusion export) is a ConfigError naming the file and the problem. ``profile`` (a file prefix): run
+    ONNX Runtime's profiler on an ``.onnx`` (``enhancer.session.end_profiling()``); checkpoints ignore it.
     """
     path = check_model_file(Path(model_path))
     if path.suffix.lower() in (".pt", ".pth"):
         return _torch_enhancer(path, device, threads, sampler)
-    return load_onnx(path, device, threads, sampler)
+    return load_onnx(path, device, threads, sampler, profile)
 
 
 def _torch_enhancer(path: Path, device: str, threads: int | None, sampler: dict[str, Any] | None = None

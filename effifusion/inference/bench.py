@@ -39,8 +39,19 @@ Output (``--json``: one JSON object on the last line of stdout)::
      "network_evaluations": 1,     # network runs per piece summed (a diffusion sampler: 1 to ~60 per piece)
      "chunked": false,             # whether the input was run in several pieces
      "piece_s": 2.0,               # longest piece run, in seconds (the whole input when not chunked)
+     "gemm_gflops": 91.2,          # this CPU's fp32 matrix-multiply rate on these threads, GFLOP/s: the
+                                   # reference (runtime/cost.py gemm_gflops: numpy matmul of 2048² float32,
+                                   # best of 3 products before the model is loaded and 3 after the run)
+     "gemm_source": "numpy 2.4.6 matmul (scipy-openblas 0.3.31), float32 2048x2048",
+     "gflops_achieved": 40.4,      # 2 * gmac_total / compute_s: the FLOP rate the model reached
+     "efficiency": 0.443,          # gflops_achieved / gemm_gflops: the share of this CPU's GEMM rate
+     "profile_top": null,          # --profile (onnx only): ONNX Runtime's operators by time, longest first:
+                                   # [{"op": "MatMul", "nodes": 48, "ms": 812.3 (per timed run),
+                                   #   "share": 0.31 (of the summed node time), "gflops": 57.0 (MatMul, Gemm,
+                                   #   Conv, MultiHeadAttention; else null)}, ...] (runtime/cost.py profile_top)
      "platform": {"python": "3.12.3", "onnxruntime": "1.22.0", "torch": "2.11.0",
-                  "cpu": "<model name>, N cores available"}}
+                  "cpu": "<model name>, N cores available",
+                  "cpu_features": ["avx2", "fma", "avx512f", ...]}}  # vector extensions (/proc/cpuinfo)
 
 Errors the user can fix (unknown preset, ``seconds`` <= 0, ``threads`` < 1, unknown backend) are
 ConfigErrors (one line, exit 2); a measuring process that dies (killed for lack of memory, say) is
@@ -57,8 +68,9 @@ and where the MACs came from: ``macs_source`` "card" (the card's ``gmac_per_seco
 for 1 s of audio, times the audio run), "config" (the architecture in the card's ``config`` rebuilt with
 PyTorch and counted at this length, when its parameter count matches the card's: a channel-pruned file
 whose config no longer describes its shapes does not) or null, with ``macs_note`` saying which and why;
-the three ``gmac_*`` values are null when it is null. ``params_total`` / ``params_nonzero`` are the
-card's (null if it lacks them); ``network_evaluations`` comes from the card's sampler settings.
+the three ``gmac_*`` values, ``gflops_achieved`` and ``efficiency`` are null when it is null.
+``params_total`` / ``params_nonzero`` are the card's (null if it lacks them); ``network_evaluations``
+comes from the card's sampler settings. ``--profile`` works here too (``profile_top`` over the timed runs).
 """
 
 from __future__ import annotations
@@ -90,6 +102,7 @@ SIGNAL_SEED = 3
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 MIB = 2**20
 MODEL_REPEATS = 3  # --model: timed runs after the warm-up; the row's compute_s is their median
+PROFILE_TOP = 10  # --profile: operators listed
 
 
 class BenchError(EffiFusionError):
@@ -166,7 +179,7 @@ def prepare(out_dir: Path, preset: str, backends: tuple[str, ...] = ("onnx", "py
 
 
 def child_command(model_file: Path, backend: str, seconds: float, threads: int, chunk_s: float | None = None,
-                  overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S
+                  overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S, profile: bool = False
                   ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the measuring process: this interpreter, this effifusion, N threads."""
     package_root = str(Path(__file__).resolve().parents[2])
@@ -177,6 +190,8 @@ def child_command(model_file: Path, backend: str, seconds: float, threads: int, 
            "--repeats", str(repeats), "--warmup-s", repr(warmup_s), "--overlap-s", repr(overlap_s)]
     if chunk_s is not None:
         cmd += ["--chunk-s", repr(chunk_s)]
+    if profile:
+        cmd += ["--profile"]
     return cmd, env
 
 
@@ -208,8 +223,11 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, An
         raise BenchError("the measuring process printed no result") from None
 
 
-def platform_info() -> dict[str, str]:
-    """Python, onnxruntime and torch versions, and the CPU (model name, cores available)."""
+def platform_info() -> dict[str, Any]:
+    """Python, onnxruntime and torch versions, the CPU (model name, cores available) and its vector
+    features (runtime/cost.py CPU_FEATURES: AVX2 ... AMX; [] where /proc/cpuinfo cannot say)."""
+    from effifusion.runtime.cost import cpu_features
+
     def version(dist: str) -> str:
         try:
             return metadata.version(dist)
@@ -225,22 +243,37 @@ def platform_info() -> dict[str, str]:
     cpu = cpu or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"python": platform.python_version(), "onnxruntime": version("onnxruntime"),
-            "torch": version("torch").split("+")[0], "cpu": f"{cpu}, {cores} cores available"}
+            "torch": version("torch").split("+")[0], "cpu": f"{cpu}, {cores} cores available",
+            "cpu_features": cpu_features()}
+
+
+def cost_fields(gmacs: float | None, compute_s: float, child_row: dict[str, Any]) -> dict[str, Any]:
+    """The cost model's part of a row: the CPU's GEMM rate measured by the child, the FLOP rate the model
+    reached (2 FLOPs per MAC) and their ratio; the profile's top operators when it was profiled."""
+    gemm = child_row["gemm_gflops"]
+    achieved = None if gmacs is None else 2.0 * gmacs / compute_s
+    return {"gemm_gflops": round(gemm, 2), "gemm_source": child_row["gemm_source"],
+            "gflops_achieved": None if achieved is None else round(achieved, 3),
+            "efficiency": None if achieved is None else round(achieved / gemm, 4),
+            "profile_top": child_row.get("profile_top")}
 
 
 def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chunk_s: float | None = None,
-            overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S) -> dict[str, Any]:
+            overlap_s: float = 1.0, repeats: int = 1, warmup_s: float = WARMUP_S, profile: bool = False
+            ) -> dict[str, Any]:
     """One measurement in a fresh child process, as the row documented above.
 
     ``chunk_s``: inputs longer than it go through ``Enhancer.enhance_long`` (chunks overlapping by
-    ``overlap_s``); ``repeats``: timed runs, the fastest is kept. The command uses neither.
+    ``overlap_s``); ``repeats``: timed runs, the fastest is kept. The command uses neither. ``profile``:
+    ONNX Runtime's profiler runs during the timed runs (``profile_top``; onnx only).
     """
     from effifusion.models.cost import parameter_counts
 
     model_file = prepared.onnx if backend == "onnx" else prepared.checkpoint
     if model_file is None:
         raise ValueError(f"no {backend} model was prepared")
-    cmd, env = child_command(model_file, backend, seconds, threads, chunk_s, overlap_s, repeats, warmup_s)
+    cmd, env = child_command(model_file, backend, seconds, threads, chunk_s, overlap_s, repeats, warmup_s,
+                             profile)
     child = run_child(cmd, env)
     model = prepared.model
     sr = model.sample_rate
@@ -266,6 +299,7 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
         "network_evaluations": evaluations,
         "chunked": child["chunked"],
         "piece_s": round(child["piece_s"], 4),
+        **cost_fields(macs / 1e9, compute_s, child),
         "platform": platform_info(),
     }
 
@@ -279,12 +313,14 @@ def pieces_macs(model: Any, pieces: list[int]) -> list[dict[str, int]]:
 
 
 def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
-              progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
+              progress: bool = True, precision: str = "fp32", profile: bool = False) -> dict[str, Any]:
     """`effifusion bench`: check the arguments, prepare the model in a temporary folder, measure.
-    ``precision`` other than fp32: inference/quantize.py's bench_precision (fp32 and it, alternately)."""
+    ``precision`` other than fp32: inference/quantize.py's bench_precision (fp32 and it, alternately).
+    ``profile``: ONNX Runtime's profiler during the timed run (``profile_top``)."""
     from effifusion.core.config import load_settings, preset_path
 
     secs, backend, n_threads = check_args(seconds, backend, threads)
+    check_profile(profile, backend)
     if precision != "fp32":
         from effifusion.inference.quantize import check_precision
 
@@ -310,7 +346,13 @@ def run_bench(preset: str, seconds: Any, backend: str, threads: Any,
         if progress:
             print(f"effifusion bench: measuring {secs:g} s, {backend}, {n_threads} thread(s) ...",
                   file=sys.stderr, flush=True)
-        return measure(prepared, backend, secs, n_threads)
+        return measure(prepared, backend, secs, n_threads, profile=profile)
+
+
+def check_profile(profile: bool, backend: str) -> None:
+    if profile and backend != "onnx":
+        raise ConfigError(f"--profile: ONNX Runtime's profiler, which the {backend} backend does not run "
+                          "(use --backend onnx)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +449,7 @@ def file_bytes(path: Path, card: dict[str, Any]) -> int:
 
 
 def bench_exported(path: str | os.PathLike, seconds: Any = 2.0, threads: Any = 1,
-                   repeats: Any = MODEL_REPEATS, progress: bool = False) -> dict[str, Any]:
+                   repeats: Any = MODEL_REPEATS, progress: bool = False, profile: bool = False) -> dict[str, Any]:
     """What one inference of the export at ``path`` costs: the row of `effifusion bench --model` (see
     the module docstring). It is measured in a fresh process, so the peak memory is the model's own,
     not the caller's (the evaluate stage holds PyTorch and data). ConfigError for a bad argument or a
@@ -419,7 +461,7 @@ def bench_exported(path: str | os.PathLike, seconds: Any = 2.0, threads: Any = 1
     if progress:
         print(f"effifusion bench: measuring {path}: {secs:g} s, {n_threads} thread(s), "
               f"{n_repeats} run(s) ...", file=sys.stderr, flush=True)
-    cmd, env = child_command(path, "onnx", secs, n_threads, repeats=n_repeats)
+    cmd, env = child_command(path, "onnx", secs, n_threads, repeats=n_repeats, profile=profile)
     child = run_child(cmd, env)
     card, pieces, sr = child["card"], child["pieces"], child["sample_rate"]
     gmacs, source, note = card_gmacs(card, pieces, sr)
@@ -452,6 +494,7 @@ def bench_exported(path: str | os.PathLike, seconds: Any = 2.0, threads: Any = 1
         "network_evaluations": card_evaluations(card) * len(pieces),
         "chunked": child["chunked"],
         "piece_s": round(child["piece_s"], 4),
+        **cost_fields(gmacs, compute_s, child),
         "platform": platform_info(),
     }
 
@@ -487,10 +530,34 @@ def describe(row: dict[str, Any]) -> str:
         macs,
         *([f"precision   {row['precision']}: {row['time_ratio_to_fp32']:.3f} x fp32's time (fp32 "
            f"{row['fp32_compute_s']:.3f} s, the same sitting)"] if "time_ratio_to_fp32" in row else []),
+        efficiency_line(row),
         f"memory      peak RSS {row['peak_rss_mib']:.0f} MiB ({row['baseline_rss_mib']:.0f} MiB with the model "
         "loaded, before the run)",
-        f"platform    Python {p['python']}, onnxruntime {p['onnxruntime']}, torch {p['torch']}; {p['cpu']}",
+        f"platform    Python {p['python']}, onnxruntime {p['onnxruntime']}, torch {p['torch']}; {p['cpu']}; "
+        f"{', '.join(p['cpu_features']) or 'no vector features listed'}",
+        *profile_lines(row.get("profile_top")),
     ])
+
+
+def efficiency_line(row: dict[str, Any]) -> str:
+    gemm = (f"{row['gemm_gflops']:.1f} GFLOP/s, this CPU's fp32 GEMM rate on {row['threads']} thread(s)\n"
+            f"            ({row['gemm_source']})")
+    if row["efficiency"] is None:
+        return f"efficiency  unknown (no MAC count); {gemm}"
+    return (f"efficiency  {100 * row['efficiency']:.1f} %: {row['gflops_achieved']:.1f} GFLOP/s achieved (2 FLOPs "
+            f"per MAC) of {gemm}")
+
+
+def profile_lines(top: list[dict[str, Any]] | None) -> list[str]:
+    """The profile's operators as aligned lines (op type, nodes, ms per run, share, GFLOP/s)."""
+    if not top:
+        return []
+    lines = ["profile     ONNX Runtime's operators by time (per timed run):",
+             f"            {'operator':<24} {'nodes':>6} {'ms':>10} {'share':>7} {'GFLOP/s':>8}"]
+    for r in top:
+        rate = "" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        lines.append(f"            {r['op']:<24} {r['nodes']:>6} {r['ms']:>10.1f} {100 * r['share']:>6.1f}% {rate:>8}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,13 +600,29 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model, warm up, time ``enhance`` (or ``enhance_long`` above ``chunk_s``)."""
     from effifusion.dsp.signals import parity_signal  # torch-free: an ONNX measurement holds no torch
     from effifusion.inference.backends import load_enhancer
+    from effifusion.runtime.cost import GEMM_REPEATS, gemm_gflops, gemm_source, profile_top
     from effifusion.runtime.processing import MAX_PIECE_S
 
     if args.backend == "pytorch":
         import torch
 
         torch.set_num_interop_threads(1)
-    enhancer = load_enhancer(args.model, threads=args.threads)
+    # the CPU's GEMM rate, before the model is loaded (so its matrices do not raise the run's peak) and
+    # again after the run: the best of both, against noise from other work on the machine
+    gemm = gemm_gflops(repeats=GEMM_REPEATS)
+    profile_dir = tempfile.TemporaryDirectory(prefix="effifusion-profile-") if args.profile else None
+    enhancer = load_enhancer(args.model, threads=args.threads,
+                             profile=str(Path(profile_dir.name) / "ort") if profile_dir else None)
+    session_runs = 0
+    if profile_dir is not None and enhancer.session is not None:  # count the warm-up's runs, to skip them
+        session_run = enhancer.session.run
+
+        def counted_run(*a: Any, **kw: Any) -> Any:
+            nonlocal session_runs
+            session_runs += 1
+            return session_run(*a, **kw)
+
+        enhancer.session.run = counted_run
     sr = enhancer.sample_rate
     n = int(round(args.seconds * sr))
     x = parity_signal(n, sr, seed=SIGNAL_SEED)
@@ -565,6 +648,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     baseline = rss_bytes()
     enhancer.enhance_segment(x[: max(1, int(round(min(args.seconds, args.warmup_s) * sr)))])
+    warmup_runs = session_runs
     times = []
     for _ in range(args.repeats):
         pieces.clear()
@@ -572,6 +656,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         run()
         times.append(time.perf_counter() - start)
     peak = peak_rss_bytes()
+    gemm = max(gemm, gemm_gflops(repeats=GEMM_REPEATS))
+    top = None
+    if profile_dir is not None:
+        if enhancer.session is None:
+            raise EffiFusionError("--profile: this model does not run in ONNX Runtime")
+        top = profile_top(enhancer.session.end_profiling(), skip_runs=warmup_runs, top=PROFILE_TOP)
+        profile_dir.cleanup()
 
     limit = getattr(enhancer, "max_piece_s", None)  # an enhancer that cuts long inputs itself
     if not pieces:  # no batch runner to watch: infer the pieces from the enhancer's limit
@@ -587,7 +678,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             pieces = [n]
     return {"compute_s": min(times), "times": times, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
             "pieces": pieces, "chunked": len(pieces) > 1 or max(pieces) < n, "piece_s": max(pieces) / sr,
-            "max_piece_s": limit, "sample_rate": sr, "runtime": enhancer.backend, "card": enhancer.card}
+            "max_piece_s": limit, "sample_rate": sr, "runtime": enhancer.backend, "card": enhancer.card,
+            "gemm_gflops": gemm, "gemm_source": gemm_source(), "profile_top": top}
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -601,6 +693,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap-s", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--warmup-s", type=float, default=WARMUP_S)
+    p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
     try:
         row = child(args)

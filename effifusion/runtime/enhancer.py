@@ -43,6 +43,7 @@ class Enhancer:
         self.backend = backend
         self.source = source
         self.card = dict(card or {"sample_rate": self.sample_rate})
+        self.session: Any = None  # the ONNX Runtime session under an exported model (None in PyTorch)
 
     @classmethod
     def from_file(cls, model_path: str | Path, threads: int | None = None,
@@ -114,10 +115,11 @@ def check_model_file(path: Path) -> Path:
 
 
 def load_onnx(model_path: str | Path, device: str = "cpu", threads: int | None = None,
-              sampler: dict[str, Any] | None = None) -> Enhancer:
+              sampler: dict[str, Any] | None = None, profile: str | None = None) -> Enhancer:
     """An Enhancer for an exported ``.onnx`` (ONNX Runtime, CPU); a ``.pt`` is refused in one line naming
     the install that runs it. ``threads``: ONNX Runtime's intra-op threads; ``sampler`` overrides a
-    diffusion model's sampler settings key by key (steps, mode, seed, ...)."""
+    diffusion model's sampler settings key by key (steps, mode, seed, ...); ``profile``: a file prefix
+    for ONNX Runtime's profiler (``enhancer.session.end_profiling()`` writes it; `effifusion bench --profile`)."""
     path = check_model_file(Path(model_path))
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
@@ -125,16 +127,17 @@ def load_onnx(model_path: str | Path, device: str = "cpu", threads: int | None =
                           "effifusion.inference.load_enhancer); the exported .onnx model needs only the plain install")
     if suffix != ".onnx":
         raise ConfigError(f"{path}: unknown model type {path.suffix!r} (expected .onnx or a model checkpoint .pt)")
-    return _onnx_enhancer(path, device, threads, sampler)
+    return _onnx_enhancer(path, device, threads, sampler, profile)
 
 
-def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[str, Any] | None = None) -> Enhancer:
+def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[str, Any] | None = None,
+                   profile: str | None = None) -> Enhancer:
     from effifusion.runtime.onnx_model import INPUT_NAME, OUTPUT_NAME, model_card, onnx_session
 
     if device != "cpu":
         raise ConfigError(f"--device {device}: ONNX models run on the CPU here; "
                           f"use a model checkpoint .pt for {device}")
-    session = onnx_session(path, threads)  # ConfigError naming the file when it is not ONNX
+    session = onnx_session(path, threads, profile)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("precision", "fp32") != "fp32":  # an int8 export on a CPU without VNNI: its fp32 model instead
         from effifusion.runtime.precision import fallback
@@ -147,8 +150,8 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
         from effifusion.runtime.diffusion_runtime import diffusion_run_batch
 
         run_batch, settings = diffusion_run_batch(path, session, meta, threads, sampler)
-        return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path),
-                        {**model_card(meta), "sampler": settings})
+        return _with_session(Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path),
+                                      {**model_card(meta), "sampler": settings}), session)
     if sampler:
         raise ConfigError(f"{path}: sampler settings given, but {meta.get('arch', 'this model')} has no sampler "
                           "(only the diffusion models sgmse and gp_sgmse do)")
@@ -163,7 +166,8 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
 
     segment = int(meta.get("segment_samples", "0") or 0)
     if not segment:
-        return Enhancer(run_graph, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta))
+        return _with_session(Enhancer(run_graph, int(meta["sample_rate"]), "onnxruntime", str(path),
+                                      model_card(meta)), session)
 
     def run_batch(x: np.ndarray) -> np.ndarray:  # MUSE's protocol around the graph (dsp/segments.py)
         gain = np.sqrt(x.shape[-1] / (np.sum(np.square(x), axis=-1, keepdims=True) + np.float32(1e-12)))
@@ -171,7 +175,13 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
                                 pad=lambda a, k: np.pad(a, ((0, 0), (0, k))))
         return y / gain
 
-    return Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta))
+    return _with_session(Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta)),
+                         session)
+
+
+def _with_session(enhancer: Enhancer, session: Any) -> Enhancer:
+    enhancer.session = session
+    return enhancer
 
 
 def onnx_enhancer(path: Path, threads: int | None = None) -> Enhancer:

@@ -69,8 +69,9 @@ CARD_KEYS = {
 }
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session for ``path``.
+def onnx_session(path: Path, threads: int | None = None, profile: str | None = None) -> Any:
+    """A CPU ONNX Runtime session for ``path``; ``profile``: a file prefix, to run ONNX Runtime's profiler
+    (``session.end_profiling()`` then writes its JSON, see runtime/cost.py ``profile_top``).
 
     The memory-pattern planner is off: with attention scores of 1.6 GB per tensor at 10 s it doubled
     peak memory (16.6 GB instead of 8.4 GB for a 10 s input, demo model); keeping the arena on makes
@@ -85,6 +86,9 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types

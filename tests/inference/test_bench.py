@@ -22,7 +22,23 @@ from helpers import ROOT
 
 KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
         "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations",
-        "chunked", "piece_s", "platform"}
+        "chunked", "piece_s", "gemm_gflops", "gemm_source", "gflops_achieved", "efficiency", "profile_top",
+        "platform"}
+PLATFORM_KEYS = {"python", "onnxruntime", "torch", "cpu", "cpu_features"}
+
+
+def check_cost_fields(row: dict) -> None:
+    """The cost model: the CPU's GEMM rate measured in the child, the FLOP rate reached, their ratio."""
+    assert isinstance(row["gemm_gflops"], float) and row["gemm_gflops"] > 0.5  # any CPU multiplies faster
+    assert row["gemm_source"].startswith("numpy ") and "2048x2048" in row["gemm_source"]
+    if row["gmac_total"] is None:
+        assert row["gflops_achieved"] is None and row["efficiency"] is None
+        return
+    assert row["gflops_achieved"] == pytest.approx(2 * row["gmac_total"] / row["compute_s"], rel=1e-2)
+    assert row["efficiency"] == pytest.approx(row["gflops_achieved"] / row["gemm_gflops"], rel=1e-2)
+    assert 0 < row["efficiency"] < 1.5
+    features = row["platform"]["cpu_features"]
+    assert isinstance(features, list) and all(isinstance(f, str) and f for f in features)
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "onnx"])
@@ -45,8 +61,10 @@ def test_json_row_of_the_demo_preset(backend: str, capsys: pytest.CaptureFixture
     assert row["gmac_per_s_achieved"] == pytest.approx(row["gmac_total"] / row["compute_s"], rel=1e-2)
     assert row["params_total"] == 32529  # presets/demo.yaml's model (effifusion summary --preset demo)
     assert row["chunked"] is False and row["piece_s"] == 1.0
-    assert set(row["platform"]) == {"python", "onnxruntime", "torch", "cpu"}
-    assert all(isinstance(v, str) and v for v in row["platform"].values())
+    assert set(row["platform"]) == PLATFORM_KEYS
+    assert all(isinstance(v, str) and v for k, v in row["platform"].items() if k != "cpu_features")
+    check_cost_fields(row)
+    assert row["profile_top"] is None  # no --profile
 
 
 @pytest.mark.parametrize("args, message", [
@@ -114,7 +132,8 @@ def test_bench_infer_script_one_piece_and_chunked_rows() -> None:
 MODEL_KEYS = {"model", "arch", "backend", "threads", "seconds", "sample_rate", "repeats", "rtf", "compute_s",
               "times_s", "gmac_per_s_audio", "gmac_total", "gmac_per_s_achieved", "macs_source", "macs_note",
               "peak_rss_mib", "baseline_rss_mib", "params_total", "params_nonzero", "file_bytes",
-              "network_evaluations", "chunked", "piece_s", "platform"}
+              "network_evaluations", "chunked", "piece_s", "gemm_gflops", "gemm_source", "gflops_achieved",
+              "efficiency", "profile_top", "platform"}
 
 
 # tiny_export (tests/conftest.py): a tiny effifusion-GAN (the demo preset shrunk) exported once per session
@@ -164,7 +183,8 @@ def check_model_row(row: dict, seconds: float, repeats: int) -> None:
     assert isinstance(row["network_evaluations"], int) and row["network_evaluations"] >= 1
     assert row["chunked"] is False and row["piece_s"] == seconds
     assert isinstance(row["macs_note"], str) and row["macs_note"]
-    assert set(row["platform"]) == {"python", "onnxruntime", "torch", "cpu"}
+    assert set(row["platform"]) == PLATFORM_KEYS
+    check_cost_fields(row)
 
 
 def test_bench_model_json_row_of_an_export(tiny_export: dict, capsys: pytest.CaptureFixture) -> None:
@@ -288,3 +308,68 @@ def test_bench_exported_peak_is_the_child_s_own_not_its_parent_s(tiny_export: di
     row = bench_exported(tiny_export["onnx"], seconds=0.5, threads=1)
     assert ballast[-1] == 1.0
     assert 0 < row["baseline_rss_mib"] <= row["peak_rss_mib"] < 500
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost model: --profile, the profile's summary, the CPU's features
+
+
+def test_profile_lists_the_operators_of_the_timed_run(tiny_export: dict, capsys: pytest.CaptureFixture) -> None:
+    from effifusion.inference.bench import describe
+
+    code = main(["bench", "--model", str(tiny_export["onnx"]), "--seconds", "1", "--threads", "1", "--repeats", "1",
+                 "--profile", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    row = json.loads(captured.out.strip().splitlines()[-1])
+    check_model_row(row, 1.0, 1)
+    top = row["profile_top"]
+    assert isinstance(top, list) and 3 <= len(top) <= 10
+    assert set(top[0]) == {"op", "nodes", "ms", "share", "gflops"}
+    assert [r["ms"] for r in top] == sorted((r["ms"] for r in top), reverse=True)
+    assert all(r["nodes"] >= 1 and r["ms"] >= 0 and 0 <= r["share"] <= 1 for r in top)
+    assert sum(r["share"] for r in top) <= 1.001
+    ops = {r["op"]: r for r in top}
+    assert "Conv" in ops and ops["Conv"]["gflops"] > 0  # the model's convolutions, with the rate they reached
+    # the profiled operators take about the run's time (not the warm-up's too)
+    assert sum(r["ms"] for r in top) < 1.5 * 1000 * row["compute_s"]
+    text = describe(row)
+    assert "efficiency  " in text and "profile     ONNX Runtime's operators by time" in text
+    assert any(line.split()[:1] == ["Conv"] for line in text.splitlines())
+
+
+def test_profile_needs_onnx_runtime(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--backend", "pytorch", "--profile"]) == 2
+    assert "--profile: ONNX Runtime's profiler, which the pytorch backend does not run" in capsys.readouterr().err
+
+
+def test_profile_top_counts_a_scan_for_its_own_time_and_skips_the_warm_up() -> None:
+    from effifusion.runtime.cost import profile_top
+
+    def node(op: str, ts: int, dur: int, name: str, shapes: tuple = ()) -> dict:
+        args = {"op_name": op}
+        if shapes:
+            args["input_type_shape"] = [{"float": s} for s in shapes[:-1]]
+            args["output_type_shape"] = [{"float": shapes[-1]}]
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": args}
+
+    events = [{"name": "model_run", "ts": 0, "dur": 50}, node("MatMul", 5, 40, "warm"),  # the warm-up
+              {"name": "model_run", "ts": 100, "dur": 1000},
+              node("Scan", 100, 600, "scan"), node("MatMul", 110, 200, "body_mm", ([2, 256, 64], [64, 256], [2, 256, 256])),
+              node("Softmax", 320, 300, "body_sm"), node("Conv", 700, 400, "conv", ([1, 64, 1000], [64, 64, 3], [1, 64, 1000]))]
+    top = profile_top(events, skip_runs=1)
+    assert [(r["op"], r["nodes"], r["ms"]) for r in top] == [
+        ("Conv", 1, 0.4), ("Softmax", 1, 0.3), ("MatMul", 1, 0.2), ("Scan", 1, 0.1)]
+    assert sum(r["share"] for r in top) == pytest.approx(1.0, abs=1e-3)
+    assert top[2]["gflops"] == pytest.approx(2 * (2 * 256 * 256) * 64 / 200e-6 / 1e9, rel=1e-2)  # 2·out·k FLOPs
+    assert top[0]["gflops"] == pytest.approx(2 * (64 * 1000) * (64 * 3) / 400e-6 / 1e9, rel=1e-2)
+    assert top[1]["gflops"] is None
+
+
+def test_cpu_features_from_cpuinfo(tmp_path: Path) -> None:
+    from effifusion.runtime.cost import cpu_features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_features(info) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    assert cpu_features(tmp_path / "none") == []
