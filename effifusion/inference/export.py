@@ -37,8 +37,9 @@ from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
     report_file,
     zip_size,
 )
-from effifusion.models.attention import scan_attention
+from effifusion.models.attention import fused_attention, mha_translation
 from effifusion.models.base import EnhancementModel
+from effifusion.models.onnx_forms import export_forms
 from effifusion.models.registry import load_checkpoint
 from effifusion.runtime.onnx_model import (  # noqa: F401 (re-exported: the enhancer reads them from onnx_model)
     INPUT_NAME,
@@ -80,11 +81,11 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
     sr = model.sample_rate
     example = torch.from_numpy(np.stack([parity_signal(sr, sr, seed) for seed in (1, 2)]))
     dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: torch.export.Dim("samples", min=1)}
-    with quiet_exporter(), torch.no_grad(), dft_transforms(), scan_attention():
+    with quiet_exporter(), torch.no_grad(), dft_transforms(), fused_attention(), export_forms(wrapper):
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, optimize=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"wav": dims},
-            verbose=False,
+            verbose=False, custom_translation_table=mha_translation(),
         )
     return finished(program.model_proto)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,18 +38,71 @@ from torch import nn
 # floats: 82 MB for the paper model's time attention at 10 s, 0.5 GB at 60 s.
 BLOCK_QUERIES = 32
 
-_SCAN = False  # set by scan_attention(): ONNX export, and tests of that path in eager mode
+_SCAN = False  # set by scan_attention(): the standard-operator export, and tests of that path in eager mode
+_FUSED = False  # set by fused_attention(): ONNX export for ONNX Runtime (com.microsoft.MultiHeadAttention)
 
 
 @contextmanager
 def scan_attention() -> Iterator[None]:
-    """Within this block attention runs as a scan over query blocks (the form ONNX export captures)."""
+    """Within this block attention runs as a scan over query blocks (a form of standard ONNX operators)."""
     global _SCAN
     previous, _SCAN = _SCAN, True
     try:
         yield
     finally:
         _SCAN = previous
+
+
+@contextmanager
+def fused_attention() -> Iterator[None]:
+    """Within this block attention is one ``effifusion::mha`` op, which ONNX export writes as ONNX Runtime's
+    ``com.microsoft.MultiHeadAttention`` (``MHA_TRANSLATION``): on the CPU a flash-attention kernel that keeps
+    one tile of scores per head in cache, so memory stays linear in length and the softmax never makes a
+    pass over a score tensor in memory (measured: 2.4x faster than the Scan at 10 s, paper model).
+    Takes precedence over ``scan_attention``."""
+    global _FUSED
+    previous, _FUSED = _FUSED, True
+    try:
+        yield
+    finally:
+        _FUSED = previous
+
+
+@torch.library.custom_op("effifusion::mha", mutates_args=())
+def fused_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v per head for q, k [N, L, heads·d_qk], v [N, L, heads·d_v] → [N, L, heads·d_v]
+    (heads side by side in the last axis, as the projection writes them): MultiHeadAttention's contract."""
+    n, length, _ = q.shape
+    q, k, v = (t.reshape(n, length, num_heads, t.shape[-1] // num_heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.transpose(1, 2).reshape(n, length, v.shape[1] * v.shape[-1])
+
+
+@fused_mha.register_fake
+def _fused_mha_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float
+                     ) -> torch.Tensor:
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))
+
+
+def _mha_onnx(q: Any, k: Any, v: Any, num_heads: int, scale: float) -> Any:
+    """``effifusion::mha`` in ONNX: ONNX Runtime's contrib MultiHeadAttention (CPU and CUDA kernels)."""
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    # onnx has no schema for ONNX Runtime's contrib ops; the exporter needs one: the part used here
+    param = OpSchema.FormalParameter
+    schema = OpSchema("MultiHeadAttention", "com.microsoft", 1,
+                      inputs=[param("query", "T"), param("key", "T"), param("value", "T")],
+                      outputs=[param("output", "T")], type_constraints=[("T", ["tensor(float)"], "")],
+                      attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, ""),
+                                  OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "")])
+    mha = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "MultiHeadAttention", schema)
+    return mha(q, k, v, num_heads=num_heads, scale=scale)
+
+
+def mha_translation() -> dict[Any, Any]:
+    """The exporter's ``custom_translation_table`` entry for ``fused_attention()`` graphs."""
+    return {torch.ops.effifusion.mha.default: _mha_onnx}
 
 
 def in_proj_weight(mha: nn.MultiheadAttention) -> torch.Tensor:
@@ -74,11 +127,15 @@ def softmax_scale(mha: nn.MultiheadAttention) -> float:
 
 def self_attention(x: torch.Tensor, mha: nn.MultiheadAttention) -> torch.Tensor:
     """``mha(x, x, x)`` for batch-first x [N, L, C], without the [N, heads, L, L] score tensor."""
-    n, length, _ = x.shape
+    n, length, c = x.shape
     heads = mha.num_heads
     d_qk, d_v = head_dims(mha)
-    qkv = F.linear(x, in_proj_weight(mha), mha.in_proj_bias)
+    # the projections on [tokens, C]: plain matrix products with their bias (ONNX Gemm)
+    qkv = F.linear(x.reshape(n * length, c), in_proj_weight(mha), mha.in_proj_bias).reshape(n, length, -1)
     q, k, v = qkv.split([heads * d_qk, heads * d_qk, heads * d_v], dim=-1)
+    if _FUSED and not mha.training:
+        out = fused_mha(q, k, v, heads, softmax_scale(mha))
+        return mha.out_proj(out.reshape(n * length, heads * d_v)).reshape(n, length, -1)
     q, k, v = (t.reshape(n, length, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
     scale = softmax_scale(mha)
     if _SCAN:
@@ -86,7 +143,7 @@ def self_attention(x: torch.Tensor, mha: nn.MultiheadAttention) -> torch.Tensor:
     else:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=mha.dropout if mha.training else 0.0,
                                              scale=scale)
-    return mha.out_proj(out.transpose(1, 2).reshape(n, length, heads * d_v))
+    return mha.out_proj(out.transpose(1, 2).reshape(n * length, heads * d_v)).reshape(n, length, -1)
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

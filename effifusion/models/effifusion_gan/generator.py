@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
+from effifusion.models import onnx_forms
 from effifusion.models.attention import head_dims, self_attention
 from effifusion.models.base import MagnitudePhaseModel
 from effifusion.models.blocks import DenseBlock, DenseLayer, LearnableSigmoid2d  # noqa: F401 (DenseLayer: re-exported)
@@ -110,7 +111,8 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # on [tokens, C]: the linear layers are then plain matrix products with their bias (ONNX Gemm)
+        return self.net(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 class AttentionModule(nn.Module):
@@ -149,8 +151,17 @@ class ConvModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x).transpose(1, 2)
         x = self.glu(self.pointwise_conv1(x))
-        x = self.act(self.batch_norm(self.depthwise_conv(x)))
+        x = self.act(self.batch_norm(self._depthwise(x)))
         return self.dropout(self.pointwise_conv2(x).transpose(1, 2))
+
+    def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv; in export, as a (k, 1) 2-D conv over [N, C, L, 1] (models/onnx_forms.py)."""
+        conv = self.depthwise_conv
+        if not onnx_forms.active():
+            return conv(x)
+        y = nn.functional.conv2d(x.unsqueeze(-1), conv.weight.unsqueeze(-1), conv.bias,
+                                 padding=(conv.padding[0], 0), groups=conv.groups)
+        return y.squeeze(-1)
 
 
 class ConformerBlock(nn.Module):
