@@ -131,11 +131,16 @@ def self_attention(x: torch.Tensor, mha: nn.MultiheadAttention) -> torch.Tensor:
     heads = mha.num_heads
     d_qk, d_v = head_dims(mha)
     # the projections on [tokens, C]: plain matrix products with their bias (ONNX Gemm)
-    qkv = F.linear(x.reshape(n * length, c), in_proj_weight(mha), mha.in_proj_bias).reshape(n, length, -1)
-    q, k, v = qkv.split([heads * d_qk, heads * d_qk, heads * d_v], dim=-1)
-    if _FUSED and not mha.training:
+    x2, weight, bias = x.reshape(n * length, c), in_proj_weight(mha), mha.in_proj_bias
+    widths = [heads * d_qk, heads * d_qk, heads * d_v]
+    if _FUSED and not mha.training:  # q, k and v each its own product: no split of a packed tensor
+        ends = [sum(widths[:i + 1]) for i in range(3)]
+        q, k, v = (F.linear(x2, weight[a:b], None if bias is None else bias[a:b]).reshape(n, length, -1)
+                   for a, b in zip([0, *ends[:2]], ends))
         out = fused_mha(q, k, v, heads, softmax_scale(mha))
         return mha.out_proj(out.reshape(n * length, heads * d_v)).reshape(n, length, -1)
+    qkv = F.linear(x2, weight, bias).reshape(n, length, -1)
+    q, k, v = qkv.split(widths, dim=-1)
     q, k, v = (t.reshape(n, length, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
     scale = softmax_scale(mha)
     if _SCAN:
