@@ -15,6 +15,15 @@ one chunk, and the real-time factor is the best of ``--repeats`` runs. The MAC r
 analytic MAC count (summed over the chunks actually run) by that time. Unstructured sparsity is
 not exploited by either runtime (REFERENCE §3): zeros cost the same as other weights. Results are
 printed as Markdown tables.
+
+Efficiency (issue 22): each row also gives ``gemm_gflops``, this CPU's fp32 matrix-multiply rate measured
+in that row's own process for its thread count, and ``efficiency`` = 2 × MACs / time ÷ that rate.
+``--profile-s S`` adds one ONNX Runtime-profiled run of S s on 1 thread and prints its top operators;
+``--peers muse imse saf`` measures those presets' models (ONNX, 1 thread, ``--peer-s`` s, one piece) in
+the same sitting. The table of docs/benchmarks.md (2026-12-03) is::
+
+    python bench/bench_infer.py --params paper --lengths 2 10 60 --chunk-s 60 --repeats 1 \
+        --profile-s 2 --peers muse imse saf --peer-s 2
 """
 
 from __future__ import annotations
@@ -43,6 +52,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (best is kept)")
     p.add_argument("--chunk-s", type=float, default=10.0, help="chunk length for longer inputs")
     p.add_argument("--overlap-s", type=float, default=1.0, help="overlap of those chunks")
+    p.add_argument("--profile-s", type=float, nargs="*", default=[],
+                   help="lengths of extra ONNX runs (1 thread) under ONNX Runtime's profiler: top operators")
+    p.add_argument("--peers", nargs="*", default=[], help="presets whose models to measure too (ONNX, 1 thread)")
+    p.add_argument("--peer-s", type=float, default=2.0, help="input length of the --peers runs")
     args = p.parse_args()
 
     from tqdm import tqdm
@@ -68,6 +81,15 @@ def main() -> None:
                 row = measure(prepared, backend, seconds, threads, chunk_s=args.chunk_s,
                               overlap_s=args.overlap_s, repeats=repeats, warmup_s=min(seconds, args.chunk_s))
                 rows.append({**row, "runs": repeats})
+            profiles = [measure(prepared, "onnx", seconds, 1, chunk_s=args.chunk_s, warmup_s=min(seconds, 0.5),
+                                profile=True) for seconds in args.profile_s if prepared.onnx is not None]
+            peers = []
+            for name in tqdm(args.peers, desc="peers", unit="model"):
+                peer_dir = Path(tmp_name) / name
+                peer_dir.mkdir()
+                peer = prepare(peer_dir, name, ("onnx",))
+                peers.append(measure(peer, "onnx", args.peer_s, 1, chunk_s=None, warmup_s=min(args.peer_s, 0.5),
+                                     profile=True))
     except Exception as exc:
         message = user_message(exc)
         if message is None:
@@ -88,10 +110,27 @@ def main() -> None:
               "rtf": r["rtf"], "seconds": r["compute_s"],
               "peak_mb": round(max(0.0, r["peak_rss_mib"] - r["baseline_rss_mib"])),
               "rss_mb": round(r["peak_rss_mib"]), "chunked": r["chunked"],
-              "gmac": r["gmac_total"], "gmac_per_s": r["gmac_per_s_achieved"]}
+              "gmac": r["gmac_total"], "gmac_per_s": r["gmac_per_s_achieved"],
+              "gemm_gflops": r["gemm_gflops"], "efficiency": r["efficiency"]}
              for r in rows]
     print(markdown_table(table, ["backend", "threads", "input_s", "rtf", "seconds", "peak_mb", "rss_mb",
-                                 "chunked", "gmac", "gmac_per_s"]))
+                                 "chunked", "gmac", "gmac_per_s", "gemm_gflops", "efficiency"]))
+    print(f"\nGEMM reference: {rows[0]['gemm_source']}; CPU features: "
+          f"{', '.join(rows[0]['platform']['cpu_features']) or 'none listed'}\n")
+    for r in profiles:
+        print(f"ONNX Runtime profile, {r['seconds']:g} s, 1 thread (RTF {r['rtf']}, efficiency {r['efficiency']}; "
+              "time per operator type, Scan bodies under their own types)\n")
+        print(markdown_table(r["profile_top"][:5], ["op", "nodes", "ms", "share", "gflops"]))
+        print()
+    if peers:
+        print(f"Other architectures, ONNX Runtime, 1 thread, {args.peer_s:g} s in one piece, random weights\n")
+        print(markdown_table([{"preset": r["preset"], "arch": r["arch"], "params": r["params_total"],
+                               "rtf": r["rtf"], "gmac": r["gmac_total"], "gmac_per_s": r["gmac_per_s_achieved"],
+                               "gemm_gflops": r["gemm_gflops"], "efficiency": r["efficiency"],
+                               "peak_rss_mb": round(r["peak_rss_mib"]),
+                               "top_ops": ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in r["profile_top"][:3])}
+                              for r in peers]))
+        print()
     if set(args.backends) != set(LABELS):
         return
     ratios = []

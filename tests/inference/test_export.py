@@ -62,17 +62,26 @@ def test_parity_at_export_lengths(exported: dict) -> None:
 
 @pytest.mark.parametrize("seconds", [0.5, 3.0, 10.0, 30.0])
 def test_whole_utterance_parity_at_any_length(exported: dict, seconds: float) -> None:
-    """Whole inputs in one piece, as evaluate and enhance run them: the exported attention (a Scan
-    over query blocks) and PyTorch's fused attention agree to 1e-4 at every length."""
+    """Whole inputs in one piece, as evaluate and enhance run them: the exported graph (ONNX Runtime's
+    MultiHeadAttention and the export forms of models/onnx_forms.py) and PyTorch's model agree to 1e-4 at
+    every length."""
     session = onnx_session(exported["out"] / ONNX_FILE)
     x = parity_signal(int(seconds * 16000), 16000, seed=7)[None]
     got = session.run(None, {INPUT_NAME: x})[0]
     assert np.abs(got - reference(exported["generator"], x)).max() <= 1e-4
 
 
-def test_attention_is_exported_as_a_scan_over_query_blocks(exported: dict) -> None:
-    ops = [n.op_type for n in onnx.load(str(exported["out"] / ONNX_FILE)).graph.node]
-    assert ops.count("Scan") == 2 * tiny_cfg()["num_tsblocks"]  # time and frequency attention per block
+def test_attention_and_prelu_are_exported_in_their_fast_forms(exported: dict) -> None:
+    """Attention is ONNX Runtime's MultiHeadAttention (no Scan, no score tensor); PReLU with slopes in
+    [0, 1] is max(x, slope·x); the conformer's GLU has no Split (models/onnx_forms.py)."""
+    graph = onnx.load(str(exported["out"] / ONNX_FILE)).graph
+    ops = [n.op_type for n in graph.node]
+    mha = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(mha) == 2 * tiny_cfg()["num_tsblocks"]  # time and frequency attention per block
+    assert all(n.domain == "com.microsoft" for n in mha)
+    assert "Scan" not in ops and "Softmax" not in ops and "PRelu" not in ops and "Split" not in ops
+    prelus = sum(isinstance(m, torch.nn.PReLU) for m in exported["generator"].modules())
+    assert prelus > 0 and ops.count("Max") >= prelus  # random weights: every slope starts at 0.25
 
 
 def test_graph_passes_checker_and_has_dynamic_axes(exported: dict) -> None:

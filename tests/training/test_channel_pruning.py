@@ -233,16 +233,19 @@ def _scan_bodies(model) -> list[tuple[list[str], object]]:
 
 
 def graph_macs(path: Path, samples: int = 16000) -> int:
-    """MACs of the graph's top-level Conv / ConvTranspose / MatMul / Gemm nodes and of the MatMuls in its
-    Scan bodies (QKᵀ and AV of the blocked attention), from the shapes ONNX Runtime produces on ``samples``
-    of input (the front end's DFT convs included). A Scan body's MatMuls count per real query, i.e. per
-    key (self-attention), not over the zero-padded last block: the work the analytic count describes."""
+    """MACs of the graph's top-level Conv / ConvTranspose / MatMul / Gemm nodes, of its MultiHeadAttention
+    nodes (QKᵀ and AV: per query, keys × (q width + v width)) and of the MatMuls in any Scan bodies (the
+    blocked attention of earlier exports), from the shapes ONNX Runtime produces on ``samples`` of input
+    (the front end's DFT convs included). A Scan body's MatMuls count per real query, i.e. per key
+    (self-attention), not over the zero-padded last block: the work the analytic count describes."""
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
+    attention = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
     wanted = {name for n in nodes for name in (n.input[0], n.input[1], n.output[0]) if name not in inits}
+    wanted |= {name for n in attention for name in n.input[:3]}
     scans = _scan_bodies(model)
     for ins, body in scans:  # the Scan's inputs and the outer tensors its body reads (k, v)
         inner = {i.name for i in body.input} | {o for node in body.node for o in node.output}
@@ -272,6 +275,9 @@ def graph_macs(path: Path, samples: int = 16000) -> int:
             total += math.prod(x_shape) * math.prod(w_shape[1:])
         else:
             total += math.prod(y_shape) * x_shape[-1]
+    for n in attention:  # q [N, L, heads·d_qk], k [N, L, heads·d_qk], v [N, L, heads·d_v]
+        (batch, queries, qk), (_, keys, _), v = shape(n.input[0]), shape(n.input[1]), shape(n.input[2])
+        total += batch * queries * keys * (qk + v[-1])
     for ins, body in scans:  # states, then one scan input: the blocks of queries [blocks, N, heads, block, d]
         local = {i.name: shape(x) for i, x in zip(body.input[:-1], ins[:-1])}
         local[body.input[-1].name] = shape(ins[-1])[1:]
@@ -333,7 +339,7 @@ def test_pruned_export_is_smaller_and_counts_fewer_macs(exports: dict) -> None:
 
 
 def test_attention_pruned_export_runs_narrower_attention_products(exports: dict) -> None:
-    """With the attention's inner widths pruned, the graph's QKᵀ / AV (inside the Scan) and projections
+    """With the attention's inner widths pruned, the graph's QKᵀ / AV (MultiHeadAttention) and projections
     shrink by what the analytic count (and so the card's gmac_per_second) says; parity holds."""
     d_report, _, d_model, d_path = exports["dense"]
     a_report, a_card, a_model, a_path = exports["attention"]
