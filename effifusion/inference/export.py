@@ -9,6 +9,12 @@ its rewrite rules treat an added constant |c| < 1e-8 as zero and delete the fron
 ``+ 1e-9`` / ``+ 1e-10`` / ``+ 1e-12`` epsilons, which flips the phase of exactly-real bins from
 +π to −π and turns the RMS gain of silence into a division by zero. ONNX Runtime still applies
 its own graph optimisations when the session is created.
+
+The graph is written for ONNX Runtime's CPU kernels (issue 22): attention as its contrib
+``com.microsoft.MultiHeadAttention`` (a flash-attention kernel: models/attention.py ``fused_attention``)
+and a few layers in faster forms of the same function (models/onnx_forms.py ``export_forms``: PReLU as
+max(x, slope·x), the conformer's GLU and depthwise conv, the ½ of its feed-forward modules). A runtime
+without ONNX Runtime's contrib operators cannot read it.
 """
 
 from __future__ import annotations

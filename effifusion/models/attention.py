@@ -9,11 +9,16 @@ own row of scores.
 - In PyTorch, ``F.scaled_dot_product_attention`` picks a fused kernel (flash attention on CPU and
   CUDA) that never holds the full score matrix; training uses it too, with the same dropout on the
   attention probabilities that ``nn.MultiheadAttention`` applies.
-- For ONNX export (inside ``scan_attention()``, which ``inference/export.py`` enters), queries are
-  cut into blocks of ``BLOCK_QUERIES`` and the blocks go through a ``Scan`` loop: one block's
-  scores (sequences × heads × BLOCK_QUERIES × T) exist at a time, and each block is two plain
-  MatMuls and a Softmax, so ONNX Runtime uses its fast GEMM kernels. The result is the same
-  attention, to float rounding (export parity ≤ 1e-4 at 0.5-30 s, tested).
+- For ONNX export (inside ``fused_attention()``, which ``inference/export.py`` enters), attention is
+  one ``effifusion::mha`` op that the exporter writes as ONNX Runtime's ``com.microsoft.MultiHeadAttention``
+  (q, k, v as the projections write them, [N, L, heads·d]). Its CPU kernel is a flash attention: it
+  keeps one tile of scores per head in cache, so memory stays linear in length and no pass over a score
+  tensor in memory is made (issue 22, docs/benchmarks.md: with it and models/onnx_forms.py, the paper
+  model's 10 s input ran in 25.5 s instead of the Scan graph's 43.7 s, peak memory unchanged).
+- ``scan_attention()`` keeps the earlier standard-operator form: queries cut into blocks of
+  ``BLOCK_QUERIES`` going through a ``Scan`` loop, one block's scores (sequences × heads ×
+  BLOCK_QUERIES × T) at a time, each block two plain MatMuls and a Softmax. Both forms are the same
+  attention, to float rounding (export parity ≤ 1e-4 at 0.25-30 s, tested).
 
 The projections stay those of an ``nn.MultiheadAttention`` module, so checkpoints keep their keys.
 
@@ -58,7 +63,7 @@ def fused_attention() -> Iterator[None]:
     """Within this block attention is one ``effifusion::mha`` op, which ONNX export writes as ONNX Runtime's
     ``com.microsoft.MultiHeadAttention`` (``MHA_TRANSLATION``): on the CPU a flash-attention kernel that keeps
     one tile of scores per head in cache, so memory stays linear in length and the softmax never makes a
-    pass over a score tensor in memory (measured: 2.4x faster than the Scan at 10 s, paper model).
+    pass over a score tensor in memory (docs/benchmarks.md, 2026-12-03).
     Takes precedence over ``scan_attention``."""
     global _FUSED
     previous, _FUSED = _FUSED, True

@@ -83,8 +83,8 @@ def node_flops(args: dict[str, Any]) -> float:
         out = _shape(args.get("output_type_shape", [{}])[0])
         if op in ("MatMul", "FusedMatMul"):
             return 2.0 * math.prod(out) * ins[0][-1]
-        if op in ("Gemm", "FusedGemm"):  # A may be transposed: its shared dimension is B's other one
-            return 2.0 * math.prod(out) * (ins[1][0] if ins[1][1] == out[-1] else ins[1][1])
+        if op in ("Gemm", "FusedGemm"):  # the profile lists A and C (B is prepacked): A [M, K] as exported
+            return 2.0 * math.prod(out) * ins[0][-1]
         if op in ("Conv", "FusedConv", "NchwcConv"):
             return 2.0 * math.prod(out) * math.prod(ins[1][1:])
         if op == "MultiHeadAttention":  # q [B, S, H·d], k [B, L, H·d], v [B, L, H·d_v]: QKᵀ and PV

@@ -355,15 +355,19 @@ def test_profile_top_counts_a_scan_for_its_own_time_and_skips_the_warm_up() -> N
 
     events = [{"name": "model_run", "ts": 0, "dur": 50}, node("MatMul", 5, 40, "warm"),  # the warm-up
               {"name": "model_run", "ts": 100, "dur": 1000},
-              node("Scan", 100, 600, "scan"), node("MatMul", 110, 200, "body_mm", ([2, 256, 64], [64, 256], [2, 256, 256])),
-              node("Softmax", 320, 300, "body_sm"), node("Conv", 700, 400, "conv", ([1, 64, 1000], [64, 64, 3], [1, 64, 1000]))]
+              node("Scan", 100, 600, "scan"),
+              node("MatMul", 110, 200, "body_mm", ([2, 256, 64], [64, 256], [2, 256, 256])),
+              node("Softmax", 320, 300, "body_sm"),
+              node("Conv", 700, 400, "conv", ([1, 64, 1000], [64, 64, 3], [1, 64, 1000])),
+              node("Gemm", 1100, 100, "gemm", ([1000, 64], [256], [1000, 256]))]  # B prepacked: not listed
     top = profile_top(events, skip_runs=1)
     assert [(r["op"], r["nodes"], r["ms"]) for r in top] == [
-        ("Conv", 1, 0.4), ("Softmax", 1, 0.3), ("MatMul", 1, 0.2), ("Scan", 1, 0.1)]
+        ("Conv", 1, 0.4), ("Softmax", 1, 0.3), ("MatMul", 1, 0.2), ("Scan", 1, 0.1), ("Gemm", 1, 0.1)]
     assert sum(r["share"] for r in top) == pytest.approx(1.0, abs=1e-3)
     assert top[2]["gflops"] == pytest.approx(2 * (2 * 256 * 256) * 64 / 200e-6 / 1e9, rel=1e-2)  # 2·out·k FLOPs
     assert top[0]["gflops"] == pytest.approx(2 * (64 * 1000) * (64 * 3) / 400e-6 / 1e9, rel=1e-2)
     assert top[1]["gflops"] is None
+    assert top[4]["gflops"] == pytest.approx(2 * 1000 * 256 * 64 / 100e-6 / 1e9, rel=1e-2)
 
 
 def test_cpu_features_from_cpuinfo(tmp_path: Path) -> None:
