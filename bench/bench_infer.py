@@ -22,13 +22,14 @@ in that row's own process for its thread count, and ``efficiency`` = 2 × MACs /
 ``--peers muse imse saf`` measures those presets' models (ONNX, 1 thread, ``--peer-s`` s, one piece) in
 the same sitting. The table of docs/benchmarks.md (2026-12-03) is::
 
-    python bench/bench_infer.py --params paper --lengths 2 10 60 --chunk-s 60 --repeats 1 \
-        --profile-s 2 --peers muse imse saf --peer-s 2
+    python bench/bench_infer.py --params paper --lengths 2 10 60 --threads 1 2 --chunk-s 60 \\
+        --warmup-s 0.5 --repeats 1 --backends onnx pytorch
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -56,6 +57,9 @@ def main() -> None:
                    help="lengths of extra ONNX runs (1 thread) under ONNX Runtime's profiler: top operators")
     p.add_argument("--peers", nargs="*", default=[], help="presets whose models to measure too (ONNX, 1 thread)")
     p.add_argument("--peer-s", type=float, default=2.0, help="input length of the --peers runs")
+    p.add_argument("--warmup-s", type=float, default=None,
+                   help="untimed warm-up length before each row (default: one chunk, min(input, --chunk-s))")
+    p.add_argument("--rows", default=None, help="also write each row as one JSON line to this file, as measured")
     args = p.parse_args()
 
     from tqdm import tqdm
@@ -78,9 +82,13 @@ def main() -> None:
                     for backend in args.backends]
             for backend, threads, seconds in tqdm(jobs, desc="bench", unit="run"):
                 repeats = args.repeats or (1 if args.quick or seconds > args.chunk_s else 3)
+                warmup = min(seconds, args.chunk_s if args.warmup_s is None else args.warmup_s)
                 row = measure(prepared, backend, seconds, threads, chunk_s=args.chunk_s,
-                              overlap_s=args.overlap_s, repeats=repeats, warmup_s=min(seconds, args.chunk_s))
+                              overlap_s=args.overlap_s, repeats=repeats, warmup_s=warmup)
                 rows.append({**row, "runs": repeats})
+                if args.rows:
+                    with open(args.rows, "a") as f:
+                        f.write(json.dumps(rows[-1]) + "\n")
             profiles = [measure(prepared, "onnx", seconds, 1, chunk_s=args.chunk_s, warmup_s=min(seconds, 0.5),
                                 profile=True) for seconds in args.profile_s if prepared.onnx is not None]
             peers = []
