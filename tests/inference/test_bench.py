@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from effifusion.cli import main
 from effifusion.core.errors import ConfigError
 from effifusion.inference.bench import BenchError, run_child
-from helpers import ROOT
+from helpers import ROOT, tiny_params
 
 KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
         "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations",
@@ -88,8 +89,8 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str) ->
 
 
 def test_a_preset_with_a_bad_model_is_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:
-    params = tmp_path / "bad.yaml"
-    params.write_text("audio: {sample_rate: 16000}\nmodel: {arch: nosuch}\n")
+    params = tmp_path / "bad.yaml"  # a complete params file whose model section names no architecture
+    params.write_text(yaml.safe_dump({**tiny_params(), "model": {"arch": "nosuch"}}))
     assert main(["bench", "--preset", str(params), "--seconds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.yaml" in err[0] and "'nosuch' is not a known architecture" in err[0]

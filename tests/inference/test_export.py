@@ -274,7 +274,8 @@ def test_export_variant_takes_section_mappings_and_keys_on_the_files_values(tmp_
     monkeypatch.setattr(export_mod, "export_onnx", fake_export)
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
-    section = {"opset": 18, "parity_lengths_s": [1, 0.5], "parity_tolerance": 0.0001, "sampler": {}}
+    section = {"opset": 18, "parity_lengths_s": [1, 0.5], "parity_tolerance": 0.0001, "sampler": {},
+               "precision": "fp32"}
     report, how = export_mod.export_variant("pruned", ckpt, tmp_path / "onnx", section, {"sample_rate": 16000})
     assert how == "exported" and calls[0] == (ExportConfig(18, (1.0, 0.5), 1e-4), AUDIO)
     assert report["key"]["export"] == section  # as params.yaml wrote it
