@@ -18,8 +18,9 @@ configuration measured met the bar of ≤ 0.55× fp32's time** (the paper-size m
 at 2 s, 1.05× at 10 s; MUSE loses 0.46 PESQ), so int8 is an option, not a default.
 
 bf16 is refused with the reason: ONNX Runtime's CPU provider has no bf16 MatMul kernel (and ONNX's
-Conv has no bf16 type), and OpenVINO, which has bf16 on AVX512-BF16/AMX CPUs, cannot read the Scan the
-exported attention uses.
+Conv has no bf16 type). OpenVINO has bf16 on AVX512-BF16/AMX CPUs but could not read the graph's earlier
+attention (a Scan); whether it reads today's (ONNX Runtime's com.microsoft MultiHeadAttention) was not
+checked: it is not installed here.
 
 The int8 file's model card is the fp32 card plus ``precision``, ``fp32_file`` (the fallback on a CPU
 without VNNI, runtime/precision.py), ``quantized_ops`` and ``calibration``.
@@ -43,8 +44,8 @@ DEPTHWISE_INT8 = False
 CALIBRATION_UTTERANCES = 6
 CALIBRATION_MAX_S = 3.0  # longer utterances are cut: calibration keeps every tensor of each run in memory
 BF16_UNAVAILABLE = ("bf16 is not available: ONNX Runtime's CPU provider has no bf16 MatMul kernel (ONNX's Conv "
-                    "has no bf16 type), and OpenVINO cannot read the Scan of the exported attention "
-                    "(docs/benchmarks.md); use fp32 or int8")
+                    "has no bf16 type); OpenVINO, which has one, is not a backend here (docs/benchmarks.md); "
+                    "use fp32 or int8")
 
 
 def check_precision(precision: str) -> str:
