@@ -85,3 +85,10 @@ def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     generator, _ = load_checkpoint(ckpt)
     return {"ckpt": ckpt, "out": tmp / "onnx", "onnx": Path(report["onnx_file"]), "report": report,
             "generator": generator}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests marked slow first (a stable sort: files keep their order within each group). Under
+    `make test`'s two workers (pytest-xdist, a file per worker at a time) the longest end-to-end runs
+    then start at once beside the quick tests instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
