@@ -45,7 +45,8 @@ def test_a_moved_repository_gets_its_artifact_paths_rewritten(tmp_path, monkeypa
             shutil.copytree(old, new)
         monkeypatch.setenv("DVC_ROOT", str(root))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        params = {"mlflow": {"experiment": "moved"}, "model": {"channels": 4, "num_tsblocks": 1}}
+        params = {"mlflow": {"experiment": "moved"},
+                  "model": {"arch": "effifusion_gan", "channels": 4, "num_tsblocks": 1}}
         with tracking.start_run("train", params) as run:
             mlflow.log_text("hello", "note.txt")
         assert run.info.artifact_uri.startswith((root / "mlartifacts").as_uri() + "/")
@@ -70,7 +71,8 @@ def test_a_run_whose_process_was_killed_is_closed_by_the_next_setup(store, tmp_p
         import sys, time
         from effifusion.tracking import runs as tracking
         with tracking.start_run("train", {"mlflow": {"experiment": "killed"},
-                                          "model": {"channels": 4, "num_tsblocks": 1}}) as run:
+                                          "model": {"arch": "effifusion_gan", "channels": 4,
+                                                    "num_tsblocks": 1}}) as run:
             print(run.info.run_id, flush=True)
             time.sleep(120)
     """)
