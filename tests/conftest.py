@@ -90,5 +90,7 @@ def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests marked slow first (a stable sort: files keep their order within each group). Under
     `make test`'s two workers (pytest-xdist, a file per worker at a time) the longest end-to-end runs
-    then start at once beside the quick tests instead of running alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    then start at once beside the quick tests instead of running alone at the end. In one process the
+    order is left as collected (quick failures show first)."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
