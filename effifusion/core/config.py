@@ -1,7 +1,7 @@
 """params.yaml access: the one source of settings (no config layer on top of it).
 
-Stages read their section with ``load_params()[name]``; ``load_params`` checks every value first
-(core/params.py), so a bad setting fails in milliseconds with one line naming it. Presets: presets/base.yaml
+Stages read ``load_settings()``: every value checked first (core/params.py), so a bad setting fails in
+milliseconds with one line naming it, then typed (core/settings.py). Presets: presets/base.yaml
 holds every setting with its documenting comments, presets/NAME.yaml only what NAME changes;
 ``load_preset`` merges the two, ``apply_preset`` writes the merged file (comments kept) to params.yaml,
 so params.yaml always holds every value a run used and records the preset's name under ``preset``.

@@ -2,7 +2,7 @@
 
 ``check_params`` walks SCHEMA (one rule per key) and raises one ConfigError naming the first bad
 setting: a missing or unknown key, a value of the wrong type (``lr: fast``, ``skip_bad_files: "no"``)
-or out of range (``batch_size: 0``, ``prune.amount: -0.1``). Stage scripts call ``load_params()``
+or out of range (``batch_size: 0``, ``prune.amount: -0.1``). Stage scripts call ``load_settings()``
 (core/config.py), which runs this check, so a bad value fails before any data is read. The
 ``model`` section belongs to the architecture ``model.arch`` names: the stages that build a model
 check it with ``models.registry.check_model_config`` before reading data (this module must not

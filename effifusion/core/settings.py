@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional, TypeVar
 
 from effifusion.core.errors import ConfigError
-from effifusion.core.params import NONEMPTY_TEXT, Rule, check_params, check_section, integer, number, walk
+from effifusion.core.params import Rule, check_params, check_section, integer, number, walk
 
 
 @dataclass(frozen=True)
@@ -337,4 +337,3 @@ M = TypeVar("M", bound=ModelConfig)
 FRONT_END_RULES = {"n_fft": integer(1), "hop_length": integer(1), "win_length": integer(1),
                    "compress_factor": number(0, lo_open=True)}
 POSITIVE = number(0, lo_open=True)
-NAME = NONEMPTY_TEXT
