@@ -7,7 +7,14 @@ session temporary folder. Tests treat them as read-only: a test that needs to ch
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One math thread per pytest-xdist worker (read by torch, numpy's BLAS and the tests' subprocesses
+    # when they import): N workers on N cores, instead of each worker's torch taking every core.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import pytest
 
@@ -88,9 +95,15 @@ def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests marked slow first (a stable sort: files keep their order within each group). Under
-    `make test`'s two workers (pytest-xdist, a file per worker at a time) the longest end-to-end runs
-    then start at once beside the quick tests instead of running alone at the end. In one process the
-    order is left as collected (quick failures show first)."""
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Under pytest-xdist (`make test`: a file per worker at a time, files handed out in collection order,
+    `--no-loadscope-reorder`), the tests marked slow first, longest first (``slow(seconds=...)``, measured
+    with one worker per core), so the end-to-end runs start at once beside the quick tests instead of one
+    of them running alone at the end. A stable sort: files keep their order within each group. In one
+    process the order is left as collected (quick failures show first)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_slow_first)
+
+
+def _slow_first(item: pytest.Item) -> tuple[bool, float]:
+    mark = item.get_closest_marker("slow")
+    return mark is None, -float(mark.kwargs.get("seconds", 0)) if mark else 0.0
