@@ -81,12 +81,14 @@ def export_graph(model: EnhancementModel, opset: int) -> Any:
 
     The example batch is 2 and the batch axis declared >= 2: torch.export otherwise specialises the
     CPU convolution backend choice to batch 1. The exported graph itself has no such limit
-    (ONNX Runtime runs batch 1 fine; the parity check does exactly that).
+    (ONNX Runtime runs batch 1 fine; the parity check does exactly that). A segmenting model (MUSE) is
+    only ever fed whole segments (the runtime cuts and pads them), so its length axis is static:
+    tracing without a symbolic length takes about half the time (paper MUSE: 45 s against 81 s).
     """
     wrapper = model.export_module().eval()
-    sr = model.sample_rate
-    example = torch.from_numpy(np.stack([parity_signal(sr, sr, seed) for seed in (1, 2)]))
-    dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: torch.export.Dim("samples", min=1)}
+    sr, segment = model.sample_rate, model.frontend.segment_samples
+    example = torch.from_numpy(np.stack([parity_signal(segment or sr, sr, seed) for seed in (1, 2)]))
+    dims = {0: torch.export.Dim("batch", min=2, max=4096), 1: None if segment else torch.export.Dim("samples", min=1)}
     with quiet_exporter(), torch.no_grad(), dft_transforms(), fused_attention(), export_forms(wrapper):
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, optimize=False, opset_version=opset,
@@ -124,8 +126,10 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
     params_total = sum(p.numel() for p in model.parameters())
     params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     normalisation = "segments" if model.frontend.segment_samples else model.frontend.normalisation
-    props = {"arch": model.arch, "input_name": INPUT_NAME, "input_shape": SHAPE, "output_name": OUTPUT_NAME,
-             "output_shape": SHAPE, "sample_rate": str(model.sample_rate),
+    segment = model.frontend.segment_samples
+    shape = f"[batch, {segment}] float32" if segment else SHAPE  # a segmenting graph takes whole segments
+    props = {"arch": model.arch, "input_name": INPUT_NAME, "input_shape": shape, "output_name": OUTPUT_NAME,
+             "output_shape": shape, "sample_rate": str(model.sample_rate),
              "normalisation": NORMALISATION_TEXT.get(normalisation, normalisation),
              "segment_samples": str(model.frontend.segment_samples),
              "min_samples": str(model.min_samples),

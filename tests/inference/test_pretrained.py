@@ -13,6 +13,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
 import torch
@@ -119,6 +120,10 @@ def test_pretrained_downloads_imports_and_exports_a_model_that_enhances(upstream
     fx = fixtures_or_skip("voicebank_test_16k")
     enhancer = load_enhancer(out / "muse.onnx")  # the torch-free path `effifusion enhance` takes
     assert enhancer.card["segment_samples"] == 30700
+    # the runtime feeds whole segments only, so the graph's length axis is static (traced in half the time)
+    assert enhancer.card["input_shape"] == "[batch, 30700] float32"
+    dims = onnx.load(str(out / "muse.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == 30700
     utt = UTTS[0]
     noisy, _ = sf.read(fx / "noisy" / f"{utt}.wav", dtype="float32")
     clean, _ = sf.read(fx / "clean" / f"{utt}.wav", dtype="float32")
