@@ -44,8 +44,8 @@ DEPTHWISE_INT8 = False
 CALIBRATION_UTTERANCES = 6
 CALIBRATION_MAX_S = 3.0  # longer utterances are cut: calibration keeps every tensor of each run in memory
 BF16_UNAVAILABLE = ("bf16 is not available: ONNX Runtime's CPU provider has no bf16 MatMul kernel (ONNX's Conv "
-                    "has no bf16 type); OpenVINO, which has one, is not a backend here (docs/benchmarks.md); "
-                    "use fp32 or int8")
+                    "has no bf16 type); OpenVINO's bf16 was measured and not shipped (MUSE lost 0.055 PESQ, "
+                    "docs/benchmarks.md); use fp32 or int8")
 
 
 def check_precision(precision: str) -> str:
