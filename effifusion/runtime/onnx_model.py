@@ -25,6 +25,7 @@ exporter, source     how and from which checkpoint the file was made
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,15 @@ def onnx_session(path: Path, threads: int | None = None, profile: str | None = N
     The memory-pattern planner is off: with attention scores of 1.6 GB per tensor at 10 s it doubled
     peak memory (16.6 GB instead of 8.4 GB for a 10 s input, demo model); keeping the arena on makes
     repeated same-size chunks 3x faster than without it (measured, 2 threads). A file ONNX Runtime
-    cannot load is a ConfigError naming it.
+    cannot load is a ConfigError naming it. ``threads`` None: ``OMP_NUM_THREADS`` when it is set (as torch
+    and numpy honour it; ONNX Runtime itself does not read it), else ONNX Runtime's default (every core).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_mem_pattern = False
+    threads = threads or _omp_threads()
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -93,6 +96,12 @@ def onnx_session(path: Path, threads: int | None = None, profile: str | None = N
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
         raise ConfigError(f"{path}: not a loadable ONNX model ({_ort_problem(exc, path)})") from None
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int, or None when unset or not one."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _ort_problem(exc: Exception, path: Path) -> str:

@@ -274,3 +274,16 @@ def test_file_streaming_equals_the_array_call(models: dict[float, Path], tmp_pat
                      *options]) == 0
     expected = load_enhancer(models[0.5]).enhance(x, sr, max_piece_s=1.5, atten_lim_db=10, mix=0.8)
     np.testing.assert_array_equal(sf.read(tmp_path / "out" / "x.wav", dtype="float32")[0], expected)
+
+
+@pytest.mark.parametrize(("env", "threads", "expected"), [("1", None, 1), ("3", None, 3), ("1", 2, 2),
+                                                          ("many", None, 0), (None, None, 0)])
+def test_onnx_sessions_take_omp_num_threads_unless_told(models, monkeypatch, env, threads, expected) -> None:
+    """ONNX Runtime ignores OMP_NUM_THREADS; the enhancer honours it as torch does (0: ONNX Runtime's default)."""
+    from effifusion.runtime.onnx_model import onnx_session
+
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert onnx_session(models[1.0], threads).get_session_options().intra_op_num_threads == expected
