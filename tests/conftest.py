@@ -92,18 +92,3 @@ def tiny_pruned_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     generator, _ = load_checkpoint(ckpt)
     return {"ckpt": ckpt, "out": tmp / "onnx", "onnx": Path(report["onnx_file"]), "report": report,
             "generator": generator}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`: a file per worker at a time, files handed out in collection order,
-    `--no-loadscope-reorder`), the tests marked slow first, longest first (``slow(seconds=...)``, measured
-    with one worker per core), so the end-to-end runs start at once beside the quick tests instead of one
-    of them running alone at the end. A stable sort: files keep their order within each group. In one
-    process the order is left as collected (quick failures show first)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=_slow_first)
-
-
-def _slow_first(item: pytest.Item) -> tuple[bool, float]:
-    mark = item.get_closest_marker("slow")
-    return mark is None, -float(mark.kwargs.get("seconds", 0)) if mark else 0.0

@@ -96,7 +96,7 @@ def test_without_a_params_file_the_built_in_table_applies(tmp_path, monkeypatch,
     assert f"is not the published muse checkpoint's {PUBLISHED['muse']['md5']}" in err, err
 
 
-@pytest.mark.slow(seconds=130)
+@pytest.mark.slow
 def test_pretrained_downloads_imports_and_exports_a_model_that_enhances(upstream, tmp_path):
     """`effifusion pretrained muse -o DIR` against a local HTTP server holding the upstream file."""
     served = tmp_path / "served" / "paper_result"

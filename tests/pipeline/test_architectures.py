@@ -16,7 +16,7 @@ from effifusion.models.registry import load_checkpoint
 from effifusion.training.stages import prune_finetune, train_dense
 from helpers import ROOT, make_prepared, tiny_params
 
-pytestmark = pytest.mark.slow(seconds=240)  # seconds: conftest.py starts the longest first
+pytestmark = pytest.mark.slow
 
 SHRINK = {"muse": {"blocks": [1, 1, 1]}, "imse": {"blocks": [1, 1, 1]},
           "saf": {"channels": 8, "num_saf_blocks": 1, "num_heads": 1, "tcn_hidden": 16},

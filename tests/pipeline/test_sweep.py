@@ -28,7 +28,7 @@ import yaml
 from effifusion.core.config import read_params
 from helpers import ROOT
 
-pytestmark = pytest.mark.slow(seconds=300)  # seconds: conftest.py starts the longest first
+pytestmark = pytest.mark.slow
 
 VENV_BIN = Path(sys.executable).parent
 
