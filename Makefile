@@ -24,7 +24,7 @@ repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # One pytest-xdist worker per core, each with one math thread (tests/conftest.py), a test file per
-# worker at a time: on the 2-core machine 965-1065 s against 1895 s in one process (2026-12-03, fresh
+# worker at a time: on the 2-core machine 965-1116 s against 1895 s in one process (2026-12-03, fresh
 # clone; docs/benchmarks.md). xdist's own file order (most tests first) measured faster than starting
 # the longest end-to-end files first (965 s vs 1065-1081 s). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
