@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One math thread per pytest-xdist worker (read by torch, numpy's BLAS and the tests' subprocesses
-    # when they import): N workers on N cores, instead of each worker's torch taking every core.
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
-
 import pytest
 
+from effifusion.core.parallel import THREAD_ENV  # torch-free: nothing below has imported torch yet
 from helpers import TINY_PARITY_LENGTHS_S, make_prepared, tiny_params
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One math thread per pytest-xdist worker (read by torch, numpy's BLAS, ONNX Runtime sessions and the
+    # tests' subprocesses when they start): N workers on N cores, instead of each taking every core.
+    for _var in THREAD_ENV:
+        os.environ.setdefault(_var, "1")
 
 
 @pytest.fixture(scope="session")

@@ -93,13 +93,13 @@ from pathlib import Path
 from typing import Any
 
 from effifusion.core.errors import ConfigError, EffiFusionError
+from effifusion.core.parallel import THREAD_ENV
 
 BACKENDS = {"onnx": "model.onnx", "pytorch": "model.pt"}  # --backend -> model file it runs
 SEED = 0  # random weights: cost does not depend on them
 WARMUP_S = 0.5
 PARITY_S = 0.5  # export check length (the pipeline's export checks several; speed matters here)
 SIGNAL_SEED = 3
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 MIB = 2**20
 MODEL_REPEATS = 3  # --model: timed runs after the warm-up; the row's compute_s is their median
 PROFILE_TOP = 10  # --profile: operators listed
@@ -183,7 +183,7 @@ def child_command(model_file: Path, backend: str, seconds: float, threads: int, 
                   ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the measuring process: this interpreter, this effifusion, N threads."""
     package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, **{var: str(threads) for var in THREAD_VARS}}
+    env = {**os.environ, **{var: str(threads) for var in THREAD_ENV}}
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
     cmd = [sys.executable, "-m", "effifusion.inference.bench", "--child", str(model_file),
            "--backend", backend, "--seconds", repr(seconds), "--threads", str(threads),

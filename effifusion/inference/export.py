@@ -125,13 +125,13 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
     model_proto = export_graph(model, opset)
     params_total = sum(p.numel() for p in model.parameters())
     params_nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    normalisation = "segments" if model.frontend.segment_samples else model.frontend.normalisation
     segment = model.frontend.segment_samples
+    normalisation = "segments" if segment else model.frontend.normalisation
     shape = f"[batch, {segment}] float32" if segment else SHAPE  # a segmenting graph takes whole segments
     props = {"arch": model.arch, "input_name": INPUT_NAME, "input_shape": shape, "output_name": OUTPUT_NAME,
              "output_shape": shape, "sample_rate": str(model.sample_rate),
              "normalisation": NORMALISATION_TEXT.get(normalisation, normalisation),
-             "segment_samples": str(model.frontend.segment_samples),
+             "segment_samples": str(segment),
              "min_samples": str(model.min_samples),
              "memory_mb_per_s": "unmeasured" if MEMORY_MB_PER_S is None else f"{MEMORY_MB_PER_S:g}",
              "params_total": str(params_total), "params_nonzero": str(params_nonzero),
