@@ -11,7 +11,7 @@ from torch import nn
 
 from effifusion.models.attention import fused_attention, self_attention
 from effifusion.models.effifusion_gan.generator import ConformerBlock, ConvModule, FeedForward
-from effifusion.models.onnx_forms import export_forms
+from effifusion.models.onnx_forms import channel_mean, export_forms
 
 
 def test_prelu_as_max_is_bit_exact_for_slopes_in_the_unit_range_and_kept_otherwise() -> None:
@@ -61,3 +61,24 @@ def test_fused_attention_equals_the_module() -> None:
         with fused_attention():
             got = self_attention(x, mha)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_channel_norm_as_convolutions_computes_the_same_function() -> None:
+    from effifusion.models.saf.model import ChannelNorm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(6).eval()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 6, 5, 7) * 3 + 1
+    with torch.no_grad():
+        want = norm(x)
+        torch.testing.assert_close(want, nn.functional.layer_norm(x.movedim(1, -1), (6,), norm.weight, norm.bias,
+                                                                  norm.eps).movedim(-1, 1), atol=1e-5, rtol=1e-5)
+        with export_forms(norm):
+            got = norm(x)
+            mean = channel_mean(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mean, x.mean(1, keepdim=True), atol=1e-6, rtol=1e-6)
+    assert mean.shape == (2, 1, 5, 7)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from effifusion.dsp.stft import StftFrontEnd
+from effifusion.models import onnx_forms
 from effifusion.models.base import MagnitudePhaseModel
 from effifusion.models.cost import conv_chain_macs
 from effifusion.models.saf.config import SafConfig
@@ -57,9 +58,8 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        centred = x - mean
-        var = centred.pow(2).mean(1, keepdim=True)
+        centred = x - onnx_forms.channel_mean(x)
+        var = onnx_forms.channel_mean(centred.pow(2))
         return centred * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
 
 
