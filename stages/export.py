@@ -44,8 +44,10 @@ def main() -> None:
         report, how = reduced
         reports["pruned"]["precision"] = {**report, "how": how}
         kept.append(report)
+        detail = (f"{report['quantize_nodes']} QuantizeLinear nodes, calibrated on {report['calibration']}"
+                  if "calibration" in report else report["engine"])
         print(f"export pruned {params.export.precision} ({how}): {report['onnx_file']} {report['onnx_bytes']:,} "
-              f"bytes, {report['quantize_nodes']} QuantizeLinear nodes, calibrated on {report['calibration']}")
+              f"bytes, {detail}")
     stale = remove_stale(out_dir, kept)
     if stale:
         print(f"export: removed stale files from {out_dir}: {', '.join(stale)}")

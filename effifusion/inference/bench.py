@@ -224,7 +224,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, An
 
 
 def platform_info() -> dict[str, Any]:
-    """Python, onnxruntime and torch versions, the CPU (model name, cores available) and its vector
+    """Python, onnxruntime, openvino and torch versions, the CPU (model name, cores available) and its vector
     features (runtime/cost.py CPU_FEATURES: AVX2 ... AMX; [] where /proc/cpuinfo cannot say)."""
     from effifusion.runtime.cost import cpu_features
 
@@ -243,8 +243,8 @@ def platform_info() -> dict[str, Any]:
     cpu = cpu or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"python": platform.python_version(), "onnxruntime": version("onnxruntime"),
-            "torch": version("torch").split("+")[0], "cpu": f"{cpu}, {cores} cores available",
-            "cpu_features": cpu_features()}
+            "openvino": version("openvino"), "torch": version("torch").split("+")[0],
+            "cpu": f"{cpu}, {cores} cores available", "cpu_features": cpu_features()}
 
 
 def cost_fields(gmacs: float | None, compute_s: float, child_row: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +285,7 @@ def measure(prepared: Prepared, backend: str, seconds: float, threads: int, chun
         "preset": prepared.name,
         "arch": model.arch,
         "backend": backend,
+        "runtime": child["runtime"],  # what ran it: onnxruntime, openvino-bf16 (a bf16 export), pytorch
         "threads": threads,
         "seconds": seconds,
         "sample_rate": sr,
@@ -474,6 +475,7 @@ def bench_exported(path: str | os.PathLike, seconds: Any = 2.0, threads: Any = 1
         "model": str(path),
         "arch": card.get("arch"),
         "backend": "onnx",
+        "runtime": child["runtime"],  # onnxruntime, or openvino-bf16 for a bf16 export
         "threads": n_threads,
         "seconds": secs,
         "sample_rate": sr,

@@ -13,7 +13,8 @@ same values as presets/base.yaml (a test keeps them equal). DIR receives:
 - the upstream file itself (kept so a rerun needs no download);
 - with ``--precision int8``: ``<name>.int8.onnx`` beside ``<name>.onnx`` (inference/quantize.py), calibrated
   on ``--calibration DIR`` (its WAV files, or those of its ``noisy/``) or by default on a few noisy
-  utterances of the built-in demo corpus made on the fly: never the audio it is scored on.
+  utterances of the built-in demo corpus made on the fly: never the audio it is scored on;
+- with ``--precision bf16``: ``<name>.bf16.onnx``, the same graph run by OpenVINO in bf16.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
             progress: bool = True, precision: str = "fp32", calibration: str | None = None) -> dict[str, Any]:
     """Fetch, import, save and export the pretrained ``name`` into ``out_dir``; return the report.
     ``precision`` int8 also writes ``<name>.int8.onnx``, calibrated on ``calibration`` (a folder of WAV
-    files) or, without one, on demo-corpus utterances made on the fly.
+    files) or, without one, on demo-corpus utterances made on the fly; bf16 writes ``<name>.bf16.onnx``.
 
     ``params``: params.yaml's mapping (its ``pretrained``, ``export`` and ``audio`` sections), or None for
     the built-in ``PUBLISHED`` table and the default export settings."""
@@ -105,7 +106,7 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
     from effifusion.inference.quantize import calibration_from_dir, check_precision, write_precision
     from effifusion.models.registry import save_checkpoint
 
-    check_precision(precision)  # bf16, an unknown name: one line before any download
+    check_precision(precision)  # an unknown name: one line before any download
     if calibration is not None and not Path(calibration).is_dir():
         raise ConfigError(f"--calibration {calibration}: not a folder (WAV files of noisy speech to calibrate on)")
 
@@ -142,6 +143,7 @@ def install(name: str, out_dir: str | Path, params: dict[str, Any] | None, sourc
             (lambda: calibration_from_dir(calibration, sr)) if calibration else (lambda: demo_calibration(sr)),
             calibration_source=calibration or "demo corpus utterances made on the fly (demo_calibration)")
         summary[f"{precision}_onnx"] = reduced["onnx_file"]
-        summary[f"{precision}_calibration"] = reduced["calibration"]
+        if "calibration" in reduced:  # int8
+            summary[f"{precision}_calibration"] = reduced["calibration"]
     write_json(out / f"{name}.json", summary)
     return summary

@@ -17,10 +17,12 @@ slower than fp32 on depthwise convolutions, and an 8-bit spectrum cost the demo 
 configuration measured met the bar of ≤ 0.55× fp32's time** (the paper-size model in int8 takes 1.00×
 at 2 s, 1.05× at 10 s; MUSE loses 0.46 PESQ), so int8 is an option, not a default.
 
-bf16 is refused with the reason: ONNX Runtime's CPU provider has no bf16 MatMul kernel (and ONNX's
-Conv has no bf16 type). OpenVINO has bf16 on AVX512-BF16/AMX CPUs but could not read the graph's earlier
-attention (a Scan); whether it reads today's (ONNX Runtime's com.microsoft MultiHeadAttention) was not
-checked: it is not installed here.
+bf16 (``write_bf16``) is the fp32 graph written again as ``<stem>.bf16.onnx`` with ``precision: bf16`` on its
+card: ONNX Runtime's CPU provider has no bf16 kernels (and ONNX's Conv no bf16 type), so the enhancer runs
+that file in OpenVINO with bf16 inference precision (runtime/openvino_model.py; AVX512-BF16 or AMX-BF16).
+Measured (docs/benchmarks.md, 2026-12-03): the paper-size model at 0.40-0.49x ONNX Runtime fp32's time at
+2 s and 0.50-0.71x at 10 s (attention with 16-wide heads gains nothing in bf16), MUSE's pretrained model
+at 0.75x per segment with +0.005 PESQ over the 25 fixture pairs. Diffusion models stay fp32.
 
 The int8 file's model card is the fp32 card plus ``precision``, ``fp32_file`` (the fallback on a CPU
 without VNNI, runtime/precision.py), ``quantized_ops`` and ``calibration``.
@@ -43,18 +45,39 @@ OP_TYPES = ("Conv", "MatMul")  # quantized (depthwise convolutions excluded: DEP
 DEPTHWISE_INT8 = False
 CALIBRATION_UTTERANCES = 6
 CALIBRATION_MAX_S = 3.0  # longer utterances are cut: calibration keeps every tensor of each run in memory
-BF16_UNAVAILABLE = ("bf16 is not available: ONNX Runtime's CPU provider has no bf16 MatMul kernel (ONNX's Conv "
-                    "has no bf16 type); OpenVINO's bf16 was measured and not shipped (MUSE lost 0.055 PESQ, "
-                    "docs/benchmarks.md); use fp32 or int8")
 
 
 def check_precision(precision: str) -> str:
-    """``precision`` if a model of it can be written; ConfigError otherwise (bf16 says why not)."""
+    """``precision`` if a model of it can be written; ConfigError otherwise."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: unknown (known: {', '.join(PRECISIONS)})")
-    if precision == "bf16":
-        raise ConfigError(BF16_UNAVAILABLE)
     return precision
+
+
+def write_bf16(fp32_path: str | Path, out_path: str | Path | None = None) -> dict[str, Any]:
+    """Write the bf16 model of the fp32 export ``fp32_path`` to ``out_path`` (default: beside it,
+    ``<stem>.bf16.onnx``): the same graph, its card gaining ``precision: bf16``, ``fp32_file`` and
+    ``engine``; return its report."""
+    import onnx
+
+    fp32_path = Path(fp32_path)
+    out_path = precision_file(fp32_path, "bf16") if out_path is None else Path(out_path)
+    model = onnx.load(str(fp32_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("runtime") == "diffusion":
+        raise ConfigError(f"{fp32_path}: bf16 export of a diffusion model is not supported (fp32 only)")
+    if meta.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"{fp32_path}: already {meta['precision']}; write bf16 from its fp32 model")
+    card = {**meta, "precision": "bf16", "fp32_file": fp32_path.name,
+            "engine": "OpenVINO CPU, INFERENCE_PRECISION_HINT bf16 (the graph itself is fp32)"}
+    del model.metadata_props[:]
+    for key, value in card.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return {"precision": "bf16", "onnx_file": str(out_path), "onnx_bytes": out_path.stat().st_size,
+            "fp32_file": str(fp32_path), "engine": card["engine"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +238,8 @@ def write_precision(fp32_path: str | Path, precision: str, calibration: Any,
     check_precision(precision)
     if precision == "fp32":
         return None
+    if precision == "bf16":  # no calibration: the same graph, run in bf16
+        return write_bf16(fp32_path)
     audio = calibration() if callable(calibration) else calibration
     return quantize_int8(fp32_path, calibration=audio, calibration_source=calibration_source)
 
@@ -228,9 +253,10 @@ def _md5(path: Path) -> str:
 def export_precision(fp32_report: dict[str, Any], precision: str, calibration_dir: str | Path, sample_rate: int
                      ) -> tuple[dict[str, Any], str] | None:
     """The export stage's reduced-precision model: ``<variant>.<precision>.onnx`` beside the fp32 export of
-    ``fp32_report``, calibrated on ``calibration_dir`` (data/prepared/train), with its report
-    ``<variant>.<precision>.export.json``. Returns (report, how: "quantized" | "reused"), None for fp32.
-    Reused when the fp32 file, the calibration files, this module and onnxruntime are the same."""
+    ``fp32_report``, int8 calibrated on ``calibration_dir`` (data/prepared/train), with its report
+    ``<variant>.<precision>.export.json``. Returns (report, how: "quantized" | "written" (bf16) | "reused"),
+    None for fp32. Reused when the fp32 file, this module (and for int8 the calibration files and
+    onnxruntime) are the same."""
     from importlib import metadata
 
     from effifusion.core.files import write_json
@@ -252,8 +278,14 @@ def export_precision(fp32_report: dict[str, Any], precision: str, calibration_di
         old = json.loads(report_path.read_text())
     except (OSError, ValueError):
         old = None
+    if precision == "bf16":
+        key = {"fp32_md5": key["fp32_md5"], "code": key["code"]}
     if isinstance(old, dict) and old.get("key") == key and out.is_file():
         return old, "reused"
+    if precision == "bf16":
+        report = {**write_bf16(fp32, out), "key": key}
+        write_json(report_path, report)
+        return report, "written"
     report = quantize_int8(fp32, out, calibration_from_dir(folder, sample_rate), calibration_source=str(folder))
     report = {**{k: v for k, v in report.items() if k != "seconds"}, "key": key}
     write_json(report_path, report)  # no timing in the output: a rerun writes the same bytes
@@ -286,12 +318,15 @@ def bench_precision(prepared: Any, precision: str, seconds: float, threads: int,
     if precision == "fp32":
         return {**measure(prepared, "onnx", seconds, threads), "precision": "fp32"}
     if progress:
-        print(f"effifusion bench: quantizing to {precision} (not timed) ...", file=sys.stderr, flush=True)
-    from effifusion.dsp.signals import parity_signal
+        print(f"effifusion bench: writing the {precision} model (not timed) ...", file=sys.stderr, flush=True)
+    if precision == "bf16":
+        report = write_bf16(prepared.onnx)
+    else:
+        from effifusion.dsp.signals import parity_signal
 
-    sr = prepared.model.sample_rate
-    audio = [parity_signal(2 * sr, sr, seed=seed) for seed in range(min(2, CALIBRATION_UTTERANCES))]
-    report = quantize_int8(prepared.onnx, calibration=audio, calibration_source="parity signals (bench)")
+        sr = prepared.model.sample_rate
+        audio = [parity_signal(2 * sr, sr, seed=seed) for seed in range(min(2, CALIBRATION_UTTERANCES))]
+        report = quantize_int8(prepared.onnx, calibration=audio, calibration_source="parity signals (bench)")
     reduced = replace(prepared, onnx=Path(report["onnx_file"]))
     rows: dict[str, list[dict[str, Any]]] = {"fp32": [], precision: []}
     for _ in range(BENCH_ROUNDS):

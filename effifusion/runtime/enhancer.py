@@ -22,6 +22,7 @@ from effifusion.core.errors import ConfigError
 from effifusion.dsp.audio import SILENCE_PEAK
 from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
+from effifusion.runtime.precision import bf16_runner, missing_feature
 from effifusion.runtime.processing import MAX_PIECE_S, EnhanceOptions, EnhanceStream
 
 PIPELINE_EXTRA = "pip install \".[pipeline]\" in a clone"
@@ -139,7 +140,7 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
                           f"use a model checkpoint .pt for {device}")
     session = onnx_session(path, threads, profile)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("precision", "fp32") != "fp32":  # an int8 export on a CPU without VNNI: its fp32 model instead
+    if meta.get("precision", "fp32") != "fp32":  # a CPU without VNNI (int8) or bf16: its fp32 model instead
         from effifusion.runtime.precision import fallback
 
         fp32 = fallback(path, meta)
@@ -164,9 +165,15 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
     def run_graph(x: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
+    backend = "onnxruntime"
+    if meta.get("precision") == "bf16" and missing_feature("bf16") is None:  # OpenVINO (runtime/openvino_model.py)
+
+        bf16_run = bf16_runner(path, OUTPUT_NAME, threads)
+        if bf16_run is not None:
+            run_graph, backend, session = bf16_run, "openvino-bf16", None
     segment = int(meta.get("segment_samples", "0") or 0)
     if not segment:
-        return _with_session(Enhancer(run_graph, int(meta["sample_rate"]), "onnxruntime", str(path),
+        return _with_session(Enhancer(run_graph, int(meta["sample_rate"]), backend, str(path),
                                       model_card(meta)), session)
 
     def run_batch(x: np.ndarray) -> np.ndarray:  # MUSE's protocol around the graph (dsp/segments.py)
@@ -175,7 +182,7 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
                                 pad=lambda a, k: np.pad(a, ((0, 0), (0, k))))
         return y / gain
 
-    return _with_session(Enhancer(run_batch, int(meta["sample_rate"]), "onnxruntime", str(path), model_card(meta)),
+    return _with_session(Enhancer(run_batch, int(meta["sample_rate"]), backend, str(path), model_card(meta)),
                          session)
 
 

@@ -4,8 +4,10 @@ An int8 export (``export.precision: int8``, inference/quantize.py) is written be
 ``<name>.int8.onnx``; its model card says ``precision: int8`` and names the fp32 file (``fp32_file``).
 ONNX Runtime's int8 kernels are fast and exact on x86 only with VNNI (``avx512_vnni`` or ``avx_vnni``):
 without it, its u8·s8 products go through ``vpmaddubsw``, whose 16-bit sums can saturate. On such a CPU
-the enhancer says so in one line and runs the fp32 model beside it instead (``fallback``). bf16 would
-need AVX512-BF16 or AMX; no bf16 export is written today (docs/benchmarks.md, 2026-12-03). No torch.
+the enhancer says so in one line and runs the fp32 model beside it instead (``fallback``). A bf16 export
+(``<name>.bf16.onnx``) is the fp32 graph with ``precision: bf16`` on its card, run by OpenVINO in bf16
+(runtime/openvino_model.py); it needs AVX512-BF16 or AMX-BF16 (else the fp32 model beside it) and OpenVINO
+(else the same graph in ONNX Runtime, fp32: ``bf16_runner``), each said in one line. No torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import platform
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 PRECISIONS = ("fp32", "int8", "bf16")
 # precision -> (CPU flags of /proc/cpuinfo, any of which suffices; what to call them in the fallback line)
@@ -58,10 +61,23 @@ def fallback(path: Path, metadata: dict[str, str]) -> Path | None:
         return None
     fp32 = path.with_name(metadata.get("fp32_file", ""))
     if not metadata.get("fp32_file") or not fp32.is_file():
+        runs = ("its graph runs in fp32 with ONNX Runtime" if precision == "bf16"  # the bf16 file is the fp32 graph
+                else f"the {precision} model runs (slowly)")
         print(f"effifusion: {path.name} is {precision} and this CPU lacks {lacking}; its fp32 model "
-              f"{fp32.name or '(not named)'} is not beside it, so the {precision} model runs (slowly)",
-              file=sys.stderr)
+              f"{fp32.name or '(not named)'} is not beside it, so {runs}", file=sys.stderr)
         return None
     print(f"effifusion: {path.name} is {precision}, but this CPU lacks {lacking}: running the fp32 model "
           f"{fp32.name} instead", file=sys.stderr)
     return fp32
+
+
+def bf16_runner(path: Path, output_name: str, threads: int | None) -> Callable[[Any], Any] | None:
+    """The bf16 export at ``path`` compiled by OpenVINO, or None (after one line saying why) where OpenVINO
+    is not installed: the file is the fp32 graph, which ONNX Runtime then runs as it is."""
+    from effifusion.runtime.openvino_model import EXTRA, openvino_available, openvino_graph
+
+    if not openvino_available():
+        print(f"effifusion: {path.name} is bf16, which runs in OpenVINO ({EXTRA}); it is not installed: "
+              "running the same graph in fp32 with ONNX Runtime", file=sys.stderr)
+        return None
+    return openvino_graph(path, output_name, threads)

@@ -21,11 +21,11 @@ from effifusion.core.errors import ConfigError
 from effifusion.inference.bench import BenchError, run_child
 from helpers import ROOT, tiny_params
 
-KEYS = {"preset", "arch", "backend", "threads", "seconds", "sample_rate", "rtf", "compute_s", "gmac_per_s_audio",
-        "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total", "network_evaluations",
-        "chunked", "piece_s", "gemm_gflops", "gemm_source", "gflops_achieved", "efficiency", "profile_top",
-        "platform"}
-PLATFORM_KEYS = {"python", "onnxruntime", "torch", "cpu", "cpu_features"}
+KEYS = {"preset", "arch", "backend", "runtime", "threads", "seconds", "sample_rate", "rtf", "compute_s",
+        "gmac_per_s_audio", "gmac_total", "gmac_per_s_achieved", "peak_rss_mib", "baseline_rss_mib", "params_total",
+        "network_evaluations", "chunked", "piece_s", "gemm_gflops", "gemm_source", "gflops_achieved", "efficiency",
+        "profile_top", "platform"}
+PLATFORM_KEYS = {"python", "onnxruntime", "openvino", "torch", "cpu", "cpu_features"}
 
 
 def check_cost_fields(row: dict) -> None:
@@ -130,7 +130,7 @@ def test_bench_infer_script_one_piece_and_chunked_rows() -> None:
 # ---------------------------------------------------------------------------------------------
 # `effifusion bench --model FILE.onnx` and bench_exported
 
-MODEL_KEYS = {"model", "arch", "backend", "threads", "seconds", "sample_rate", "repeats", "rtf", "compute_s",
+MODEL_KEYS = {"model", "arch", "backend", "runtime", "threads", "seconds", "sample_rate", "repeats", "rtf", "compute_s",
               "times_s", "gmac_per_s_audio", "gmac_total", "gmac_per_s_achieved", "macs_source", "macs_note",
               "peak_rss_mib", "baseline_rss_mib", "params_total", "params_nonzero", "file_bytes",
               "network_evaluations", "chunked", "piece_s", "gemm_gflops", "gemm_source", "gflops_achieved",
@@ -261,7 +261,8 @@ def test_options_that_do_not_apply_to_a_file_are_one_line(tiny_export: dict, arg
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--precision", "bf16"], "bf16 is not available: ONNX Runtime's CPU provider has no bf16 MatMul kernel"),
+    (["--precision", "fp16"], "precision 'fp16': unknown"),
+    (["--precision", "bf16", "--backend", "pytorch"], "--precision bf16: applies to --backend onnx only"),
     (["--precision", "int8", "--backend", "pytorch"], "--precision int8: applies to --backend onnx only"),
 ])
 def test_a_precision_that_cannot_be_benched_is_one_line(args: list[str], message: str,

@@ -1,0 +1,50 @@
+"""A bf16 export run by OpenVINO: the fp32 graph compiled with OpenVINO's bf16 inference precision.
+
+ONNX Runtime's CPU provider has no bf16 kernels, so ``export.precision: bf16`` writes the fp32 graph again
+as ``<name>.bf16.onnx`` with ``precision: bf16`` on its card (inference/quantize.py ``write_bf16``) and the
+enhancer runs that file here: OpenVINO reads the ONNX file itself (com.microsoft.MultiHeadAttention
+included) and runs convolutions, linear layers and attention in bf16 on AVX512-BF16 / AMX-BF16 CPUs.
+OpenVINO is optional (``pip install 'effifusion[openvino]'``); without it, or on a CPU without bf16, the
+enhancer says so in one line and runs the same graph in fp32 with ONNX Runtime (runtime/precision.py).
+Measured: docs/benchmarks.md, "Reduced precision". No torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from effifusion.core.errors import ConfigError
+
+EXTRA = "pip install 'effifusion[openvino]'"
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO can be imported here (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_graph(path: Path, output_name: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``run(x) -> y`` for the ONNX graph at ``path`` compiled by OpenVINO's CPU plugin in bf16 (dynamic
+    batch and length, one compilation; ``threads``: its inference threads, None for its default). A file
+    OpenVINO cannot read or compile is a ConfigError naming it."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as exc:  # OpenVINO raises RuntimeError with its whole stack in the text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: OpenVINO cannot compile it in bf16 ({first[:300]})") from None
+    request = compiled.create_infer_request()
+    output = compiled.output(output_name)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[output], copy=True)
+
+    return run
