@@ -134,3 +134,19 @@ def test_pretrained_downloads_imports_and_exports_a_model_that_enhances(upstream
     noisy_pesq = pesq_wb(clean, noisy)
     assert pesq == pytest.approx(_reference_pesq(utt), abs=0.05)
     assert pesq > noisy_pesq + 0.3  # it enhances real speech
+
+    # bf16 (`--precision bf16`): the same graph in OpenVINO; over all 25 pairs +0.005 PESQ (docs/benchmarks.md)
+    from effifusion.inference.quantize import write_precision
+    from effifusion.runtime.precision import missing_feature
+
+    bf16_file = write_precision(out / "muse.onnx", "bf16", None)["onnx_file"]
+    if missing_feature("bf16") is not None or pytest.importorskip("openvino") is None:
+        return
+    bf16 = load_enhancer(bf16_file, threads=1)
+    assert bf16.backend == "openvino-bf16" and bf16.card["segment_samples"] == 30700
+    deltas = []
+    for utt in UTTS:
+        noisy, _ = sf.read(fx / "noisy" / f"{utt}.wav", dtype="float32")
+        clean, _ = sf.read(fx / "clean" / f"{utt}.wav", dtype="float32")
+        deltas.append(pesq_wb(clean, bf16.enhance(noisy)) - pesq_wb(clean, enhancer.enhance(noisy)))
+    assert abs(float(np.mean(deltas))) <= 0.1, deltas  # per file up to 0.1 (largest of 25: 0.098)
