@@ -22,7 +22,7 @@ from effifusion.core.errors import ConfigError
 from effifusion.dsp.audio import SILENCE_PEAK
 from effifusion.dsp.segments import enhance_in_segments
 from effifusion.dsp.streaming import ChunkedStream, chunk_geometry
-from effifusion.runtime.precision import bf16_runner, missing_feature
+from effifusion.runtime.precision import bf16_runner, fallback, missing_feature
 from effifusion.runtime.processing import MAX_PIECE_S, EnhanceOptions, EnhanceStream
 
 PIPELINE_EXTRA = "pip install \".[pipeline]\" in a clone"
@@ -141,8 +141,6 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
     session = onnx_session(path, threads, profile)  # ConfigError naming the file when it is not ONNX
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("precision", "fp32") != "fp32":  # a CPU without VNNI (int8) or bf16: its fp32 model instead
-        from effifusion.runtime.precision import fallback
-
         fp32 = fallback(path, meta)
         if fp32 is not None:
             path, session = fp32, onnx_session(fp32, threads)
@@ -167,7 +165,6 @@ def _onnx_enhancer(path: Path, device: str, threads: int | None, sampler: dict[s
 
     backend = "onnxruntime"
     if meta.get("precision") == "bf16" and missing_feature("bf16") is None:  # OpenVINO (runtime/openvino_model.py)
-
         bf16_run = bf16_runner(path, OUTPUT_NAME, threads)
         if bf16_run is not None:
             run_graph, backend, session = bf16_run, "openvino-bf16", None
