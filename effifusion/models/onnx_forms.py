@@ -14,6 +14,9 @@ measured in ONNX Runtime 1.31 on one thread, paper-size tensors at 2 s):
   convolution with weights 1/C (``channel_mean``): ONNX Runtime runs it as a GEMM, 1.9x faster than its
   ReduceMean over a middle axis at [1, 64, 201, 101]; the same number up to float rounding (the order of
   the sum).
+- A split of the channels (``split_channels``: ``chunk``/``split`` along dim 1 in IMSE and MUSE) becomes
+  slices: the exporter writes ``split`` as SplitToSequence + SequenceAt, which copy twice and took 11 % of
+  IMSE's time; slices copy once (1.5x faster on [1, 256, 201, 101]; bit-exact, no arithmetic).
 
 ``export_forms()`` turns them on; ``inference/export.py`` enters it with ``fused_attention()``.
 """
@@ -56,6 +59,15 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
         return x.mean(1, keepdim=True)
     channels = x.shape[1]
     return nn.functional.conv2d(x, torch.full((1, channels, 1, 1), 1.0 / channels, dtype=x.dtype, device=x.device))
+
+
+def split_channels(x: torch.Tensor, sizes: list[int] | int) -> tuple[torch.Tensor, ...]:
+    """``x.split(sizes, dim=1)`` (an int: that many equal parts, as ``chunk``); while exporting, as slices."""
+    sizes = [x.shape[1] // sizes] * sizes if isinstance(sizes, int) else list(sizes)
+    if not _ACTIVE:
+        return x.split(sizes, dim=1)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return tuple(x[:, start:start + size] for start, size in zip(starts, sizes))
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from torch import nn
 
 from effifusion.models.attention import fused_attention, self_attention
 from effifusion.models.effifusion_gan.generator import ConformerBlock, ConvModule, FeedForward
-from effifusion.models.onnx_forms import channel_mean, export_forms
+from effifusion.models.onnx_forms import channel_mean, export_forms, split_channels
 
 
 def test_prelu_as_max_is_bit_exact_for_slopes_in_the_unit_range_and_kept_otherwise() -> None:
@@ -82,3 +82,15 @@ def test_channel_norm_as_convolutions_computes_the_same_function() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mean, x.mean(1, keepdim=True), atol=1e-6, rtol=1e-6)
     assert mean.shape == (2, 1, 5, 7)
+
+
+def test_split_channels_as_slices_gives_the_same_tensors() -> None:
+    x = torch.randn(2, 12, 3, 5)
+    for sizes in (4, [2, 6, 4]):
+        want = x.chunk(sizes, dim=1) if isinstance(sizes, int) else x.split(sizes, dim=1)
+        eager = split_channels(x, sizes)
+        with export_forms(nn.Identity()):
+            exported = split_channels(x, sizes)
+        assert len(eager) == len(exported) == len(want)
+        for a, b, c in zip(eager, exported, want):
+            assert torch.equal(a, c) and torch.equal(b, c)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effifusion.models import onnx_forms
+
 SQUARE_KERNEL = 3
 BAND_KERNEL = 11
 BRANCH_RATIO = 0.125
@@ -44,7 +46,7 @@ class MagnitudeAwareLinearAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, dim, t, f = x.shape
         h, c, n = self.heads, dim // self.heads, t * f
-        q, k, v, o = self.qkvo(x).chunk(4, dim=1)
+        q, k, v, o = onnx_forms.split_channels(self.qkvo(x), 4)
         lepe = self.lepe(v)
         q, k, v = (z.reshape(b, h, c, n).transpose(-1, -2) for z in (q, k, v))  # [b, h, N, c]
         q, k = F.elu(q) + 1, F.elu(k) + 1
@@ -75,5 +77,5 @@ class InceptionDepthwiseConv(nn.Module):
         self.along_time = nn.Conv2d(gc, gc, (band, 1), padding=(band // 2, 0), groups=gc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ident, a, b, c = x.split(self.splits, dim=1)
+        ident, a, b, c = onnx_forms.split_channels(x, self.splits)
         return torch.cat((ident, self.square(a), self.along_freq(b), self.along_time(c)), dim=1)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effifusion.models import onnx_forms
+
 # MET's compensation windows per head count ({kernel: heads}), as in MUSE_net.Attention
 MET_WINDOWS = {1: {3: 1}, 2: {3: 2}, 4: {3: 2, 5: 2}, 8: {3: 2, 5: 3, 7: 3}}
 FFN_EXPANSION = 2.66
@@ -51,7 +53,7 @@ class GatedFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dw(self.project_in(x)).chunk(2, dim=1)
+        a, b = onnx_forms.split_channels(self.dw(self.project_in(x)), 2)
         return self.project_out(F.gelu(a) * b)
 
 
@@ -80,14 +82,14 @@ class TaylorAttention(nn.Module):
         h, c, n = self.heads, dim // self.heads, t * f
         gate = self.channel_gate(x.mean(dim=(2, 3), keepdim=True))
         spatial = self.spatial_dw(self.spatial_in(x))
-        q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
+        q, k, v = onnx_forms.split_channels(self.qkv_dw(self.qkv(x)), 3)
         q = q.reshape(b, h, c, n).transpose(-1, -2)  # [b, h, N, c]
         k = k.reshape(b, h, c, n)                    # [b, h, c, N]
         v = v.reshape(b, h, c, n).transpose(-1, -2)  # [b, h, N, c]
         q = q / (torch.linalg.vector_norm(q, dim=-1, keepdim=True) + 1e-6)
         k = k / (torch.linalg.vector_norm(k, dim=-2, keepdim=True) + 1e-6)
         qk = torch.cat((q.transpose(-1, -2).reshape(b, h, c, t, f), k.reshape(b, h, c, t, f)), dim=2)
-        parts = qk.reshape(b, h * 2 * c, t, f).split([m * 2 * c for m in self.windows.values()], dim=1)
+        parts = onnx_forms.split_channels(qk.reshape(b, h * 2 * c, t, f), [m * 2 * c for m in self.windows.values()])
         weight = torch.sigmoid(torch.cat([conv(p) for conv, p in zip(self.compensation, parts)], dim=1))
         numerator = v.sum(dim=-2, keepdim=True) + q @ (k @ v)
         denominator = n + q @ k.sum(dim=-1, keepdim=True) + 1e-6
