@@ -41,6 +41,7 @@ from effifusion.inference.onnx_graph import (  # noqa: F401 (re-exported)
     finished,
     quiet_exporter,
     report_file,
+    set_card,
     zip_size,
 )
 from effifusion.models.attention import fused_attention, mha_translation
@@ -140,10 +141,7 @@ def onnx_model(model: EnhancementModel, opset: int, source: str = "") -> Any:
              "config": json.dumps(model.config()),
              **{k: str(v) for k, v in model.frontend.config().items()},
              "effifusion_version": __version__, "exporter": EXPORTER, "source": source}
-    del model_proto.metadata_props[:]
-    for key, value in props.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_card(model_proto, props)
     model_proto.producer_name = "effifusion"
     return model_proto
 

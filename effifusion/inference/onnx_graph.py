@@ -30,6 +30,15 @@ def report_file(name: str) -> str:
     return (name[: -len(".onnx")] if name.endswith(".onnx") else name) + ".export.json"
 
 
+def set_card(model_proto: Any, card: dict[str, str]) -> Any:
+    """``model_proto`` with ``card`` as its whole ``metadata_props`` (the model card, runtime/onnx_model.py)."""
+    del model_proto.metadata_props[:]
+    for key, value in card.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model_proto
+
+
 def finished(model_proto: Any) -> Any:
     """The exporter's ModelProto cleaned up: metadata stripped, CastLike made Cast, names canonical."""
     return canonical_names(castlike_to_cast(stripped(model_proto)))

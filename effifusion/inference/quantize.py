@@ -54,26 +54,34 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def fp32_export(fp32_path: Path, precision: str) -> tuple[Any, dict[str, str]]:
+    """The fp32 export at ``fp32_path`` (ModelProto) and its card's strings; ConfigError for a diffusion
+    model or an export that is not fp32, which no ``precision`` model is made from."""
+    import onnx
+
+    model = onnx.load(str(fp32_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("runtime") == "diffusion":
+        raise ConfigError(f"{fp32_path}: {precision} export of a diffusion model is not supported (fp32 only)")
+    if meta.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"{fp32_path}: already {meta['precision']}; make {precision} from its fp32 model")
+    return model, meta
+
+
 def write_bf16(fp32_path: str | Path, out_path: str | Path | None = None) -> dict[str, Any]:
     """Write the bf16 model of the fp32 export ``fp32_path`` to ``out_path`` (default: beside it,
     ``<stem>.bf16.onnx``): the same graph, its card gaining ``precision: bf16``, ``fp32_file`` and
     ``engine``; return its report."""
     import onnx
 
+    from effifusion.inference.onnx_graph import set_card
+
     fp32_path = Path(fp32_path)
     out_path = precision_file(fp32_path, "bf16") if out_path is None else Path(out_path)
-    model = onnx.load(str(fp32_path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("runtime") == "diffusion":
-        raise ConfigError(f"{fp32_path}: bf16 export of a diffusion model is not supported (fp32 only)")
-    if meta.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"{fp32_path}: already {meta['precision']}; write bf16 from its fp32 model")
+    model, meta = fp32_export(fp32_path, "bf16")
     card = {**meta, "precision": "bf16", "fp32_file": fp32_path.name,
             "engine": "OpenVINO CPU, INFERENCE_PRECISION_HINT bf16 (the graph itself is fp32)"}
-    del model.metadata_props[:]
-    for key, value in card.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_card(model, card)
     with atomic_path(out_path) as tmp:
         onnx.save_model(model, str(tmp))
     return {"precision": "bf16", "onnx_file": str(out_path), "onnx_bytes": out_path.stat().st_size,
@@ -176,17 +184,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path | None = None, cal
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from effifusion.inference.onnx_graph import set_card
     from effifusion.runtime.onnx_model import INPUT_NAME, model_card
 
     start = time.perf_counter()
     fp32_path = Path(fp32_path)
     out_path = precision_file(fp32_path, "int8") if out_path is None else Path(out_path)
-    model = onnx.load(str(fp32_path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("runtime") == "diffusion":
-        raise ConfigError(f"{fp32_path}: int8 export of a diffusion model is not supported (fp32 only)")
-    if meta.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"{fp32_path}: already {meta['precision']}; quantize its fp32 model")
+    _, meta = fp32_export(fp32_path, "int8")
     batches = graph_inputs(model_card(meta), calibration)
     if not batches:
         raise ConfigError(f"{fp32_path}: no calibration audio for the int8 model")
@@ -219,11 +223,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path | None = None, cal
                 "quantized_ops": json.dumps({"op_types": list(op_types), "depthwise": depthwise}),
                 "calibration": f"{len(batches)} graph inputs: {calibration_source or 'given audio'}"}
         del q.graph.value_info[:]  # shapes inferred for the calibration inputs' batch must not bind other batches
-        del q.metadata_props[:]
-        for key, value in card.items():
-            entry = q.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save_model(q, str(out_tmp))
+        onnx.save_model(set_card(q, card), str(out_tmp))
     counts = {op: sum(n.op_type == op for n in q.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
     return {"precision": "int8", "onnx_file": str(out_path), "onnx_bytes": out_path.stat().st_size,
             "fp32_file": str(fp32_path), "quantized_op_types": list(op_types), "kept_in_fp32": len(excluded),
@@ -268,28 +268,28 @@ def export_precision(fp32_report: dict[str, Any], precision: str, calibration_di
     fp32 = Path(fp32_report["onnx_file"])
     out = precision_file(fp32, precision)
     folder = Path(calibration_dir)
-    noisy = folder / "noisy" if (folder / "noisy").is_dir() else folder
-    names = sorted(p.name for p in noisy.glob("*.wav"))
-    key = {"fp32_md5": _md5(fp32), "calibration": {"dir": str(folder), "files": len(names),
-                                                   "names_md5": _md5_text("\n".join(names))},
-           "code": _md5(Path(__file__)), "onnxruntime": metadata.version("onnxruntime")}
+    key: dict[str, Any] = {"fp32_md5": _md5(fp32), "code": _md5(Path(__file__))}
+    if precision == "int8":  # what the calibration read, and the quantizer
+        noisy = folder / "noisy" if (folder / "noisy").is_dir() else folder
+        names = sorted(p.name for p in noisy.glob("*.wav"))
+        key = {"fp32_md5": key["fp32_md5"], "calibration": {"dir": str(folder), "files": len(names),
+                                                            "names_md5": _md5_text("\n".join(names))},
+               "code": key["code"], "onnxruntime": metadata.version("onnxruntime")}
     report_path = out.with_name(report_file(out.name))
     try:
         old = json.loads(report_path.read_text())
     except (OSError, ValueError):
         old = None
-    if precision == "bf16":
-        key = {"fp32_md5": key["fp32_md5"], "code": key["code"]}
     if isinstance(old, dict) and old.get("key") == key and out.is_file():
         return old, "reused"
     if precision == "bf16":
-        report = {**write_bf16(fp32, out), "key": key}
-        write_json(report_path, report)
-        return report, "written"
-    report = quantize_int8(fp32, out, calibration_from_dir(folder, sample_rate), calibration_source=str(folder))
+        report, how = write_bf16(fp32, out), "written"
+    else:
+        report, how = quantize_int8(fp32, out, calibration_from_dir(folder, sample_rate),
+                                    calibration_source=str(folder)), "quantized"
     report = {**{k: v for k, v in report.items() if k != "seconds"}, "key": key}
     write_json(report_path, report)  # no timing in the output: a rerun writes the same bytes
-    return report, "quantized"
+    return report, how
 
 
 def _md5_text(text: str) -> str:

@@ -40,21 +40,24 @@ def openvino_graph(path: Path, output_name: str, threads: int | None = None) -> 
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
 
+    try:
+        source = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError with its whole stack in the text
+        raise ConfigError(f"{path}: OpenVINO cannot read it ({_first_line(exc)})") from None
+    length = source.input(0).get_partial_shape()[1]
+
     def compiled(batch: int | None) -> Any:
+        model = source
+        if batch is not None:  # reshape changes a model in place: a copy per batch size
+            model = source.clone()
+            model.reshape({0: [batch, length.get_length()]})
         try:
-            model = core.read_model(str(path))
-            if batch is not None:
-                model.reshape({0: [batch, model.input(0).get_partial_shape()[1].get_length()]})
             network = core.compile_model(model, "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError with its whole stack in the text
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{path}: OpenVINO cannot compile it in bf16 ({first[:300]})") from None
+        except Exception as exc:
+            raise ConfigError(f"{path}: OpenVINO cannot compile it in bf16 ({_first_line(exc)})") from None
         return network.create_infer_request(), network.output(output_name)
 
-    try:
-        static_length = core.read_model(str(path)).input(0).get_partial_shape()[1].is_static
-    except Exception as exc:
-        raise ConfigError(f"{path}: OpenVINO cannot read it ({str(exc).strip()[:300]})") from None
+    static_length = length.is_static
     networks: dict[int | None, Any] = {} if static_length else {None: compiled(None)}
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -65,3 +68,8 @@ def openvino_graph(path: Path, output_name: str, threads: int | None = None) -> 
         return np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[output], copy=True)
 
     return run
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
